@@ -1,0 +1,1 @@
+"""Versioned schemas of the exchange's raw events and fraud labels, and their validation."""

@@ -1,0 +1,1 @@
+"""Kafka → lake: exact offset-range reads, validation, dead letters and the raw archives."""

@@ -1,0 +1,152 @@
+"""The data lake: a local directory or an S3 prefix, holding Hive-style Parquet partitions.
+
+Paths inside the lake are relative (``raw_events/dt=2026-11-01/hour=07/part-00000.parquet``). Each
+partition is one object written whole: on disk through a temporary file and an atomic rename, on S3
+by a single PUT — so a reader never sees half a partition and a re-run replaces, never appends.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlparse
+
+import polars as pl
+
+PARQUET_COMPRESSION = "zstd"
+
+
+def hive_hour_path(dataset: str, hour: datetime) -> str:
+    """Relative directory of one hourly partition: ``dataset/dt=YYYY-MM-DD/hour=HH``."""
+    return f"{dataset}/dt={hour:%Y-%m-%d}/hour={hour:%H}"
+
+
+def hive_day_path(dataset: str, day: datetime) -> str:
+    """Relative directory of one daily partition: ``dataset/dt=YYYY-MM-DD``."""
+    return f"{dataset}/dt={day:%Y-%m-%d}"
+
+
+@dataclass(frozen=True)
+class Lake:
+    """A lake rooted at ``url``: a filesystem path or ``s3://bucket/prefix``.
+
+    ``storage_options`` go to Polars/object_store for S3 (e.g. ``aws_endpoint_url``,
+    ``aws_allow_http``, ``aws_region``); boto3 gets the same endpoint for listing and deletes.
+    """
+
+    url: str
+    storage_options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_s3(self) -> bool:
+        return self.url.startswith("s3://")
+
+    def uri(self, relpath: str) -> str:
+        """Absolute URI of a relative lake path."""
+        return f"{self.url.rstrip('/')}/{relpath.lstrip('/')}"
+
+    # -- writing -----------------------------------------------------------------------------
+    def write_parquet(self, frame: pl.DataFrame, relpath: str) -> int:
+        """Write ``frame`` as one Parquet object at ``relpath``, atomically replacing it. Returns bytes."""
+        buf = io.BytesIO()
+        frame.write_parquet(buf, compression=PARQUET_COMPRESSION, statistics=True)
+        data = buf.getvalue()
+        self.write_bytes(relpath, data)
+        return len(data)
+
+    def write_bytes(self, relpath: str, data: bytes) -> None:
+        """Write ``data`` at ``relpath`` atomically (rename on disk, single PUT on S3)."""
+        if self.is_s3:
+            bucket, key = self._bucket_key(relpath)
+            self._s3().put_object(Bucket=bucket, Key=key, Body=data)
+            return
+        path = Path(self.uri(relpath))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    def read_bytes(self, relpath: str) -> bytes:
+        if self.is_s3:
+            bucket, key = self._bucket_key(relpath)
+            return self._s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+        return Path(self.uri(relpath)).read_bytes()
+
+    def delete_prefix(self, relprefix: str) -> int:
+        """Delete every object under ``relprefix``; returns how many were deleted."""
+        if self.is_s3:
+            bucket, prefix = self._bucket_key(relprefix.rstrip("/") + "/")
+            s3 = self._s3()
+            n = 0
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if keys:
+                    s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+                    n += len(keys)
+            return n
+        root = Path(self.uri(relprefix))
+        if not root.exists():
+            return 0
+        files = [p for p in root.rglob("*") if p.is_file()]
+        for p in files:
+            p.unlink()
+        return len(files)
+
+    # -- reading -----------------------------------------------------------------------------
+    def list(self, relprefix: str) -> Iterator[str]:
+        """Relative paths of the objects under ``relprefix`` (sorted, temporary files skipped)."""
+        if self.is_s3:
+            bucket, prefix = self._bucket_key(relprefix.rstrip("/") + "/")
+            root_key = self._bucket_key("")[1]
+            keys = []
+            for page in self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                keys += [o["Key"][len(root_key) :] for o in page.get("Contents", [])]
+            yield from sorted(keys)
+            return
+        root = Path(self.uri(relprefix))
+        if not root.exists():
+            return
+        base = Path(self.url)
+        yield from sorted(
+            str(p.relative_to(base)) for p in root.rglob("*.parquet") if not p.name.startswith(".")
+        )
+
+    def exists(self, relpath: str) -> bool:
+        if self.is_s3:
+            bucket, key = self._bucket_key(relpath)
+            resp = self._s3().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+            return any(o["Key"] == key for o in resp.get("Contents", []))
+        return Path(self.uri(relpath)).exists()
+
+    def scan(self, relpaths: list[str], schema: dict[str, pl.DataType] | None = None) -> pl.LazyFrame:
+        """Lazily scan the given Parquet objects as one frame (empty frame of ``schema`` if none)."""
+        if not relpaths:
+            return pl.LazyFrame(schema=schema or {})
+        uris = [self.uri(p) for p in relpaths]
+        opts = self.storage_options if self.is_s3 else None
+        return pl.scan_parquet(uris, storage_options=opts, hive_partitioning=False)
+
+    # -- S3 plumbing -------------------------------------------------------------------------
+    def _bucket_key(self, relpath: str) -> tuple[str, str]:
+        parsed = urlparse(self.uri(relpath))
+        return parsed.netloc, parsed.path.lstrip("/")
+
+    def _s3(self):  # boto3 client types are generated at run time
+        import boto3
+
+        opts = self.storage_options
+        return boto3.client(
+            "s3",
+            endpoint_url=opts.get("aws_endpoint_url"),
+            region_name=opts.get("aws_region", "us-east-1"),
+            aws_access_key_id=opts.get("aws_access_key_id"),
+            aws_secret_access_key=opts.get("aws_secret_access_key"),
+        )
