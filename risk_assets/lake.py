@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import polars as pl
@@ -41,6 +42,8 @@ class Lake:
 
     url: str
     storage_options: dict[str, str] = field(default_factory=dict)
+    # A boto3 S3 client (e.g. from dagster-aws' S3Resource); built from storage_options if absent.
+    s3_client: Any = field(default=None, compare=False, repr=False)
 
     @property
     def is_s3(self) -> bool:
@@ -139,7 +142,9 @@ class Lake:
         parsed = urlparse(self.uri(relpath))
         return parsed.netloc, parsed.path.lstrip("/")
 
-    def _s3(self):  # boto3 client types are generated at run time
+    def _s3(self) -> Any:
+        if self.s3_client is not None:
+            return self.s3_client
         import boto3
 
         opts = self.storage_options

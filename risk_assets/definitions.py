@@ -1,0 +1,22 @@
+"""The one ``dg.Definitions`` of the risk_assets code location: wiring only."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from risk_assets.ingest.assets import archive_job, raw_events_archive, raw_labels_archive
+from risk_assets.resources import KafkaResource, LakeResource
+from risk_assets.sensors.archive_schedule import raw_archive_hourly_schedule
+
+defs = dg.Definitions(
+    assets=[raw_events_archive, raw_labels_archive],
+    jobs=[archive_job],
+    schedules=[raw_archive_hourly_schedule],
+    resources={
+        "lake": LakeResource(
+            url=dg.EnvVar("RISK_LAKE_URL"),
+            s3_endpoint_url=dg.EnvVar("S3_ENDPOINT_URL"),
+        ),
+        "kafka": KafkaResource(bootstrap_servers=dg.EnvVar("KAFKA_BOOTSTRAP_SERVERS")),
+    },
+)

@@ -1,0 +1,165 @@
+"""Raw archive assets: Kafka topics drained into hourly Hive-style Parquet, with dead letters.
+
+Thin wiring around ``archive.build_archive``: a run materializes a range of hours (one run for a
+whole backfill range), reads the ingestion-time window those hours need from the broker by exact
+offsets, and replaces each hour in the lake.
+"""
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from risk_assets.events.validation import REASONS
+from risk_assets.ingest.archive import EVENTS, LABELS, ArchiveSpec, build_archive, write_archive
+from risk_assets.ingest.kafka_reader import KafkaRangeReader, KafkaReadError
+from risk_assets.ingest.partitioning import GRACE, HOUR, ingest_window
+from risk_assets.resources import KafkaResource, LakeResource
+
+HOURLY = dg.HourlyPartitionsDefinition(start_date="2026-01-01-00:00", timezone="UTC")
+OWNER = "team:risk-data"
+
+
+class ArchiveConfig(dg.Config):
+    """Settings of an archive run, editable in the Launchpad."""
+
+    max_invalid_share: float = 0.05
+    """The invalid-share check fails when more than this share of an hour's messages is rejected."""
+
+
+def _hours(window: dg.TimeWindow) -> list[datetime]:
+    start = window.start.astimezone(UTC)
+    n = int((window.end - window.start) / HOUR)
+    return [start + i * HOUR for i in range(n)]
+
+
+def _ms(ts: datetime) -> int:
+    return int(ts.timestamp() * 1000)
+
+
+def ensure_window_retained(reader: KafkaRangeReader, topic: str, start_ms: int) -> None:
+    """Refuse to rebuild hours the broker's retention has already (partly) dropped.
+
+    Replacing such an hour would overwrite the archive, the only full copy, with less data.
+    """
+    for p in reader.partitions(topic):
+        low, low_ts = reader.log_start_timestamp(topic, p)
+        if low > 0 and low_ts is not None and low_ts > start_ms:
+            raise KafkaReadError(
+                f"{topic}:{p} retention starts at offset {low} "
+                f"({datetime.fromtimestamp(low_ts / 1000, UTC):%Y-%m-%d %H:%M}Z), after the requested "
+                "window: the archive already holds the only full copy of these hours; not replacing it"
+            )
+
+
+def build_archive_asset(spec: ArchiveSpec) -> dg.AssetsDefinition:
+    """The multi-asset that archives ``spec.topic`` into ``spec.dataset`` + its dead letters."""
+    what = "events" if spec is EVENTS else "fraud labels"
+
+    @dg.multi_asset(
+        name=f"archive_{spec.dataset}",
+        specs=[
+            dg.AssetSpec(
+                spec.dataset,
+                description=(
+                    f"Every valid raw {what} record from Kafka topic `{spec.topic}`, one Hive-style Parquet "
+                    f"object per hour of `{spec.time_column}` (`{spec.dataset}/dt=YYYY-MM-DD/hour=HH/`). "
+                    f"Records arriving more than {GRACE} after their hour ends land in the hour that was "
+                    "open when they arrived (see docs/archive.md). Deduplicated by id within an hour."
+                ),
+                group_name="ingest",
+                owners=[OWNER],
+                kinds={"kafka", "parquet", "polars"},
+                metadata={"topic": spec.topic, "lake_path": f"{spec.dataset}/dt=YYYY-MM-DD/hour=HH"},
+            ),
+            dg.AssetSpec(
+                spec.dead_letter_dataset,
+                description=(
+                    f"Messages of `{spec.topic}` rejected on the way to `{spec.dataset}`, with the raw "
+                    "payload, Kafka coordinates and a reason code (malformed JSON, missing/unknown field, "
+                    "wrong type, "
+                    "invalid value, future timestamp, duplicate …), by hour of ingestion."
+                ),
+                group_name="ingest",
+                owners=[OWNER],
+                kinds={"parquet"},
+            ),
+        ],
+        check_specs=[
+            dg.AssetCheckSpec(
+                "invalid_share_below_threshold",
+                asset=spec.dataset,
+                description="Fails when the share of rejected messages passes `max_invalid_share`.",
+            )
+        ],
+        partitions_def=HOURLY,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
+    )
+    def _archive(
+        context: dg.AssetExecutionContext, config: ArchiveConfig, lake: LakeResource, kafka: KafkaResource
+    ):
+        hours = _hours(context.partition_time_window)
+        start, end = ingest_window(hours[0], hours[-1])
+        with kafka.range_reader() as reader:
+            ensure_window_retained(reader, spec.topic, _ms(start))
+            batch, ranges = reader.read_time_window(spec.topic, _ms(start), _ms(end))
+            stream_ts = reader.latest_timestamp(spec.topic) or 0
+        result = build_archive(batch, spec, hours)
+        bytes_written = write_archive(lake.lake(), spec, result)
+        # An hour is final once the stream has moved past its end + GRACE; open hours may still grow.
+        open_hours = sum(1 for h in hours if _ms(h + HOUR + GRACE) > stream_ts)
+        context.log.info(
+            "archived %d hours: %d records, %d dead letters from %d messages in %s",
+            len(hours),
+            result.record_count,
+            result.dead_letter_count,
+            result.messages_read,
+            ", ".join(r.key() for r in ranges) or "no ranges",
+        )
+        yield dg.MaterializeResult(
+            asset_key=spec.dataset,
+            metadata={
+                "dagster/row_count": result.record_count,
+                "hours": len(hours),
+                "messages_read": result.messages_read,
+                "dead_letters": result.dead_letter_count,
+                "invalid_share": result.invalid_share,
+                "open_hours": open_hours,
+                "bytes_written": bytes_written,
+                "stream_lag_s": max(0.0, (_ms(hours[-1] + HOUR) - stream_ts) / 1000),
+                "kafka_ranges": ", ".join(r.key() for r in ranges),
+            },
+        )
+        yield dg.MaterializeResult(
+            asset_key=spec.dead_letter_dataset,
+            metadata={
+                "dagster/row_count": result.dead_letter_count,
+                **{f"reason/{r}": int(result.reasons.get(r, 0)) for r in REASONS},
+            },
+        )
+        yield dg.AssetCheckResult(
+            check_name="invalid_share_below_threshold",
+            asset_key=spec.dataset,
+            passed=result.invalid_share <= config.max_invalid_share,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={
+                "invalid_share": result.invalid_share,
+                "threshold": config.max_invalid_share,
+                "dead_letters": result.dead_letter_count,
+            },
+        )
+
+    return _archive
+
+
+raw_events_archive = build_archive_asset(EVENTS)
+raw_labels_archive = build_archive_asset(LABELS)
+
+archive_job = dg.define_asset_job(
+    "raw_archive_job",
+    selection=dg.AssetSelection.groups("ingest"),
+    description="Drain the events and labels topics into the hourly raw archives.",
+)
+
+# Hours become final GRACE after they end; the schedule archives the newest final hour.
+ARCHIVE_LAG = HOUR + GRACE + timedelta(minutes=5)

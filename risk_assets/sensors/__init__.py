@@ -1,0 +1,1 @@
+"""Automation: schedules and sensors that decide when assets materialize."""

@@ -1,0 +1,86 @@
+"""Shared fixtures: real services started by the project's own launcher, on free loopback ports.
+
+Nothing is mocked. Every test that needs a broker gets its own tansu instance (it starts in tens of
+milliseconds), so topic contents never leak between tests; Redis and S3 are shared per session and
+tests use their own key prefixes and buckets. The system Redis on :6379 is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from risk_assets.stack import launcher
+
+_EXTERNAL_ENV = ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "S3_ENDPOINT_URL")
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Endpoints of a running test stack."""
+
+    config: launcher.StackConfig
+    env: dict[str, str]
+
+    @property
+    def kafka(self) -> str:
+        return self.env["KAFKA_BOOTSTRAP_SERVERS"]
+
+    @property
+    def redis_url(self) -> str:
+        return self.env["REDIS_URL"]
+
+    @property
+    def s3_endpoint(self) -> str:
+        return self.env["S3_ENDPOINT_URL"]
+
+
+def _start(state_dir: Path, with_s3: bool) -> Stack:
+    # Tests always own their services: ignore endpoints a developer may have exported.
+    saved = {k: os.environ.pop(k) for k in _EXTERNAL_ENV if k in os.environ}
+    try:
+        config = launcher.StackConfig(
+            state_dir=state_dir,
+            redis_port=free_port(),
+            kafka_port=free_port(),
+            s3_port=free_port(),
+            with_s3=with_s3,
+        )
+        return Stack(config, launcher.up(config))
+    finally:
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def session_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Redis + broker + S3 (moto server) shared by the session."""
+    stack = _start(tmp_path_factory.mktemp("stack"), with_s3=True)
+    yield stack
+    launcher.down(stack.config)
+
+
+@pytest.fixture
+def fresh_stack(tmp_path: Path) -> Iterator[Stack]:
+    """A Redis + broker pair of the test's own: empty topics, nothing shared."""
+    stack = _start(tmp_path / "stack", with_s3=False)
+    yield stack
+    launcher.down(stack.config)
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A Redis key prefix owned by one test (tests never flush keys they do not own)."""
+    return f"test:{uuid.uuid4().hex[:12]}:"
