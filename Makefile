@@ -11,6 +11,8 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 STATE := $(CURDIR)/.state
 export DAGSTER_HOME := $(STATE)/dagster_home
+# Local defaults; a value already in the environment wins (e.g. RISK_LAKE_URL=s3://bucket/lake).
+export RISK_LAKE_URL ?= $(STATE)/lake
 DAGSTER_PORT ?= 3000
 
 .PHONY: install demo test dev stack-up stack-down stack-status lint format bench clean
@@ -39,7 +41,7 @@ test: install
 
 ## dev: the Dagster UI and daemon over the local stack, on http://127.0.0.1:$(DAGSTER_PORT)
 dev: install stack-up
-	set -a && source .env && source $(STATE)/stack/endpoints.env && set +a && \
+	set -a && source $(STATE)/stack/endpoints.env && set +a && \
 	  $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DAGSTER_PORT)
 
 stack-up: install

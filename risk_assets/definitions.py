@@ -13,10 +13,8 @@ defs = dg.Definitions(
     jobs=[archive_job],
     schedules=[raw_archive_hourly_schedule],
     resources={
-        "lake": LakeResource(
-            url=dg.EnvVar("RISK_LAKE_URL"),
-            s3_endpoint_url=dg.EnvVar("S3_ENDPOINT_URL"),
-        ),
+        # s3:// lakes use the standard AWS chain (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, …).
+        "lake": LakeResource(url=dg.EnvVar("RISK_LAKE_URL")),
         "kafka": KafkaResource(bootstrap_servers=dg.EnvVar("KAFKA_BOOTSTRAP_SERVERS")),
     },
 )
