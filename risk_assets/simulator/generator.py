@@ -1,0 +1,235 @@
+"""The pure generation API: config → events, labels and ground truth, chunk by chunk.
+
+Each chunk (``cfg.chunk_minutes`` of simulated time) draws from its own PCG64 stream seeded by
+``SeedSequence([seed, chunk start minute, chunk length])``, split into a legit and a fraud sub-stream;
+the population comes from its own stream. So a chunk is reproducible on its own, chunks can be
+generated in any order or in parallel, and the fraud configuration never changes legit traffic.
+
+Every record produced by the chunk starting at ``t`` has its time keys (event_ts, ingest_ts,
+label_ts, archive hour) ``>= t`` — fraud cases started in a chunk may spill into later hours, never
+earlier ones. Writers rely on this to stream: once chunk ``t`` is done, all keys ``< t`` are final.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from risk_assets.events.schema import ARCHIVE_LABEL_COLUMNS, SCHEMA_VERSION
+from risk_assets.ingest.archive_format import RAW_EVENTS, RAW_LABELS, to_archive_frame
+from risk_assets.simulator import ids
+from risk_assets.simulator.config import SimConfig
+from risk_assets.simulator.legit import EVENT_COLUMNS, legit_events
+from risk_assets.simulator.population import Population, build_population
+from risk_assets.simulator.scenarios import CaseContext, Row, case_id
+from risk_assets.simulator.scenarios.ato import ato_case
+from risk_assets.simulator.scenarios.card_testing import card_testing_case
+from risk_assets.simulator.scenarios.p2p_scam import p2p_scam_case
+from risk_assets.simulator.timing import event_ingest_delays, label_ingest_delays
+
+_CHUNK_STREAM = 0xC4A9
+_TS = pl.Datetime("ms", "UTC")
+
+GROUND_TRUTH_SCHEMA: dict[str, pl.DataType] = {
+    "event_id": pl.String(),
+    "event_ts": _TS,
+    "is_fraud": pl.Boolean(),
+    "scenario": pl.String(),
+    "case_id": pl.String(),
+}
+_WORK_SCHEMA: dict[str, pl.DataType] = {
+    **{c: pl.String() for c in EVENT_COLUMNS},
+    "event_ts": pl.Int64(),
+    "ip_asn": pl.Int64(),
+    "success": pl.Boolean(),
+    "amount": pl.Float64(),
+    "amount_usd": pl.Float64(),
+    "scenario": pl.String(),
+    "case_id": pl.String(),
+    "label_type": pl.String(),
+    "label_ts": pl.Int64(),
+    "_delay": pl.Int64(),
+}
+_WORK_COLUMNS = (*EVENT_COLUMNS, "scenario", "case_id", "label_type", "label_ts", "_delay")
+
+CaseBuilder = Callable[[CaseContext, int, str], list[Row]]
+
+
+def scenario_rates(cfg: SimConfig) -> list[tuple[str, float, CaseBuilder]]:
+    """(scenario, cases per million legit events, builder) for every fraud scenario."""
+    return [
+        ("ato", cfg.ato_cases_per_m, ato_case),
+        ("p2p_scam", cfg.p2p_scam_victims_per_m, p2p_scam_case),
+        ("card_testing", cfg.card_testing_cases_per_m, card_testing_case),
+    ]
+
+
+@dataclass(frozen=True)
+class SimulatedData:
+    """Generated records.
+
+    ``events``: the ``raw_events`` archive layout (incl. ``ingest_ts``), sorted by event_ts (ties in
+    chunk order, then event_id).
+    ``labels``: the ``raw_labels`` archive layout, sorted by label_ts (ties likewise).
+    ``ground_truth``: one row per event — ``event_id, event_ts, is_fraud, scenario, case_id``.
+    """
+
+    events: pl.DataFrame
+    labels: pl.DataFrame
+    ground_truth: pl.DataFrame
+
+    @staticmethod
+    def concat(parts: list[SimulatedData]) -> SimulatedData:
+        """One dataset from several chunks, re-sorted."""
+        if not parts:
+            return SimulatedData(
+                to_archive_frame(pl.DataFrame(), RAW_EVENTS),
+                to_archive_frame(pl.DataFrame(), RAW_LABELS),
+                pl.DataFrame(schema=GROUND_TRUTH_SCHEMA),
+            )
+        return SimulatedData(
+            _stable_sort(pl.concat([p.events for p in parts]), "event_ts"),
+            _stable_sort(pl.concat([p.labels for p in parts]), "label_ts"),
+            _stable_sort(pl.concat([p.ground_truth for p in parts]), "event_ts"),
+        )
+
+
+def _stable_sort(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+    """Stable sort on one time column. Chunks are each sorted by (time, id) already, so only the few
+    fraud rows that spill past their chunk move; NumPy's stable argsort on nearly sorted int64 plus
+    one gather is much cheaper than a multi-column sort."""
+    order = np.argsort(frame[column].to_physical().to_numpy(), kind="stable")
+    if np.all(order[1:] > order[:-1]):
+        return frame
+    return frame[order]
+
+
+def chunk_rngs(cfg: SimConfig, chunk_start_ms: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """(legit, fraud) generators of the chunk starting at ``chunk_start_ms``."""
+    ss = np.random.SeedSequence([cfg.seed, _CHUNK_STREAM, chunk_start_ms // 60_000, cfg.chunk_minutes])
+    legit_ss, fraud_ss = ss.spawn(2)
+    return np.random.Generator(np.random.PCG64(legit_ss)), np.random.Generator(np.random.PCG64(fraud_ss))
+
+
+def expected_legit_events(cfg: SimConfig, pop: Population, chunk_start_ms: int) -> float:
+    """Mean number of legit events in a chunk: the daily volume shaped by the global diurnal curve."""
+    utc_hour = (chunk_start_ms // 3_600_000) % 24
+    return cfg.events_per_day * cfg.chunk_minutes / 1440.0 * float(pop.hour_volume[utc_hour])
+
+
+def fraud_rows(
+    cfg: SimConfig,
+    pop: Population,
+    chunk_start_ms: int,
+    legit_mean: float,
+    rng: np.random.Generator,
+    fresh: ids.FreshIds,
+) -> list[Row]:
+    """All fraud-case rows started in the chunk (cases in order of scenario, then start time)."""
+    ctx = CaseContext(cfg, pop, rng, fresh, chunk_start_ms, cfg.is_drifted(chunk_start_ms))
+    rows: list[Row] = []
+    k = 0
+    for scenario, rate, builder in scenario_rates(cfg):
+        n_cases = int(rng.poisson(rate * legit_mean / 1e6))
+        for t0 in np.sort(chunk_start_ms + rng.integers(0, cfg.chunk_ms, n_cases)):
+            rows += builder(ctx, int(t0), case_id(scenario, chunk_start_ms, k))
+            k += 1
+    return rows
+
+
+def generate_chunk(
+    cfg: SimConfig, pop: Population, chunk_start_ms: int, expected_events: float | None = None
+) -> SimulatedData:
+    """Generate the chunk starting at ``chunk_start_ms`` (``expected_events`` overrides the volume)."""
+    legit_rng, fraud_rng = chunk_rngs(cfg, chunk_start_ms)
+    fresh = ids.FreshIds(chunk_start_ms)
+    mean = expected_legit_events(cfg, pop, chunk_start_ms) if expected_events is None else expected_events
+    n = int(legit_rng.poisson(mean))
+    legit = legit_events(cfg, pop, chunk_start_ms, n, legit_rng, fresh).with_columns(
+        pl.lit(None, pl.String).alias("scenario"),
+        pl.lit(None, pl.String).alias("case_id"),
+        pl.lit(None, pl.String).alias("label_type"),
+        pl.lit(None, pl.Int64).alias("label_ts"),
+        pl.Series("_delay", event_ingest_delays(legit_rng, n, cfg)),
+    )
+    rows = fraud_rows(cfg, pop, chunk_start_ms, mean, fraud_rng, fresh)
+    fraud = pl.DataFrame(rows, schema={c: _WORK_SCHEMA[c] for c in _WORK_COLUMNS if c != "_delay"})
+    fraud = fraud.with_columns(pl.Series("_delay", event_ingest_delays(fraud_rng, fraud.height, cfg)))
+    work = pl.concat([legit.select(_WORK_COLUMNS), fraud.select(_WORK_COLUMNS)]).sort(
+        "event_ts", maintain_order=True
+    )
+
+    minute = np.uint64(chunk_start_ms // 60_000) << np.uint64(24)
+    work = work.with_columns(
+        ids.opaque_ids(
+            "ev_",
+            minute | np.arange(work.height, dtype=np.uint64),
+            ids.seed_key(cfg.seed, ids.NS_EVENT),
+            "event_id",
+        ),
+        pl.lit(SCHEMA_VERSION, pl.Int16).alias("schema_version"),
+        (pl.col("event_ts") + pl.col("_delay")).cast(_TS).alias("ingest_ts"),
+        pl.col("event_ts").cast(_TS),
+        pl.col("scenario").is_not_null().alias("is_fraud"),
+    )
+    ground_truth = work.select(list(GROUND_TRUTH_SCHEMA))
+    labelled = work.filter(pl.col("label_type").is_not_null())
+    labels = labelled.select(
+        ids.opaque_ids(
+            "lb_",
+            minute | np.arange(labelled.height, dtype=np.uint64),
+            ids.seed_key(cfg.seed, ids.NS_LABEL),
+            "label_id",
+        ),
+        "label_type",
+        pl.lit(SCHEMA_VERSION, pl.Int16).alias("schema_version"),
+        pl.col("label_ts").cast(_TS),
+        "event_id",
+        "event_ts",
+        "user_id",
+        "scenario",
+        (pl.col("label_ts") + pl.Series(label_ingest_delays(fraud_rng, labelled.height)))
+        .cast(_TS)
+        .alias("ingest_ts"),
+    )
+    return SimulatedData(
+        to_archive_frame(work, RAW_EVENTS),
+        labels.select(list(ARCHIVE_LABEL_COLUMNS)).sort("label_ts", "label_id"),
+        ground_truth,
+    )
+
+
+def iter_chunks(
+    cfg: SimConfig, pop: Population | None = None, workers: int = 1
+) -> Iterator[tuple[int, SimulatedData]]:
+    """``(chunk_start_ms, data)`` for every chunk of the configured range, in time order.
+
+    With ``workers > 1`` chunks are generated on a small thread pool (NumPy and Polars release the
+    GIL for the bulk work), at most ``2 * workers`` ahead of the consumer; output is identical.
+    """
+    pop = pop if pop is not None else build_population(cfg)
+    starts = cfg.chunk_starts_ms()
+    if workers <= 1:
+        for start in starts:
+            yield start, generate_chunk(cfg, pop, start)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="risk-sim") as pool:
+        pending: deque[tuple[int, Future[SimulatedData]]] = deque()
+        for start in starts:
+            pending.append((start, pool.submit(generate_chunk, cfg, pop, start)))
+            if len(pending) >= 2 * workers:
+                first, fut = pending.popleft()
+                yield first, fut.result()
+        while pending:
+            first, fut = pending.popleft()
+            yield first, fut.result()
+
+
+def generate(cfg: SimConfig, pop: Population | None = None, workers: int = 1) -> SimulatedData:
+    """Everything the configured range produces, as three frames (see :class:`SimulatedData`)."""
+    return SimulatedData.concat([data for _, data in iter_chunks(cfg, pop, workers)])
