@@ -38,10 +38,23 @@ REASONS: tuple[str, ...] = (
 _EXPECTED_GOT = re.compile(r"^Expected `[^`]+`, got `[^`]+`")
 
 
-def classify_error(exc: Exception) -> str:
-    """Map a msgspec decode/validation error to a reason code."""
+_any_json = msgspec.json.Decoder().decode
+
+
+def classify_error(exc: Exception, raw: bytes | None = None) -> str:
+    """Map a msgspec decode/validation error to a reason code.
+
+    msgspec validates while it parses, so a truncated payload can fail a value check before the
+    parser reaches the truncation; with ``raw`` given, payloads that are not JSON at all are
+    reported as ``malformed_json`` whatever the first error was.
+    """
     if not isinstance(exc, msgspec.ValidationError):
         return MALFORMED_JSON
+    if raw is not None:
+        try:
+            _any_json(raw)
+        except msgspec.DecodeError:
+            return MALFORMED_JSON
     msg = str(exc)
     if msg.startswith("Object missing required field"):
         return MISSING_FIELD
@@ -73,7 +86,7 @@ def validate_payloads(values: list[bytes], payload_type: Any) -> ValidationOutco
         try:
             decode(raw)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            rejected.append((i, classify_error(exc), str(exc)[:500]))
+            rejected.append((i, classify_error(exc, raw), str(exc)[:500]))
         else:
             valid.append(i)
     return ValidationOutcome(valid, rejected)

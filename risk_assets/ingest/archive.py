@@ -140,7 +140,8 @@ def build_archive(batch: MessageBatch, spec: ArchiveSpec, hours: list[datetime])
     ok = np.asarray(outcome.valid, dtype=np.int64)
 
     if len(ok):
-        body = b"\n".join(batch.values[i] for i in ok)
+        values = batch.values
+        body = b"\n".join([values[i] for i in ok.tolist()])
         ts_cols = [c for c, t in archive_columns(spec.dataset).items() if t == pl.Datetime("ms", "UTC")]
         valid = (
             pl.read_ndjson(body, schema=spec.read_schema())
@@ -194,9 +195,10 @@ def build_archive(batch: MessageBatch, spec: ArchiveSpec, hours: list[datetime])
     valid = valid.filter(pl.col("_hour").is_in(wanted_series.implode()))
     dead = dead.filter(pl.col("_hour").is_in(wanted_series.implode()))
 
-    records = {h: to_archive_frame(valid.filter(pl.col("_hour") == h), spec.dataset) for h in wanted}
-    dead = dead.sort("kafka_partition", "kafka_offset")
-    dead_by_hour = {h: dead.filter(pl.col("_hour") == h).select(list(DEAD_LETTER_COLUMNS)) for h in wanted}
+    valid_by_hour = valid.partition_by("_hour", as_dict=True)
+    dead_parts = dead.sort("kafka_partition", "kafka_offset").partition_by("_hour", as_dict=True)
+    records = {h: to_archive_frame(valid_by_hour.get((h,), valid.clear()), spec.dataset) for h in wanted}
+    dead_by_hour = {h: dead_parts.get((h,), dead.clear()).select(list(DEAD_LETTER_COLUMNS)) for h in wanted}
     reasons = Counter(dead["reason"].to_list())
     return ArchiveHours(records, dead_by_hour, messages_read=len(batch), reasons=reasons)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 TIMESTAMP_SLACK = timedelta(minutes=10)
 
@@ -85,6 +85,9 @@ class KafkaRangeReader:
 
     def __init__(self, bootstrap_servers: str, *, timeout_s: float = 30.0, client_id: str = "risk-assets"):
         self.timeout_s = timeout_s
+        # Partition bounds are taken once per reader: one run works on one consistent snapshot of
+        # the log (create a new reader to see newer data).
+        self._bounds: dict[tuple[str, int], tuple[int, int]] = {}
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap_servers,
@@ -100,6 +103,8 @@ class KafkaRangeReader:
                 # Reads are bounded ranges, not tails: a long-polling fetch would only delay the
                 # next seek (binary search probes took 0.5 s each at the 500 ms default).
                 "fetch.wait.max.ms": 10,
+                # EOF events end the tail fetch of true_end() without waiting for an idle poll.
+                "enable.partition.eof": True,
             }
         )
 
@@ -122,11 +127,14 @@ class KafkaRangeReader:
         return sorted(t.partitions)
 
     def bounds(self, topic: str, partition: int) -> tuple[int, int]:
-        """``(log start offset, true end offset)`` of a partition (see module docstring)."""
-        low, high = self._consumer.get_watermark_offsets(
-            TopicPartition(topic, partition), timeout=self.timeout_s, cached=False
-        )
-        return low, self.true_end(topic, partition, low, high)
+        """``(log start offset, true end offset)`` of a partition, as of this reader's first look."""
+        key = (topic, partition)
+        if key not in self._bounds:
+            low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=self.timeout_s, cached=False
+            )
+            self._bounds[key] = (low, self.true_end(topic, partition, low, high))
+        return self._bounds[key]
 
     def true_end(self, topic: str, partition: int, low: int, reported_high: int) -> int:
         """The offset after the last record, correcting a watermark that stops at a batch base."""
@@ -142,15 +150,16 @@ class KafkaRangeReader:
         got_any = False
         try:
             while time.monotonic() < deadline:
-                msgs = self._consumer.consume(10_000, timeout=0.2 if got_any else 1.0)
-                if not msgs:
-                    if got_any:
-                        return last
-                    continue
+                # consume(n, t) waits for n messages or t: keep t short and stop on partition EOF.
+                msgs = self._consumer.consume(10_000, timeout=0.02)
+                if not msgs and got_any:
+                    return last
                 for m in msgs:
                     err = m.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
+                            if got_any:
+                                return last
                             continue
                         raise KafkaException(err)
                     got_any = True
@@ -169,61 +178,87 @@ class KafkaRangeReader:
     def first_offset_at_or_after(self, topic: str, partition: int, ts_ms: int, low: int, end: int) -> int:
         """Smallest offset in ``[low, end]`` whose timestamp is ≥ ``ts_ms`` (``end`` if none).
 
-        Binary search over message timestamps; exact when timestamps are non-decreasing.
+        Search over message timestamps, exact when they are non-decreasing. Steps alternate between
+        interpolation (timestamps grow roughly linearly with offsets, so a handful of probes
+        usually suffice) and bisection (which bounds the worst case at twice the bisection count).
         """
         lo, hi = low, end
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self.timestamp_at(topic, partition, mid) < ts_ms:
-                lo = mid + 1
+        if lo >= hi:
+            return lo
+        ts_lo = self.timestamp_at(topic, partition, lo)
+        if ts_lo >= ts_ms:
+            return lo
+        ts_hi = self.timestamp_at(topic, partition, hi - 1)
+        if ts_hi < ts_ms:
+            return hi
+        # Invariant: ts(lo) < ts_ms <= ts(hi - 1) … the answer is in (lo, hi - 1].
+        hi -= 1
+        interpolate = True
+        while hi - lo > 1:
+            if interpolate and ts_hi > ts_lo:
+                frac = (ts_ms - ts_lo) / (ts_hi - ts_lo)
+                mid = min(hi - 1, max(lo + 1, lo + int(frac * (hi - lo))))
             else:
-                hi = mid
-        return lo
+                mid = (lo + hi) // 2
+            interpolate = not interpolate
+            ts_mid = self.timestamp_at(topic, partition, mid)
+            if ts_mid < ts_ms:
+                lo, ts_lo = mid, ts_mid
+            else:
+                hi, ts_hi = mid, ts_mid
+        return hi
 
     # -- data --------------------------------------------------------------------------------
     def read(self, rng: OffsetRange) -> MessageBatch:
         """All messages of ``rng``, in offset order. Raises if the broker does not deliver them all."""
         n = rng.size
-        partitions = np.full(n, rng.partition, np.int32)
-        offsets = np.empty(n, np.int64)
-        stamps = np.empty(n, np.int64)
-        values: list[bytes] = []
         if n == 0:
-            return MessageBatch(partitions, offsets, stamps, values)
+            return MessageBatch(np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.int64), [])
+        offsets: list[int] = []
+        stamps: list[int] = []
+        values: list[bytes] = []
         self._consumer.assign([TopicPartition(rng.topic, rng.partition, rng.start)])
         deadline = time.monotonic() + self.timeout_s
-        i = 0
         next_offset = rng.start
         try:
             while next_offset < rng.end:
                 if time.monotonic() > deadline:
                     raise KafkaReadError(
-                        f"{rng.key()}: broker delivered {i} of {n} messages within {self.timeout_s}s"
+                        f"{rng.key()}: broker delivered {len(values)} of {n} messages "
+                        f"within {self.timeout_s}s"
                     )
-                msgs = self._consumer.consume(min(100_000, rng.end - next_offset), timeout=0.5)
-                for m in msgs:
-                    err = m.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            continue
-                        raise KafkaException(err)
-                    off = m.offset()
-                    if off < next_offset:
-                        continue  # re-delivered after a fetch retry
-                    # Gaps (compaction, transaction markers) are offsets that do not exist: skip on.
-                    if off >= rng.end:
-                        next_offset = rng.end
-                        break
-                    offsets[i] = off
-                    stamps[i] = m.timestamp()[1]
-                    values.append(m.value() or b"")
-                    i += 1
-                    next_offset = off + 1
-                if msgs:
-                    deadline = time.monotonic() + self.timeout_s
+                # consume(n, t) returns after n messages or t seconds, whichever comes first.
+                msgs = self._consumer.consume(min(100_000, rng.end - next_offset), timeout=0.05)
+                if not msgs:
+                    continue
+                deadline = time.monotonic() + self.timeout_s
+                msgs = [m for m in msgs if self._is_record(m)]
+                # Re-deliveries after a fetch retry (offset < next) and records past the range are
+                # dropped; gaps (compaction, transaction markers) are offsets that do not exist.
+                msgs = [m for m in msgs if next_offset <= m.offset() < rng.end]
+                if not msgs:
+                    continue
+                offsets += [m.offset() for m in msgs]
+                stamps += [m.timestamp()[1] for m in msgs]
+                values += [m.value() or b"" for m in msgs]
+                next_offset = offsets[-1] + 1
         finally:
             self._consumer.unassign()
-        return MessageBatch(partitions[:i], offsets[:i], stamps[:i], values)
+        return MessageBatch(
+            np.full(len(values), rng.partition, np.int32),
+            np.asarray(offsets, np.int64),
+            np.asarray(stamps, np.int64),
+            values,
+        )
+
+    @staticmethod
+    def _is_record(m: Message) -> bool:
+        err = m.error()
+        if err is None:
+            return True
+        if err.code() == KafkaError._PARTITION_EOF:
+            return False
+        raise KafkaException(err)
 
     def read_time_window(
         self, topic: str, start_ms: int, end_ms: int
