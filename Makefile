@@ -13,6 +13,11 @@ STATE := $(CURDIR)/.state
 export DAGSTER_HOME := $(STATE)/dagster_home
 # Local defaults; a value already in the environment wins (e.g. RISK_LAKE_URL=s3://bucket/lake).
 export RISK_LAKE_URL ?= $(STATE)/lake
+# Batch features read the lake archive unless pointed at Snowflake (then set the SNOWFLAKE_* values).
+export RISK_RAW_EVENT_BACKEND ?= lake
+export SNOWFLAKE_ACCOUNT ?=
+export SNOWFLAKE_USER ?=
+export SNOWFLAKE_PASSWORD ?=
 DAGSTER_PORT ?= 3000
 
 .PHONY: install demo test dev stack-up stack-down stack-status lint format bench clean

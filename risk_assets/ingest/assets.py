@@ -10,10 +10,11 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from risk_assets.events.validation import REASONS
+from risk_assets.ingest import snowflake_mirror
 from risk_assets.ingest.archive import EVENTS, LABELS, ArchiveSpec, build_archive, write_archive
 from risk_assets.ingest.kafka_reader import KafkaRangeReader, KafkaReadError
 from risk_assets.ingest.partitioning import GRACE, HOUR, ingest_window
-from risk_assets.resources import KafkaResource, LakeResource
+from risk_assets.resources import KafkaResource, LakeResource, RawEventSource
 
 HOURLY = dg.HourlyPartitionsDefinition(start_date="2026-01-01-00:00", timezone="UTC")
 OWNER = "team:risk-data"
@@ -163,3 +164,29 @@ archive_job = dg.define_asset_job(
 
 # Hours become final GRACE after they end; the schedule archives the newest final hour.
 ARCHIVE_LAG = HOUR + GRACE + timedelta(minutes=5)
+
+
+@dg.asset(
+    key="snowflake_raw_events",
+    deps=["raw_events"],
+    partitions_def=HOURLY,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name="ingest",
+    owners=[OWNER],
+    kinds={"snowflake"},
+    description=(
+        "The raw-event archive mirrored into the Snowflake table `RAW_EVENTS` (by event hour; "
+        "delete-then-insert, so re-runs are idempotent), for batch features computed in the "
+        "warehouse (`RawEventSource.backend = snowflake`). Needs the SNOWFLAKE_* settings."
+    ),
+)
+def snowflake_raw_events(
+    context: dg.AssetExecutionContext, lake: LakeResource, raw_event_source: RawEventSource
+) -> dg.MaterializeResult:
+    window = context.partition_time_window
+    events = RawEventSource(backend="lake").events(lake.lake(), window.start, window.end)
+    with raw_event_source.snowflake().get_connection() as conn:
+        rows = snowflake_mirror.write_hours(
+            conn.cursor(), raw_event_source.snowflake_table, events, window.start, window.end
+        )
+    return dg.MaterializeResult(metadata={"dagster/row_count": rows, "hours": len(_hours(window))})

@@ -1,0 +1,635 @@
+"""The feature language: typed, frozen, serializable definitions of windowed aggregations.
+
+A :class:`FeatureGroup` is a set of features about one :class:`Entity` (user, device, ip, card,
+wallet, counterparty, or a composite such as user × wallet), computed from the events of the group's
+``source_event_types``. Definitions hold no code: filters are :class:`Where` triples, so a group has a
+canonical JSON form and a stable :attr:`FeatureGroup.version` hash. The batch engine
+(``risk_assets.features.batch``) and any streaming engine MUST produce identical values under the
+semantics below (floating-point sums/means/ratios up to rounding, rel. tolerance 1e-9).
+
+Exact semantics (version ``SEMANTICS_VERSION``)
+-----------------------------------------------
+Time is integer milliseconds (``event_ts``, ``Datetime("ms", "UTC")``).
+
+*Group stream.* The events of a group are the events whose ``event_type`` is in
+``source_event_types`` and whose entity key columns are all non-null. Every such event both feeds
+the aggregates and produces an output row. Events of other types are invisible to the group.
+
+*Output rows.* One row per (entity key, as-of time ``t``) where ``t`` is the ``event_ts`` of at least
+one group event of that entity with ``start <= t < end``. Several events of one entity at the same
+millisecond give one row. Columns: entity key columns, ``event_ts`` (= ``t``), then one column per
+feature in definition order. Rows are sorted by (key columns, ``event_ts``).
+
+*Windows.* A feature with window ``w`` at as-of time ``t`` sees the entity's group events ``e`` with
+``t - w < e.event_ts <= t`` that pass all of the feature's filters (logical AND). Events at exactly
+``t`` are included (the event producing the row and any other event at the same millisecond).
+``ingest_ts`` is ignored: offline values are the *final* values, computed as if every event had
+arrived on time; lateness in event time is the streaming engine's concern.
+
+*Filters.* ``Where(column, op, value)``. A row whose column is null fails every op except
+``is_null`` (SQL three-valued logic, with unknown treated as false); ``ne``/``not_in`` therefore
+also drop nulls.
+
+*Ordering inside a millisecond.* Events are ordered by (``event_ts``, ``event_id``); only ``last``
+depends on it.
+
+*Aggregations* (over the window's matching events ``M``; "non-null" refers to ``column``):
+
+============== ============================================================ ================ ==========
+kind           value                                                        dtype            empty ``M``
+============== ============================================================ ================ ==========
+count          ``|M|``                                                      Int64            0
+sum            sum of the non-null values (nulls count as 0)                Float64          0.0
+mean           sum / number of non-null values                              Float64          null
+min, max       min/max of the non-null values                               column dtype     null
+distinct_count number of distinct non-null values                           Int64            0
+last           value of the latest event in ``M`` whose value is non-null   column dtype     null
+               (latest by (event_ts, event_id))
+time_since_last ``(t - s) / 1000`` seconds, ``s`` = the greatest event_ts   Float64          null
+               of ``M`` strictly less than ``t`` (events at ``t`` itself
+               are not "previous"); null if no such event in the window
+ratio          ``numerator / denominator`` of two other (non-ratio)         Float64          —
+               features of the group; null if either is null or the
+               denominator is 0
+============== ============================================================ ================ ==========
+
+*Label aggregates* (availability delay ``D``, ``0 <= D < w``). Labels join events on ``event_id``.
+An event counts as *labelled at t* if at least one label passing ``label_where`` has
+``label_ts <= t - D``. ``label_count`` = number of events of ``M`` labelled at ``t`` (Int64, 0 when
+none); ``label_rate`` = ``label_count / |M|`` (Float64, null when ``|M| = 0``). No label with
+``label_ts > t - D`` can influence a value. ``label_ts`` is the only label time used (not
+``ingest_ts``).
+
+*Versioning.* :attr:`FeatureGroup.version` is the first 12 hex digits of the SHA-256 of the canonical
+JSON of everything that determines values (name, entity, source types, features, ttl, semantics
+version), with keys sorted, features sorted by name, filters sorted, durations in milliseconds.
+Descriptions, owner and tags are documentation and do not change the version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import keyword
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import cached_property
+from typing import Any, Literal, TypeAlias
+
+import polars as pl
+
+from risk_assets.events.schema import ARCHIVE_EVENT_COLUMNS, ARCHIVE_LABEL_COLUMNS, EVENT_TYPES
+
+SEMANTICS_VERSION = 1
+MIN_WINDOW = timedelta(minutes=1)
+MAX_WINDOW = timedelta(days=30)
+EVENT_TS = "event_ts"
+_TS_DTYPE = pl.Datetime("ms", "UTC")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+Scalar: TypeAlias = str | int | float | bool
+FilterOp = Literal["eq", "ne", "in", "not_in", "gt", "ge", "lt", "le", "is_null", "not_null"]
+AggKind = Literal["count", "sum", "mean", "min", "max", "distinct_count", "last", "time_since_last"]
+LabelKind = Literal["label_count", "label_rate"]
+
+_OPS: tuple[str, ...] = FilterOp.__args__  # type: ignore[attr-defined]
+_NUMERIC_KINDS = ("sum", "mean", "min", "max")
+_COLUMN_KINDS = ("sum", "mean", "min", "max", "distinct_count", "last")
+
+
+def _ms(d: timedelta) -> int:
+    """A duration in whole milliseconds (sub-millisecond durations are rejected)."""
+    ms = d // timedelta(milliseconds=1)
+    if timedelta(milliseconds=ms) != d:
+        raise ValueError(f"durations must be whole milliseconds, got {d}")
+    return ms
+
+
+def format_window(d: timedelta) -> str:
+    """Compact text of a duration: ``10m``, ``1h``, ``7d`` (falls back to ``…s``/``…ms``)."""
+    ms = _ms(d)
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0 and ms >= size:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+def minutes(n: int) -> timedelta:
+    return timedelta(minutes=n)
+
+
+def hours(n: int) -> timedelta:
+    return timedelta(hours=n)
+
+
+def days(n: int) -> timedelta:
+    return timedelta(days=n)
+
+
+def _check_window(owner: str, window: timedelta) -> None:
+    _ms(window)
+    if not MIN_WINDOW <= window <= MAX_WINDOW:
+        raise ValueError(f"{owner}: window {window} outside [{MIN_WINDOW}, {MAX_WINDOW}]")
+
+
+def _check_name(name: str, what: str) -> None:
+    if not _NAME.match(name) or keyword.iskeyword(name):
+        raise ValueError(f"{what} name {name!r} must be snake_case ([a-z][a-z0-9_]*, ≤ 63 chars)")
+
+
+# --------------------------------------------------------------------------------------------
+# Entities
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Entity:
+    """What a feature group describes, identified by one or more archive columns (``keys``)."""
+
+    name: str
+    keys: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "entity")
+        if not self.keys or len(set(self.keys)) != len(self.keys):
+            raise ValueError(f"entity {self.name}: keys must be a non-empty tuple of distinct columns")
+        for k in self.keys:
+            if k not in ARCHIVE_EVENT_COLUMNS or k == EVENT_TS:
+                raise ValueError(f"entity {self.name}: key {k!r} is not an archive event column")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "keys": list(self.keys)}
+
+
+USER = Entity("user", ("user_id",))
+DEVICE = Entity("device", ("device_id",))
+IP = Entity("ip", ("ip",))
+CARD = Entity("card", ("card_id",))
+WALLET = Entity("wallet", ("wallet_address",))
+COUNTERPARTY = Entity("counterparty", ("counterparty_id",))
+USER_WALLET = Entity("user_wallet", ("user_id", "wallet_address"))
+
+
+# --------------------------------------------------------------------------------------------
+# Filters
+# --------------------------------------------------------------------------------------------
+def _check_value(column: str, dtype: pl.DataType, value: Any) -> None:
+    if dtype == pl.String:
+        ok = isinstance(value, str)
+    elif dtype == pl.Boolean:
+        ok = isinstance(value, bool)
+    elif dtype.is_numeric():
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        ok = False
+    if not ok:
+        raise ValueError(f"filter on {column!r} ({dtype}): value {value!r} has the wrong type")
+
+
+@dataclass(frozen=True)
+class Where:
+    """A row filter ``column op value``; a null column value fails every op but ``is_null``.
+
+    ``value`` is a scalar for comparisons, a tuple of scalars for ``in``/``not_in`` and ``None`` for
+    ``is_null``/``not_null``. Columns are looked up in ``columns`` (the archive event layout by
+    default; label filters use the label layout).
+    """
+
+    column: str
+    op: FilterOp
+    value: Scalar | tuple[Scalar, ...] | None = None
+    columns: Mapping[str, pl.DataType] = field(
+        default_factory=lambda: ARCHIVE_EVENT_COLUMNS, compare=False, hash=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        if self.op not in _OPS:
+            raise ValueError(f"unknown filter op {self.op!r}; expected one of {_OPS}")
+        if self.column not in self.columns:
+            raise ValueError(f"filter column {self.column!r} is not in the layout")
+        dtype = self.columns[self.column]
+        if self.op in ("is_null", "not_null"):
+            if self.value is not None:
+                raise ValueError(f"{self.op} takes no value")
+        elif self.op in ("in", "not_in"):
+            if isinstance(self.value, list):
+                object.__setattr__(self, "value", tuple(self.value))
+            if not isinstance(self.value, tuple) or not self.value:
+                raise ValueError(f"{self.op} needs a non-empty tuple of values")
+            # Membership is a set: canonical order makes equal filters equal.
+            object.__setattr__(self, "value", tuple(sorted(set(self.value), key=repr)))
+            for v in self.value:
+                _check_value(self.column, dtype, v)
+        else:
+            if self.value is None or isinstance(self.value, tuple):
+                raise ValueError(f"{self.op} needs one scalar value")
+            _check_value(self.column, dtype, self.value)
+        if self.column == "event_type" and self.op in ("eq", "in"):
+            values = self.value if isinstance(self.value, tuple) else (self.value,)
+            unknown = set(values) - set(EVENT_TYPES)
+            if unknown:
+                raise ValueError(f"unknown event types {sorted(unknown)}")
+
+    def expr(self) -> pl.Expr:
+        """The filter as a Polars boolean expression that is never null."""
+        c = pl.col(self.column)
+        v = self.value
+        e: pl.Expr
+        match self.op:
+            case "is_null":
+                return c.is_null()
+            case "not_null":
+                return c.is_not_null()
+            case "eq":
+                e = c == v
+            case "ne":
+                e = c != v
+            case "in":
+                e = c.is_in(list(v))  # type: ignore[arg-type]
+            case "not_in":
+                e = ~c.is_in(list(v))  # type: ignore[arg-type]
+            case "gt":
+                e = c > v
+            case "ge":
+                e = c >= v
+            case "lt":
+                e = c < v
+            case "le":
+                e = c <= v
+        return (e & c.is_not_null()).fill_null(False)
+
+    def matches(self, row: Mapping[str, Any]) -> bool:
+        """The same predicate on one row (a dict): the reference semantics used by tests and docs."""
+        x = row.get(self.column)
+        if self.op == "is_null":
+            return x is None
+        if x is None:
+            return False
+        v = self.value
+        match self.op:
+            case "not_null":
+                return True
+            case "eq":
+                return x == v
+            case "ne":
+                return x != v
+            case "in":
+                return x in v  # type: ignore[operator]
+            case "not_in":
+                return x not in v  # type: ignore[operator]
+            case "gt":
+                return x > v  # type: ignore[operator]
+            case "ge":
+                return x >= v  # type: ignore[operator]
+            case "lt":
+                return x < v  # type: ignore[operator]
+            case "le":
+                return x <= v  # type: ignore[operator]
+        raise AssertionError(self.op)
+
+    def to_dict(self) -> dict[str, Any]:
+        v = list(self.value) if isinstance(self.value, tuple) else self.value
+        return {"column": self.column, "op": self.op, "value": v}
+
+
+def label_where(column: str, op: FilterOp, value: Scalar | tuple[Scalar, ...] | None = None) -> Where:
+    """A filter on the label layout (``label_type``, ``scenario``, …) for label aggregates."""
+    return Where(column, op, value, columns=ARCHIVE_LABEL_COLUMNS)
+
+
+def event_type(*types: str) -> Where:
+    """Filter on ``event_type`` (one type → ``eq``, several → ``in``)."""
+    return Where("event_type", "eq", types[0]) if len(types) == 1 else Where("event_type", "in", types)
+
+
+def _canonical_filters(where: tuple[Where, ...]) -> list[dict[str, Any]]:
+    # Filters are ANDed: their order carries no meaning, duplicates neither.
+    docs = {json.dumps(w.to_dict(), sort_keys=True): w.to_dict() for w in where}
+    return [docs[k] for k in sorted(docs)]
+
+
+def _as_where_tuple(where: Any) -> tuple[Where, ...]:
+    if isinstance(where, Where):
+        return (where,)
+    return tuple(where)
+
+
+# --------------------------------------------------------------------------------------------
+# Features
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Aggregate:
+    """A windowed aggregation of the entity's matching events (see the module docstring)."""
+
+    name: str
+    kind: AggKind
+    window: timedelta
+    column: str | None = None
+    where: tuple[Where, ...] = ()
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "feature")
+        object.__setattr__(self, "where", _as_where_tuple(self.where))
+        _check_window(self.name, self.window)
+        if self.kind not in AggKind.__args__:  # type: ignore[attr-defined]
+            raise ValueError(f"{self.name}: unknown aggregation {self.kind!r}")
+        if self.kind in _COLUMN_KINDS:
+            if self.column is None or self.column not in ARCHIVE_EVENT_COLUMNS:
+                raise ValueError(f"{self.name}: {self.kind} needs an archive event column")
+            if self.kind in _NUMERIC_KINDS and not ARCHIVE_EVENT_COLUMNS[self.column].is_numeric():
+                raise ValueError(f"{self.name}: {self.kind} needs a numeric column, got {self.column}")
+        elif self.column is not None:
+            raise ValueError(f"{self.name}: {self.kind} takes no column")
+
+    @property
+    def windows(self) -> tuple[timedelta, ...]:
+        return (self.window,)
+
+    def dtype(self) -> pl.DataType:
+        """Polars dtype of the output column."""
+        if self.kind in ("count", "distinct_count"):
+            return pl.Int64()
+        if self.kind in ("sum", "mean", "time_since_last"):
+            return pl.Float64()
+        assert self.column is not None
+        return ARCHIVE_EVENT_COLUMNS[self.column]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": "aggregate",
+            "name": self.name,
+            "kind": self.kind,
+            "column": self.column,
+            "window_ms": _ms(self.window),
+            "where": _canonical_filters(self.where),
+        }
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """``numerator / denominator`` of two other features of the group, null when undefined."""
+
+    name: str
+    numerator: str
+    denominator: str
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "feature")
+
+    @property
+    def windows(self) -> tuple[timedelta, ...]:
+        return ()
+
+    def dtype(self) -> pl.DataType:
+        return pl.Float64()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "ratio", "name": self.name, "numerator": self.numerator,
+                "denominator": self.denominator}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LabelAggregate:
+    """Labelled-event count or share over a window, using only labels older than ``availability_delay``."""
+
+    name: str
+    kind: LabelKind
+    window: timedelta
+    availability_delay: timedelta
+    where: tuple[Where, ...] = ()
+    label_where: tuple[Where, ...] = ()
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "feature")
+        object.__setattr__(self, "where", _as_where_tuple(self.where))
+        object.__setattr__(self, "label_where", _as_where_tuple(self.label_where))
+        _check_window(self.name, self.window)
+        if self.kind not in LabelKind.__args__:  # type: ignore[attr-defined]
+            raise ValueError(f"{self.name}: unknown label aggregation {self.kind!r}")
+        _ms(self.availability_delay)
+        if not timedelta(0) <= self.availability_delay < self.window:
+            raise ValueError(f"{self.name}: availability_delay must be in [0, window)")
+        for w in self.label_where:
+            if w.column not in ARCHIVE_LABEL_COLUMNS:
+                raise ValueError(f"{self.name}: label filter column {w.column!r} is not a label column")
+
+    @property
+    def windows(self) -> tuple[timedelta, ...]:
+        return (self.window,)
+
+    def dtype(self) -> pl.DataType:
+        return pl.Int64() if self.kind == "label_count" else pl.Float64()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": "label_aggregate",
+            "name": self.name,
+            "kind": self.kind,
+            "window_ms": _ms(self.window),
+            "availability_delay_ms": _ms(self.availability_delay),
+            "where": _canonical_filters(self.where),
+            "label_where": _canonical_filters(self.label_where),
+        }
+
+
+Feature: TypeAlias = Aggregate | Ratio | LabelAggregate
+
+
+# Constructors: short, readable definitions. ``where`` takes any number of filters (ANDed).
+def count(name: str, window: timedelta, *where: Where, description: str = "") -> Aggregate:
+    """Number of matching events in the window."""
+    return Aggregate(name, "count", window, None, where, description)
+
+
+def sum_of(name: str, column: str, window: timedelta, *where: Where, description: str = "") -> Aggregate:
+    """Sum of ``column`` over matching events (nulls as 0, 0.0 when empty)."""
+    return Aggregate(name, "sum", window, column, where, description)
+
+
+def mean_of(name: str, column: str, window: timedelta, *where: Where, description: str = "") -> Aggregate:
+    """Mean of the non-null values of ``column`` (null when none)."""
+    return Aggregate(name, "mean", window, column, where, description)
+
+
+def min_of(name: str, column: str, window: timedelta, *where: Where, description: str = "") -> Aggregate:
+    """Minimum of the non-null values of ``column`` (null when none)."""
+    return Aggregate(name, "min", window, column, where, description)
+
+
+def max_of(name: str, column: str, window: timedelta, *where: Where, description: str = "") -> Aggregate:
+    """Maximum of the non-null values of ``column`` (null when none)."""
+    return Aggregate(name, "max", window, column, where, description)
+
+
+def distinct_count(
+    name: str, column: str, window: timedelta, *where: Where, description: str = ""
+) -> Aggregate:
+    """Exact number of distinct non-null values of ``column`` in the window."""
+    return Aggregate(name, "distinct_count", window, column, where, description)
+
+
+def last_value(name: str, column: str, window: timedelta, *where: Where, description: str = "") -> Aggregate:
+    """Latest non-null value of ``column`` in the window (ties by event_id)."""
+    return Aggregate(name, "last", window, column, where, description)
+
+
+def time_since_last(name: str, window: timedelta, *where: Where, description: str = "") -> Aggregate:
+    """Seconds since the latest matching event strictly before the as-of time, within the window."""
+    return Aggregate(name, "time_since_last", window, None, where, description)
+
+
+def ratio(name: str, numerator: str, denominator: str, description: str = "") -> Ratio:
+    """``numerator / denominator`` of two features of the same group."""
+    return Ratio(name, numerator, denominator, description)
+
+
+def label_count(
+    name: str,
+    window: timedelta,
+    availability_delay: timedelta,
+    *where: Where,
+    label_filters: tuple[Where, ...] = (),
+    description: str = "",
+) -> LabelAggregate:
+    """Matching events in the window with a label known at least ``availability_delay`` ago."""
+    return LabelAggregate(name, "label_count", window, availability_delay, where, label_filters, description)
+
+
+def label_rate(
+    name: str,
+    window: timedelta,
+    availability_delay: timedelta,
+    *where: Where,
+    label_filters: tuple[Where, ...] = (),
+    description: str = "",
+) -> LabelAggregate:
+    """Share of matching events in the window with a label known at least ``availability_delay`` ago."""
+    return LabelAggregate(name, "label_rate", window, availability_delay, where, label_filters, description)
+
+
+# --------------------------------------------------------------------------------------------
+# Feature groups
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FeatureGroup:
+    """A named, versioned set of features about one entity, computed from some event types."""
+
+    name: str
+    entity: Entity
+    description: str
+    owner: str
+    source_event_types: tuple[str, ...]
+    features: tuple[Feature, ...]
+    ttl: timedelta = timedelta(days=1)
+    tags: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "feature group")
+        if isinstance(self.tags, Mapping):
+            object.__setattr__(self, "tags", tuple(sorted(self.tags.items())))
+        object.__setattr__(self, "source_event_types", tuple(self.source_event_types))
+        object.__setattr__(self, "features", tuple(self.features))
+        unknown = set(self.source_event_types) - set(EVENT_TYPES)
+        if not self.source_event_types or unknown:
+            raise ValueError(f"{self.name}: bad source_event_types (unknown: {sorted(unknown)})")
+        if not self.features:
+            raise ValueError(f"{self.name}: a group needs features")
+        _ms(self.ttl)
+        if self.ttl <= timedelta(0):
+            raise ValueError(f"{self.name}: ttl must be positive")
+        reserved = {*self.entity.keys, EVENT_TS}
+        names = [f.name for f in self.features]
+        dupes = {n for n in names if names.count(n) > 1} | (set(names) & reserved)
+        if dupes:
+            raise ValueError(f"{self.name}: duplicate or reserved feature names {sorted(dupes)}")
+        by_name = {f.name: f for f in self.features}
+        for f in self.features:
+            if isinstance(f, Ratio):
+                for ref in (f.numerator, f.denominator):
+                    if ref not in by_name or isinstance(by_name[ref], Ratio):
+                        raise ValueError(f"{self.name}.{f.name}: {ref!r} is not a non-ratio feature")
+                continue
+            for w in f.where:
+                if w.column != "event_type":
+                    continue
+                allowed = set(w.value) if isinstance(w.value, tuple) else {w.value}
+                if w.op in ("eq", "in") and not allowed & set(self.source_event_types):
+                    raise ValueError(
+                        f"{self.name}.{f.name}: filters on event types outside source_event_types"
+                    )
+
+    # -- derived properties -------------------------------------------------------------------
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    @property
+    def windows(self) -> tuple[timedelta, ...]:
+        """Distinct windows used by the group's features, ascending."""
+        return tuple(sorted({w for f in self.features for w in f.windows}))
+
+    @property
+    def max_window(self) -> timedelta:
+        """Longest window: the lookback the engine needs before the first as-of time."""
+        return max(self.windows)
+
+    @property
+    def needs_labels(self) -> bool:
+        return any(isinstance(f, LabelAggregate) for f in self.features)
+
+    def feature(self, name: str) -> Feature:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def schema(self) -> dict[str, pl.DataType]:
+        """Output columns and their Polars dtypes, in output order."""
+        out: dict[str, pl.DataType] = {k: ARCHIVE_EVENT_COLUMNS[k] for k in self.entity.keys}
+        out[EVENT_TS] = _TS_DTYPE
+        for f in self.features:
+            out[f.name] = f.dtype()
+        return out
+
+    # -- identity -----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical definition: everything that determines values, nothing that does not."""
+        return {
+            "semantics_version": SEMANTICS_VERSION,
+            "name": self.name,
+            "entity": self.entity.to_dict(),
+            "source_event_types": sorted(set(self.source_event_types)),
+            "features": sorted((f.to_dict() for f in self.features), key=lambda d: d["name"]),
+            "ttl_ms": _ms(self.ttl),
+        }
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+    @cached_property
+    def version(self) -> str:
+        """12 hex digits of the SHA-256 of :meth:`canonical_json`; stable across processes."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-friendly description for Dagster asset metadata and docs."""
+        return {
+            "feature_group": self.name,
+            "version": self.version,
+            "description": self.description,
+            "owner": self.owner,
+            "entity": self.entity.name,
+            "keys": list(self.entity.keys),
+            "source_event_types": list(self.source_event_types),
+            "windows": [format_window(w) for w in self.windows],
+            "max_window": format_window(self.max_window),
+            "ttl": format_window(self.ttl),
+            "feature_count": len(self.features),
+            "needs_labels": self.needs_labels,
+            "tags": dict(self.tags),
+            "columns": {name: str(dtype) for name, dtype in self.schema().items()},
+            "feature_descriptions": {f.name: f.description for f in self.features if f.description},
+        }

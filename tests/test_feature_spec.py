@@ -1,0 +1,261 @@
+"""The feature language: validation, canonical form, version hash, schema and metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from risk_assets.features.definitions import FEATURE_GROUPS, GROUPS_BY_NAME
+from risk_assets.features.spec import (
+    DEVICE,
+    USER,
+    Entity,
+    FeatureGroup,
+    Where,
+    count,
+    days,
+    distinct_count,
+    event_type,
+    format_window,
+    hours,
+    label_rate,
+    label_where,
+    last_value,
+    max_of,
+    minutes,
+    ratio,
+    sum_of,
+    time_since_last,
+)
+
+
+def tiny(**overrides) -> FeatureGroup:
+    base = dict(
+        name="tiny",
+        entity=USER,
+        description="a tiny group",
+        owner="tests",
+        source_event_types=("login", "withdrawal"),
+        features=(
+            count("logins_1h", hours(1), event_type("login"), Where("success", "eq", False)),
+            sum_of("usd_24h", "amount_usd", hours(24), event_type("withdrawal")),
+            ratio("fail_per_usd", "logins_1h", "usd_24h"),
+        ),
+        ttl=days(1),
+    )
+    base.update(overrides)
+    return FeatureGroup(**base)
+
+
+# ---------------------------------------------------------------------------------------------
+# Version hash
+# ---------------------------------------------------------------------------------------------
+def test_version_is_a_short_hex_hash_equal_for_equal_definitions() -> None:
+    a, b = tiny(), tiny()
+    assert a == b and hash(a) == hash(b)
+    assert a.version == b.version
+    assert len(a.version) == 12 and int(a.version, 16) >= 0
+
+
+def test_version_is_stable_across_processes() -> None:
+    here = str(Path(__file__).resolve().parent)
+    code = (
+        f"import sys; sys.path.insert(0, {here!r}); from test_feature_spec import tiny; print(tiny().version)"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        env={"PYTHONHASHSEED": "12345", "PATH": ""},
+    )  # fmt: skip
+    assert res.stdout.strip() == tiny().version
+
+
+def test_version_pinned_for_the_tiny_group() -> None:
+    """Catches accidental changes of the canonical form (which would re-version every group)."""
+    assert tiny().canonical_json() == (
+        '{"entity":{"keys":["user_id"],"name":"user"},"features":[{"denominator":"usd_24h",'
+        '"name":"fail_per_usd","numerator":"logins_1h","type":"ratio"},{"column":null,"kind":"count",'
+        '"name":"logins_1h","type":"aggregate","where":[{"column":"event_type","op":"eq","value":"login"},'
+        '{"column":"success","op":"eq","value":false}],"window_ms":3600000},{"column":"amount_usd",'
+        '"kind":"sum","name":"usd_24h","type":"aggregate","where":[{"column":"event_type","op":"eq",'
+        '"value":"withdrawal"}],"window_ms":86400000}],"name":"tiny","semantics_version":1,'
+        '"source_event_types":["login","withdrawal"],"ttl_ms":86400000}'
+    )
+    assert tiny().version == "eb8a2a440205"
+
+
+FAIL = (event_type("login"), Where("success", "eq", False))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"name": "tiny2"},
+        {"entity": DEVICE},
+        {"source_event_types": ("login", "withdrawal", "deposit")},
+        {"ttl": days(2)},
+    ],
+)
+def test_version_changes_with_any_group_detail(change: dict) -> None:
+    assert tiny(**change).version != tiny().version
+
+
+@pytest.mark.parametrize(
+    "feature",
+    [
+        count("logins_1h", hours(2), *FAIL),  # window
+        count("logins_1h", hours(1), event_type("login"), Where("success", "eq", True)),  # filter value
+        count("logins_1h", hours(1), event_type("login")),  # filter removed
+        count("logins_1h", hours(1), event_type("login"), Where("success", "ne", True)),  # filter op
+        count("logins_1h_v2", hours(1), *FAIL),  # name
+        max_of("logins_1h", "amount_usd", hours(1), *FAIL),  # kind
+        time_since_last("logins_1h", hours(1), *FAIL),  # kind
+    ],
+)
+def test_version_changes_with_any_feature_detail(feature) -> None:
+    f0, f1, _ = tiny().features
+    base = tiny(features=(f0, f1))
+    assert tiny(features=(f0, f1)).version == base.version
+    assert tiny(features=(feature, f1)).version != base.version
+
+
+def test_version_ignores_order_and_documentation() -> None:
+    base = tiny()
+    f0, f1, f2 = base.features
+    reordered = tiny(
+        features=(f2, f1, dataclasses.replace(f0, where=tuple(reversed(f0.where)))),
+        source_event_types=("withdrawal", "login"),
+    )
+    assert reordered.version == base.version
+    documented = tiny(description="other words", owner="someone else", tags={"team": "x"})
+    assert documented.version == base.version
+    f0_doc = dataclasses.replace(f0, description="described")
+    assert tiny(features=(f0_doc, f1, f2)).version == base.version
+    # Membership filters are sets.
+    a = tiny(features=(count("n", hours(1), Where("ip_country", "in", ("DE", "FR"))),))
+    b = tiny(features=(count("n", hours(1), Where("ip_country", "in", ("FR", "DE", "FR"))),))
+    assert a.version == b.version
+
+
+def test_starter_set_versions_are_distinct_and_json_round_trips() -> None:
+    versions = [g.version for g in FEATURE_GROUPS]
+    assert len(set(versions)) == len(versions)
+    for g in FEATURE_GROUPS:
+        assert json.loads(g.canonical_json()) == g.to_dict()
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: count("n", timedelta(seconds=30)), "window"),
+        (lambda: count("n", days(31)), "window"),
+        (lambda: count("Bad-Name", hours(1)), "snake_case"),
+        (lambda: max_of("m", "user_id", hours(1)), "numeric"),
+        (lambda: sum_of("s", "nope", hours(1)), "archive event column"),
+        (lambda: Where("nope", "eq", 1), "not in the layout"),
+        (lambda: Where("amount_usd", "eq", "ten"), "wrong type"),
+        (lambda: Where("success", "eq", 1), "wrong type"),
+        (lambda: Where("ip", "between", "x"), "unknown filter op"),
+        (lambda: Where("ip", "in", ()), "non-empty"),
+        (lambda: Where("ip", "is_null", "x"), "no value"),
+        (lambda: event_type("logon"), "unknown event types"),
+        (lambda: label_rate("r", days(1), days(1)), "availability_delay"),
+        (lambda: Entity("e", ("nope",)), "not an archive event column"),
+        (lambda: tiny(features=(count("a", hours(1)), count("a", hours(2)))), "duplicate"),
+        (lambda: tiny(features=(count("user_id", hours(1)),)), "reserved"),
+        (lambda: tiny(features=(count("a", hours(1)), ratio("r", "a", "b"))), "non-ratio"),
+        (lambda: tiny(features=(count("a", hours(1), event_type("card_payment")),)), "outside source"),
+        (lambda: tiny(source_event_types=("logon",)), "source_event_types"),
+        (lambda: tiny(ttl=timedelta(0)), "ttl"),
+    ],
+)
+def test_invalid_definitions_are_rejected(build, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_filters_render_to_null_safe_polars_expressions() -> None:
+    df = pl.DataFrame({"ip_country": ["DE", None, "FR"], "amount_usd": [1.0, None, 20.0]})
+    cases = {
+        Where("ip_country", "eq", "DE"): [True, False, False],
+        Where("ip_country", "ne", "DE"): [False, False, True],
+        Where("ip_country", "in", ("DE", "FR")): [True, False, True],
+        Where("ip_country", "not_in", ("DE",)): [False, False, True],
+        Where("ip_country", "is_null"): [False, True, False],
+        Where("ip_country", "not_null"): [True, False, True],
+        Where("amount_usd", "gt", 1.0): [False, False, True],
+        Where("amount_usd", "ge", 1.0): [True, False, True],
+        Where("amount_usd", "lt", 20.0): [True, False, False],
+        Where("amount_usd", "le", 20.0): [True, False, True],
+    }
+    for w, expected in cases.items():
+        assert df.select(w.expr()).to_series().to_list() == expected, w
+        assert [w.matches(r) for r in df.to_dicts()] == expected, w
+
+
+def test_label_filters_use_the_label_layout() -> None:
+    f = label_rate("r", days(30), days(2), label_filters=(label_where("scenario", "eq", "ato"),))
+    assert f.label_where[0].column == "scenario"
+    with pytest.raises(ValueError):
+        Where("scenario", "eq", "ato")  # not an event column
+
+
+# ---------------------------------------------------------------------------------------------
+# Derived properties
+# ---------------------------------------------------------------------------------------------
+def test_schema_names_windows_and_metadata() -> None:
+    g = tiny(
+        features=(
+            count("n_10m", minutes(10)),
+            distinct_count("ips_7d", "ip", days(7)),
+            last_value("last_country", "ip_country", days(1)),
+            max_of("max_asn", "ip_asn", hours(1)),
+            time_since_last("since", hours(1)),
+            label_rate("rate", days(30), days(2)),
+            ratio("r", "n_10m", "ips_7d"),
+        )
+    )
+    assert g.feature_names == ("n_10m", "ips_7d", "last_country", "max_asn", "since", "rate", "r")
+    assert g.max_window == days(30)
+    assert g.needs_labels
+    assert g.schema() == {
+        "user_id": pl.String(),
+        "event_ts": pl.Datetime("ms", "UTC"),
+        "n_10m": pl.Int64(),
+        "ips_7d": pl.Int64(),
+        "last_country": pl.String(),
+        "max_asn": pl.Int64(),
+        "since": pl.Float64(),
+        "rate": pl.Float64(),
+        "r": pl.Float64(),
+    }
+    md = g.metadata()
+    assert md["version"] == g.version
+    assert md["keys"] == ["user_id"]
+    assert md["windows"] == ["10m", "1h", "1d", "7d", "30d"]
+    assert md["columns"]["event_ts"] == "Datetime(time_unit='ms', time_zone='UTC')"
+    json.dumps(md)  # JSON-friendly for Dagster metadata
+    assert format_window(timedelta(minutes=90)) == "90m"
+
+
+def test_starter_set_is_a_real_set() -> None:
+    names = {g.name for g in FEATURE_GROUPS}
+    assert len(names) == len(FEATURE_GROUPS) == len(GROUPS_BY_NAME)
+    assert sum(len(g.features) for g in FEATURE_GROUPS) >= 100
+    entities = {g.entity.name for g in FEATURE_GROUPS}
+    assert {"user", "device", "ip", "card", "wallet", "counterparty", "user_wallet"} <= entities
+    kinds = {getattr(f, "kind", "ratio") for g in FEATURE_GROUPS for f in g.features}
+    assert kinds == {"count", "sum", "mean", "min", "max", "distinct_count", "last", "time_since_last",
+                     "ratio", "label_count", "label_rate"}  # fmt: skip
+    for g in FEATURE_GROUPS:
+        assert g.description and g.owner
+        assert {f.name for f in g.features} == set(g.feature_names)
