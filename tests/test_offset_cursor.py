@@ -1,0 +1,74 @@
+"""The Kafka sensors' cursor planner: exact ranges, commits only after success, retries, restarts."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from risk_assets.sensors.offset_cursor import OffsetCursor, plan
+
+TP = "risk.events/0"
+
+
+def test_new_data_is_split_into_stable_ranges():
+    p = plan(OffsetCursor(), {TP: 2500}, {}, max_range=1000)
+    assert [r.run_key for r in p.requests] == [
+        "risk.events:0:0-1000",
+        "risk.events:0:1000-2000",
+        "risk.events:0:2000-2500",
+    ]
+    assert p.cursor.committed == {TP: 0}
+    # Nothing new and nothing finished: no requests, same cursor.
+    again = plan(p.cursor, {TP: 2500}, {}, max_range=1000)
+    assert again.requests == [] and again.cursor.dumps() == p.cursor.dumps()
+
+
+def test_commit_waits_for_the_contiguous_prefix():
+    p = plan(OffsetCursor(), {TP: 3000}, {}, max_range=1000)
+    # The second range succeeds first: nothing can be committed yet.
+    p = plan(p.cursor, {TP: 3000}, {"risk.events:0:1000-2000": "success"}, max_range=1000)
+    assert p.cursor.committed[TP] == 0 and p.requests == []
+    p = plan(p.cursor, {TP: 3000}, {"risk.events:0:0-1000": "success"}, max_range=1000)
+    assert p.cursor.committed[TP] == 2000
+    assert list(p.cursor.inflight) == ["risk.events:0:2000-3000"]
+
+
+def test_a_failed_run_never_moves_the_cursor_and_is_retried_under_a_new_key():
+    p = plan(OffsetCursor(), {TP: 1000}, {}, max_range=1000)
+    states = {"risk.events:0:0-1000": "failure"}
+    p = plan(p.cursor, {TP: 1000}, states, max_range=1000, max_attempts=3)
+    assert p.cursor.committed[TP] == 0
+    assert [r.run_key for r in p.requests] == ["risk.events:0:0-1000#attempt2"]
+    assert (p.requests[0].range.start, p.requests[0].range.end) == (0, 1000)
+    p = plan(
+        p.cursor, {TP: 1000}, {"risk.events:0:0-1000#attempt2": "failure"}, max_range=1000, max_attempts=3
+    )
+    p = plan(
+        p.cursor, {TP: 1000}, {"risk.events:0:0-1000#attempt3": "failure"}, max_range=1000, max_attempts=3
+    )
+    assert p.requests == [] and p.stuck == ["risk.events:0:0-1000#attempt3"]
+    assert p.cursor.committed[TP] == 0
+    # An operator re-executes it successfully: the cursor moves on.
+    p = plan(p.cursor, {TP: 1500}, {"risk.events:0:0-1000#attempt3": "success"}, max_range=1000)
+    assert p.cursor.committed[TP] == 1000
+    assert [r.run_key for r in p.requests] == ["risk.events:0:1000-1500"]
+
+
+def test_cursor_survives_serialization_and_random_completion_orders():
+    rng = random.Random(3)
+    for _ in range(50):
+        cursor, end = OffsetCursor(), 0
+        for _tick in range(30):
+            end += rng.randint(0, 700)
+            states = {k: "success" for k in rng.sample(sorted(cursor.inflight), k=len(cursor.inflight) // 2)}
+            p = plan(OffsetCursor.parse(cursor.dumps()), {TP: end}, states, max_range=500)
+            cursor = p.cursor
+            # Committed + inflight cover [0, end) exactly once: no gap, no overlap.
+            spans = sorted((i.start, i.end) for i in cursor.inflight.values())
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+            assert (spans[0][0] if spans else end) == cursor.committed[TP]
+            assert (spans[-1][1] if spans else end) == end
+        # Finish everything: the cursor reaches the end exactly.
+        p = plan(cursor, {TP: end}, {i.run_key: "success" for i in cursor.inflight.values()}, max_range=500)
+        final = plan(p.cursor, {TP: end}, {}, max_range=500)
+        assert final.cursor.committed[TP] == end and not final.cursor.inflight
