@@ -5,23 +5,50 @@ from __future__ import annotations
 import dagster as dg
 
 from risk_assets.features.assets import batch_features
+from risk_assets.features.stream_assets import (
+    events_topic,
+    feature_ingestion_job,
+    ingest_feature_buffer,
+    stream_batch_consistency,
+    stream_feature_buffer,
+    stream_features_job,
+)
+from risk_assets.features.sync_assets import (
+    online_offline_consistency,
+    online_store_sync,
+    online_sync_job,
+    online_sync_schedule,
+)
 from risk_assets.ingest.assets import (
     archive_job,
     raw_events_archive,
     raw_labels_archive,
     snowflake_raw_events,
 )
-from risk_assets.resources import KafkaResource, LakeResource, RawEventSource
+from risk_assets.resources import KafkaResource, LakeResource, RawEventSource, RedisResource
 from risk_assets.sensors.archive_schedule import raw_archive_hourly_schedule
+from risk_assets.sensors.kafka_sensors import feature_ingestion_sensor, stream_features_sensor
 
 defs = dg.Definitions(
-    assets=[raw_events_archive, raw_labels_archive, snowflake_raw_events, batch_features],
-    jobs=[archive_job],
-    schedules=[raw_archive_hourly_schedule],
+    assets=[
+        events_topic,
+        raw_events_archive,
+        raw_labels_archive,
+        snowflake_raw_events,
+        batch_features,
+        stream_feature_buffer,
+        ingest_feature_buffer,
+        online_store_sync,
+    ],
+    asset_checks=[stream_batch_consistency, online_offline_consistency],
+    jobs=[archive_job, stream_features_job, feature_ingestion_job, online_sync_job],
+    schedules=[raw_archive_hourly_schedule, online_sync_schedule],
+    sensors=[stream_features_sensor, feature_ingestion_sensor],
     resources={
         # s3:// lakes use the standard AWS chain (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, …).
         "lake": LakeResource(url=dg.EnvVar("RISK_LAKE_URL")),
         "kafka": KafkaResource(bootstrap_servers=dg.EnvVar("KAFKA_BOOTSTRAP_SERVERS")),
+        "redis": RedisResource(url=dg.EnvVar("REDIS_URL")),
         # lake | snowflake; the Snowflake settings are only used with the snowflake backend.
         "raw_event_source": RawEventSource(
             backend=dg.EnvVar("RISK_RAW_EVENT_BACKEND"),

@@ -122,6 +122,27 @@ class Lake:
             str(p.relative_to(base)) for p in root.rglob("*.parquet") if not p.name.startswith(".")
         )
 
+    def versions(self, relprefix: str) -> dict[str, str]:
+        """``{relative path: version token}`` of the Parquet objects under ``relprefix``.
+
+        The token changes whenever an object is rewritten (S3 ETag; on disk, modification time in
+        nanoseconds and size), so a reader can tell which objects changed since it last looked.
+        """
+        if self.is_s3:
+            bucket, prefix = self._bucket_key(relprefix.rstrip("/") + "/")
+            root_key = self._bucket_key("")[1]
+            out = {}
+            for page in self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for o in page.get("Contents", []):
+                    if o["Key"].endswith(".parquet"):
+                        out[o["Key"][len(root_key) :]] = o["ETag"].strip('"')
+            return out
+        out = {}
+        for rel in self.list(relprefix):
+            st = Path(self.uri(rel)).stat()
+            out[rel] = f"{st.st_mtime_ns}:{st.st_size}"
+        return out
+
     def exists(self, relpath: str) -> bool:
         if self.is_s3:
             bucket, key = self._bucket_key(relpath)

@@ -59,6 +59,19 @@ class KafkaResource(dg.ConfigurableResource):
         """A new offset-range reader; close it (or use it as a context manager) when done."""
         return KafkaRangeReader(self.bootstrap_servers, timeout_s=self.timeout_s)
 
+    def producer(self) -> Any:
+        """A confluent-kafka producer that waits for full acknowledgement of every message."""
+        from confluent_kafka import Producer
+
+        return Producer(
+            {
+                "bootstrap.servers": self.bootstrap_servers,
+                "acks": "all",
+                "linger.ms": 5,
+                "client.id": "risk-assets",
+            }
+        )
+
 
 def archive_hours(start: datetime, end: datetime) -> list[datetime]:
     """Hour starts covering ``[start, end)``."""
@@ -119,3 +132,11 @@ class RawEventSource(dg.ConfigurableResource):
         """Fraud labels with ``label_ts`` in ``[start, end)`` (always from the lake archive)."""
         frame = read_archive(lake, LABELS.dataset, archive_hours(start, end + GRACE + LATE_READ))
         return frame.filter((pl.col("label_ts") >= start) & (pl.col("label_ts") < end)).collect()
+
+
+class RedisResource(dg.ConfigurableResource):
+    """The Redis that holds the online store and the stream state (a URL; Cluster with ``cluster``)."""
+
+    url: str
+    namespace: str = "risk"
+    cluster: bool = False

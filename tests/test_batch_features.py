@@ -505,7 +505,9 @@ def test_starter_set_computes_on_a_realistic_frame() -> None:
         assert frame.select([*g.entity.keys, "event_ts"]).is_duplicated().sum() == 0
         # Counting features are never null; something in the group is non-trivial.
         for f in g.features:
-            if f.dtype() == pl.Int64:
+            kind = getattr(f, "kind", None)
+            counting = kind in ("count", "distinct_count") or type(f).__name__ == "LabelAggregate"
+            if counting and f.dtype() == pl.Int64:
                 assert frame[f.name].null_count() == 0, (g.name, f.name)
         assert any(frame[f].n_unique() > 1 for f in g.feature_names), g.name
 

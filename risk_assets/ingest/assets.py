@@ -158,7 +158,9 @@ raw_labels_archive = build_archive_asset(LABELS)
 
 archive_job = dg.define_asset_job(
     "raw_archive_job",
-    selection=dg.AssetSelection.groups("ingest"),
+    selection=dg.AssetSelection.assets(
+        EVENTS.dataset, EVENTS.dead_letter_dataset, LABELS.dataset, LABELS.dead_letter_dataset
+    ),
     description="Drain the events and labels topics into the hourly raw archives.",
 )
 
@@ -171,7 +173,7 @@ ARCHIVE_LAG = HOUR + GRACE + timedelta(minutes=5)
     deps=["raw_events"],
     partitions_def=HOURLY,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    group_name="ingest",
+    group_name="warehouse",
     owners=[OWNER],
     kinds={"snowflake"},
     description=(

@@ -144,30 +144,19 @@ class KafkaRangeReader:
         return max(reported_high, last + 1)
 
     def _last_offset_from(self, topic: str, partition: int, offset: int) -> int:
+        """Last offset of the first fetch from ``offset``: it returns at least the whole record
+        batch that holds ``offset``, so any offset after it exists. Returning after that first fetch
+        keeps the probe bounded on a live topic (draining until quiet would follow the tail)."""
         self._consumer.assign([TopicPartition(topic, partition, offset)])
         deadline = time.monotonic() + self.timeout_s
-        last = offset - 1
-        got_any = False
         try:
             while time.monotonic() < deadline:
-                # consume(n, t) waits for n messages or t: keep t short and stop on partition EOF.
-                msgs = self._consumer.consume(10_000, timeout=0.02)
-                if not msgs and got_any:
-                    return last
-                for m in msgs:
-                    err = m.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            if got_any:
-                                return last
-                            continue
-                        raise KafkaException(err)
-                    got_any = True
-                    last = max(last, m.offset())
+                # consume(n, t) returns after n messages or t seconds, whichever comes first.
+                records = [m for m in self._consumer.consume(100_000, timeout=0.02) if self._is_record(m)]
+                if records:
+                    return max(m.offset() for m in records)
         finally:
             self._consumer.unassign()
-        if got_any:
-            return last
         raise KafkaReadError(f"{topic}:{partition}: no record at offset {offset} within {self.timeout_s}s")
 
     def timestamp_at(self, topic: str, partition: int, offset: int) -> int:

@@ -71,7 +71,9 @@ ato_user = FeatureGroup(
         time_since_last("secs_since_security_change_30d", days(30), SECURITY,
                         description="Seconds since the previous security change (null: none in 30 days)."),
         time_since_last("secs_since_login_30d", days(30), LOGIN, Where("success", "eq", True)),
-        last_value("last_login_country_30d", "ip_country", days(30), LOGIN, Where("success", "eq", True)),
+        # Last successful login network (ASN). Served online, so numeric: a String `last` value
+        # (e.g. the country) stays offline-only; the online store holds numbers.
+        last_value("last_login_asn_30d", "ip_asn", days(30), LOGIN, Where("success", "eq", True)),
         count("withdrawal_count_1h", hours(1), WITHDRAWAL),
         count("withdrawal_count_24h", hours(24), WITHDRAWAL),
         sum_of("withdrawal_usd_1h", USD, hours(1), WITHDRAWAL),

@@ -1,0 +1,218 @@
+"""Freshness of stream features end to end: event produced → feature value readable in Redis.
+
+Usage::
+
+    .venv/bin/python bench/bench_stream_freshness.py [--rate 2000] [--seconds 20] [--cadence 1.0]
+        [--warm-hours 0] [--warm-events-per-day 1000000]
+
+Starts its own Redis + broker through ``risk_assets.stack.launcher`` on free ports (stopped at the
+end; endpoints in the environment are ignored). A child process produces simulated events to
+``risk.events`` at ``--rate`` events/s (``risk_assets.simulator.writers.live``; Kafka timestamp =
+produce time). The main process mimics the sensor + runs, every ``--cadence`` seconds:
+
+    new offset range of risk.events → decode_messages → process_events (state in Redis)
+    → publish to risk.features → ingest_range (online store + offline log in a temp lake)
+
+Freshness of an event = (time ``ingest_range`` returned, i.e. its rows are readable in Redis) −
+(its Kafka timestamp), for the events of the stream groups' source types. Each tick also reads a
+sample of the written entities back from Redis and checks the stored row is at least as new as the
+event (counted as ``readback_misses``; expected 0).
+
+``--warm-hours H`` first loads H hours of simulated history (``--warm-events-per-day``, same
+population as the live producer) into the stream state, so micro-batches read realistic windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import socket
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from confluent_kafka import Consumer, TopicPartition
+
+from risk_assets.events.schema import EVENTS_TOPIC
+from risk_assets.features.definitions import FEATURE_GROUPS
+from risk_assets.features.feature_buffer import FEATURES_TOPIC, publish
+from risk_assets.features.ingestion import group_layout, ingest_range
+from risk_assets.features.online_store import OnlineStore
+from risk_assets.features.stream import process_events
+from risk_assets.features.stream_state import StreamState, stream_groups
+from risk_assets.ingest.archive import EVENTS, decode_messages
+from risk_assets.ingest.kafka_reader import KafkaRangeReader, OffsetRange
+from risk_assets.lake import Lake
+from risk_assets.simulator import writers
+from risk_assets.simulator.config import SimConfig
+from risk_assets.simulator.generator import generate
+from risk_assets.stack import launcher
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _produce(bootstrap: str, rate: float, seconds: float, users: int) -> None:
+    producer = writers.make_producer(bootstrap, **{"linger.ms": 5})
+    stats = writers.live(SimConfig(users=users), producer, rate=rate, seconds=seconds)
+    print(
+        f"producer: {stats.events:,} events in {stats.seconds:.1f}s, {stats.delivery_errors} delivery errors"
+    )
+
+
+def _pct(values: list[float] | np.ndarray) -> str:
+    a = np.asarray(values, dtype=float)
+    if not len(a):
+        return "n/a"
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return f"p50 {p50:,.0f} ms, p95 {p95:,.0f} ms, p99 {p99:,.0f} ms, max {a.max():,.0f} ms"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rate", type=float, default=2000.0, help="events/s produced")
+    ap.add_argument("--seconds", type=float, default=20.0, help="how long to produce")
+    ap.add_argument("--cadence", type=float, default=1.0, help="seconds between sensor ticks")
+    ap.add_argument("--users", type=int, default=50_000)
+    ap.add_argument("--warm-hours", type=int, default=0)
+    ap.add_argument("--warm-events-per-day", type=int, default=1_000_000)
+    args = ap.parse_args()
+
+    for var in ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "S3_ENDPOINT_URL"):
+        os.environ.pop(var, None)
+    work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
+    config = launcher.StackConfig(state_dir=work / "stack", redis_port=_free_port(), kafka_port=_free_port())
+    env = launcher.up(config)
+    print(f"stack: redis {env['REDIS_URL']}, kafka {env['KAFKA_BOOTSTRAP_SERVERS']}")
+    groups = stream_groups(FEATURE_GROUPS)
+    print(f"stream groups: {[g.name for g in groups]}; cadence {args.cadence:.2f}s; rate {args.rate:,.0f}/s")
+    kafka = env["KAFKA_BOOTSTRAP_SERVERS"]
+    state = StreamState.from_url(env["REDIS_URL"], groups, namespace="bench")
+    store = OnlineStore.from_url(env["REDIS_URL"], namespace="bench")
+    lake = Lake(str(work / "lake"))
+    stream_types = sorted({t for g in groups for t in g.source_event_types})
+    try:
+        if args.warm_hours:
+            now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+            cfg = SimConfig(
+                start=now - timedelta(hours=args.warm_hours - 1),
+                hours=args.warm_hours,
+                events_per_day=args.warm_events_per_day,
+                users=args.users,
+            )
+            t0 = time.perf_counter()
+            history = generate(cfg, workers=2).events.filter(pl.col("ingest_ts") < datetime.now(UTC))
+            t1 = time.perf_counter()
+            for i in range(0, history.height, 50_000):
+                state.add(history.slice(i, 50_000))
+            print(
+                f"warm state: {history.height:,} events of {args.warm_hours}h generated in {t1 - t0:.1f}s, "
+                f"added in {time.perf_counter() - t1:.1f}s"
+            )
+
+        # spawn, not fork: forking after Polars' thread pool started can deadlock the child.
+        proc = mp.get_context("spawn").Process(
+            target=_produce, args=(kafka, args.rate, args.seconds, args.users), daemon=True
+        )
+        proc.start()
+        producer = writers.make_producer(kafka, **{"linger.ms": 1})
+        watermarks = Consumer({"bootstrap.servers": kafka, "group.id": "bench-watermarks"})
+        ev_cursor = feat_cursor = 0
+        fresh: list[np.ndarray] = []
+        ticks: list[dict[str, float]] = []
+        misses = checked = 0
+        idle_after_exit = 0
+        next_tick = time.monotonic()
+        deadline = next_tick + args.seconds + 60
+        while True:
+            next_tick += args.cadence
+            time.sleep(max(0.0, next_tick - time.monotonic()))
+            t_start = time.perf_counter()
+            with KafkaRangeReader(kafka, timeout_s=30) as reader:
+                # The reported high watermark, not reader.bounds(): on a topic being written
+                # continuously, bounds()' true-end probe follows the growing tail (see the docs).
+                # On tansu the reported mark may stop at the last record batch's base offset;
+                # the rest of that batch is simply read at the next tick.
+                end = watermarks.get_watermark_offsets(
+                    TopicPartition(EVENTS_TOPIC, 0), timeout=10, cached=False
+                )[1]
+                if not proc.is_alive():  # producer done: the log no longer grows, drain to the true end
+                    end = max(end, reader.bounds(EVENTS_TOPIC, 0)[1])
+                if end == ev_cursor:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("no events arrived: the producer process is stuck or failed")
+                    if not proc.is_alive():
+                        idle_after_exit += 1
+                        if idle_after_exit >= 2:
+                            break
+                    continue
+                batch = reader.read(OffsetRange(EVENTS_TOPIC, 0, ev_cursor, end))
+                t_read = time.perf_counter()
+                decoded = decode_messages(batch, EVENTS)
+                rows = process_events(decoded.valid, None, state)
+                t_proc = time.perf_counter()
+                n_rows = publish(producer, rows)
+                t_pub = time.perf_counter()
+            with KafkaRangeReader(kafka, timeout_s=30) as reader:
+                f_end = reader.bounds(FEATURES_TOPIC, 0)[1]
+                result = ingest_range(reader, OffsetRange(FEATURES_TOPIC, 0, feat_cursor, f_end), store, lake)
+            done_ms = time.time() * 1000
+            t_done = time.perf_counter()
+            ev_cursor, feat_cursor = end, f_end
+            valid = decoded.valid
+            mask = valid["event_type"].is_in(stream_types).to_numpy()
+            fresh.append(done_ms - valid["ingest_ts"].dt.epoch("ms").to_numpy()[mask])
+            # Read back a sample: the stored row must be at least as new as the event.
+            for g in groups:
+                sample = rows[g.name].head(20)
+                if not sample.height:
+                    continue
+                key_col = g.entity.keys[0]
+                got = store.read([(group_layout(g), k) for k in sample[key_col].to_list()])
+                for r, ts in zip(got, sample["event_ts"].to_list(), strict=True):
+                    checked += 1
+                    misses += r is None or r.event_ts < ts
+            ticks.append(
+                {
+                    "events": len(batch),
+                    "rows": n_rows,
+                    "read": t_read - t_start,
+                    "process": t_proc - t_read,
+                    "publish": t_pub - t_proc,
+                    "ingest": t_done - t_pub,
+                    "total": t_done - t_start,
+                    "rejected": result.rejected,
+                }
+            )
+        proc.join(10)
+        watermarks.close()
+        all_fresh = np.concatenate(fresh) if fresh else np.empty(0)
+        t = pl.DataFrame(ticks)
+        n_events = int(t["events"].sum())
+        print(f"ticks: {t.height}, events: {n_events:,}, feature rows: {int(t['rows'].sum()):,}")
+        print(f"events per micro-batch: mean {t['events'].mean():,.0f}, max {t['events'].max():,}")
+        for col in ("read", "process", "publish", "ingest", "total"):
+            print(f"  {col:>8}: {_pct(t[col].to_numpy() * 1000)}")
+        busy = float(t["total"].sum())
+        proc_time = float(t["process"].sum())
+        print(
+            f"throughput: {n_events / proc_time:,.0f} events/s in process_events, "
+            f"{n_events / busy:,.0f} events/s for the whole tick (read → ingest)"
+        )
+        print(f"freshness (produce → readable in Redis), {len(all_fresh):,} stream events: {_pct(all_fresh)}")
+        print(f"readback checks: {checked}, misses: {misses}")
+    finally:
+        state.close()
+        store.close()
+        launcher.down(config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Kafka sensors: watch a topic's end offsets and request one run per new exact offset range.
+
+Each tick reads end offsets only (a sensor must never block on consuming), asks the instance how the
+runs of inflight ranges went, and lets ``offset_cursor.plan`` decide; the run does the reading.
+Nothing is committed to the broker: the sensor cursor is the only bookkeeping.
+"""
+
+from typing import Any
+
+import dagster as dg
+
+from risk_assets.events.schema import EVENTS_TOPIC
+from risk_assets.features.feature_buffer import FEATURES_TOPIC
+from risk_assets.features.stream_assets import feature_ingestion_job, stream_features_job
+from risk_assets.resources import KafkaResource
+from risk_assets.sensors.offset_cursor import OffsetCursor, RunState, plan, tp_key
+
+RUN_KEY_TAG = "dagster/run_key"
+_FAILED = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+
+
+def _run_state(instance: dg.DagsterInstance, run_key: str) -> RunState:
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1)
+    if not runs:
+        return "pending"
+    if runs[0].status == dg.DagsterRunStatus.SUCCESS:
+        return "success"
+    return "failure" if runs[0].status in _FAILED else "pending"
+
+
+def build_offset_range_sensor(
+    name: str,
+    topic: str,
+    job: Any,  # an asset job (define_asset_job)
+    op_name: str,
+    *,
+    max_range: int,
+    interval_s: int,
+) -> dg.SensorDefinition:
+    """A sensor requesting ``job`` runs over new offset ranges of ``topic`` (≤ ``max_range`` each)."""
+
+    @dg.sensor(
+        name=name,
+        job=job,
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description=(
+            f"Every {interval_s}s: read the end offsets of `{topic}` and request one `{job.name}` run per "
+            f"new offset range (≤ {max_range:,} offsets; run key `topic:partition:start-end`). The cursor "
+            "commits a range only after its run succeeded; failed ranges are re-requested (3 attempts)."
+        ),
+    )
+    def _sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource):
+        cursor = OffsetCursor.parse(context.cursor)
+        with kafka.range_reader() as reader:
+            bounds = {tp_key(topic, p): reader.bounds(topic, p) for p in reader.partitions(topic)}
+        ends = {tp: end for tp, (_, end) in bounds.items()}
+        starts = {tp: low for tp, (low, _) in bounds.items()}
+        states = {
+            i.run_key: _run_state(context.instance, i.run_key) for i in cursor.inflight.values() if not i.done
+        }
+        p = plan(cursor, ends, states, max_range=max_range, starts=starts)
+        for key in p.stuck:
+            context.log.error(f"range {key} failed 3 times; re-execute it to let the cursor move on")
+        for req in p.requests:
+            r = req.range
+            yield dg.RunRequest(
+                run_key=req.run_key,
+                run_config={
+                    "ops": {
+                        op_name: {
+                            "config": {
+                                "topic": r.topic,
+                                "partition": r.partition,
+                                "start": r.start,
+                                "end": r.end,
+                            }
+                        }
+                    }
+                },
+                tags={
+                    "risk/topic": r.topic,
+                    "risk/partition": str(r.partition),
+                    "risk/offset_range": f"{r.start}-{r.end}",
+                    "risk/attempt": str(req.attempt),
+                },
+            )
+        context.update_cursor(p.cursor.dumps())
+        if not p.requests:
+            yield dg.SkipReason(f"no new offsets on {topic}; committed {p.cursor.committed}")
+
+    return _sensor
+
+
+stream_features_sensor = build_offset_range_sensor(
+    "stream_features_sensor",
+    EVENTS_TOPIC,
+    stream_features_job,
+    "stream_feature_buffer",
+    max_range=50_000,
+    interval_s=5,
+)
+feature_ingestion_sensor = build_offset_range_sensor(
+    "feature_ingestion_sensor",
+    FEATURES_TOPIC,
+    feature_ingestion_job,
+    "ingest_feature_buffer",
+    max_range=100_000,
+    interval_s=5,
+)
