@@ -25,6 +25,7 @@ from risk_assets.ingest.assets import (
     raw_labels_archive,
     snowflake_raw_events,
 )
+from risk_assets.models.assets import training_set
 from risk_assets.resources import KafkaResource, LakeResource, RawEventSource, RedisResource
 from risk_assets.sensors.archive_schedule import raw_archive_hourly_schedule
 from risk_assets.sensors.kafka_sensors import feature_ingestion_sensor, stream_features_sensor
@@ -39,6 +40,7 @@ defs = dg.Definitions(
         stream_feature_buffer,
         ingest_feature_buffer,
         online_store_sync,
+        training_set,
     ],
     asset_checks=[stream_batch_consistency, online_offline_consistency],
     jobs=[archive_job, stream_features_job, feature_ingestion_job, online_sync_job],

@@ -104,14 +104,17 @@ class Lake:
         return len(files)
 
     # -- reading -----------------------------------------------------------------------------
-    def list(self, relprefix: str) -> Iterator[str]:
-        """Relative paths of the objects under ``relprefix`` (sorted, temporary files skipped)."""
+    def list(self, relprefix: str, suffix: str = ".parquet") -> Iterator[str]:
+        """Relative paths of the objects under ``relprefix`` whose name ends with ``suffix``
+        (sorted; temporary files skipped)."""
         if self.is_s3:
             bucket, prefix = self._bucket_key(relprefix.rstrip("/") + "/")
             root_key = self._bucket_key("")[1]
             keys = []
             for page in self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                keys += [o["Key"][len(root_key) :] for o in page.get("Contents", [])]
+                keys += [
+                    o["Key"][len(root_key) :] for o in page.get("Contents", []) if o["Key"].endswith(suffix)
+                ]
             yield from sorted(keys)
             return
         root = Path(self.uri(relprefix))
@@ -119,7 +122,7 @@ class Lake:
             return
         base = Path(self.url)
         yield from sorted(
-            str(p.relative_to(base)) for p in root.rglob("*.parquet") if not p.name.startswith(".")
+            str(p.relative_to(base)) for p in root.rglob(f"*{suffix}") if not p.name.startswith(".")
         )
 
     def versions(self, relprefix: str) -> dict[str, str]:
