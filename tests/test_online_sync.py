@@ -10,13 +10,14 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import polars as pl
 import pytest
+import redis
 
 from risk_assets.features.assets import batch_features, feature_asset_key
 from risk_assets.features.definitions import GROUPS_BY_NAME
 from risk_assets.features.ingestion import group_layout
 from risk_assets.features.offline_store import day_part_path
 from risk_assets.features.online_audit import audit
-from risk_assets.features.online_store import OnlineStore, OnlineStoreUnavailable
+from risk_assets.features.online_store import OnlineStore, OnlineStoreError, OnlineStoreUnavailable
 from risk_assets.features.online_sync import STATE_PATH, SyncState, sync
 from risk_assets.features.sync_assets import online_offline_consistency, online_store_sync, sync_cron
 from risk_assets.lake import Lake
@@ -54,31 +55,67 @@ def test_sync_is_idempotent_and_picks_up_rewritten_days(offline, fresh_stack, ke
         again = sync(lake, store, GROUPS)
         assert (again.objects, again.applied) == (0, 0)
 
-        # A late correction of the older day: one entity's newest row gets a new value and a later
-        # created_ts. Only that object is offered again; only newer rows are applied.
+        # A late correction on the OLDER day, for a device not seen since: its row gets a new value
+        # and a later created_ts. An event-time watermark (newest event_ts synced) is already past it.
         group = GROUPS[0]
-        path = day_part_path(group, START + timedelta(days=1))
-        frame = pl.read_parquet(lake.read_bytes(path))
-        last = frame.sort("event_ts").tail(1)
-        device = last["device_id"][0]
-        fixed = frame.with_columns(
-            pl.when(pl.col("device_id") == device, pl.col("event_ts") == last["event_ts"][0])
+        day0 = pl.read_parquet(lake.read_bytes(day_part_path(group, START)))
+        day1 = pl.read_parquet(lake.read_bytes(day_part_path(group, START + timedelta(days=1))))
+        watermark = day1["event_ts"].max()
+        only_day0 = day0.filter(~pl.col("device_id").is_in(day1["device_id"].implode()))
+        last = only_day0.sort("event_ts").tail(1)
+        device, ts = last["device_id"][0], last["event_ts"][0]
+        assert ts < watermark, "an event-time watermark would never look at this row again"
+        target = (pl.col("device_id") == device) & (pl.col("event_ts") == ts)
+        fixed = day0.with_columns(
+            pl.when(target)
             .then(pl.col("card_payment_count_1h") + 100)
-            .otherwise(pl.col("card_payment_count_1h"))
-            .alias("card_payment_count_1h"),
-            pl.when(pl.col("device_id") == device, pl.col("event_ts") == last["event_ts"][0])
-            .then(pl.col("created_ts") + timedelta(hours=30))
-            .otherwise(pl.col("created_ts"))
-            .alias("created_ts"),
+            .otherwise(pl.col("card_payment_count_1h")),
+            pl.when(target).then(pl.col("created_ts") + timedelta(hours=30)).otherwise(pl.col("created_ts")),
         )
         time.sleep(0.01)
-        lake.write_parquet(fixed, path)
+        lake.write_parquet(fixed, day_part_path(group, START))
         late = sync(lake, store, GROUPS)
         assert late.objects == 1 and late.applied == 1
         (row,) = store.read([(group_layout(group), device)])
         assert (
             row is not None and row.values["card_payment_count_1h"] == last["card_payment_count_1h"][0] + 100
         )
+        assert audit(lake, store, GROUPS).mismatch_rate == 0.0
+
+
+def test_redis_failing_in_the_middle_of_a_sync_loses_nothing_and_applies_nothing_twice(
+    offline, fresh_stack, key_prefix
+):
+    lake = offline
+    admin = redis.Redis.from_url(fresh_stack.redis_url)
+    with OnlineStore.from_url(fresh_stack.redis_url, namespace=key_prefix) as store:
+        real_write = store.write
+        calls = []
+
+        def write_then_fill_memory(*args, **kwargs):
+            result = real_write(*args, **kwargs)
+            calls.append(result)
+            if len(calls) == 1:  # after the first group: Redis starts refusing writes (OOM)
+                admin.config_set("maxmemory-policy", "noeviction")
+                admin.config_set("maxmemory", 1)
+            return result
+
+        store.write = write_then_fill_memory  # type: ignore[method-assign]
+        try:
+            with pytest.raises(OnlineStoreError, match=r"(?i)memory|OOM"):
+                sync(lake, store, GROUPS)
+        finally:
+            admin.config_set("maxmemory", 0)
+        assert not lake.exists(STATE_PATH), "a failed tick must not mark anything synced"
+        first_group_rows = calls[0].applied
+        assert first_group_rows > 0
+
+        store.write = real_write  # type: ignore[method-assign]
+        retry = sync(lake, store, GROUPS)
+        # The rows written before the failure are offered again and skipped: nothing applied twice.
+        assert retry.by_group[GROUPS[0].name] == 0
+        assert retry.skipped >= first_group_rows
+        assert retry.objects == 6
         assert audit(lake, store, GROUPS).mismatch_rate == 0.0
 
 

@@ -387,3 +387,43 @@ def test_invalid_inputs_raise() -> None:
         point_in_time_join(spine, [FeatureTable("g", table, ["user_id"], ttl=timedelta(seconds=-1))])
     with pytest.raises(TypeError):
         point_in_time_join(spine.with_columns(pl.lit(1).alias("event_timestamp")), [])
+
+
+def test_same_table_joined_twice_under_different_key_maps() -> None:
+    # A P2P trade has two users: the same per-user table is joined once per role.
+    rng = random.Random(5)
+    users = [f"u{i}" for i in range(6)]
+    table = pl.DataFrame(
+        {
+            "user_id": [rng.choice(users) for _ in range(120)],
+            "event_timestamp": [_at(rng.randint(0, 300)) for _ in range(120)],
+            "trades_7d": list(range(120)),
+        }
+    )
+    spine = pl.DataFrame(
+        {
+            "buyer": [rng.choice(users) for _ in range(80)],
+            "seller": [rng.choice(users) for _ in range(80)],
+            "event_timestamp": [_at(rng.randint(0, 320)) for _ in range(80)],
+        }
+    )
+    out = point_in_time_join(
+        spine,
+        [
+            FeatureTable("buyer", table, {"buyer": "user_id"}),
+            FeatureTable("seller", table, {"seller": "user_id"}),
+        ],
+    )
+    assert out.columns == [*spine.columns, "buyer__trades_7d", "seller__trades_7d"]
+    rows = table.rows(named=True)
+    for s, got_b, got_s in zip(
+        spine.iter_rows(named=True), out["buyer__trades_7d"], out["seller__trades_7d"], strict=True
+    ):
+        for who, got in (("buyer", got_b), ("seller", got_s)):
+            seen = [
+                r for r in rows if r["user_id"] == s[who] and r["event_timestamp"] <= s["event_timestamp"]
+            ]
+            best = max(seen, key=lambda r: (r["event_timestamp"], r["trades_7d"]), default=None)
+            latest_ts = best["event_timestamp"] if best else None
+            candidates = {r["trades_7d"] for r in seen if r["event_timestamp"] == latest_ts}
+            assert (got is None and best is None) or got in candidates
