@@ -18,6 +18,8 @@ export RISK_RAW_EVENT_BACKEND ?= lake
 export SNOWFLAKE_ACCOUNT ?=
 export SNOWFLAKE_USER ?=
 export SNOWFLAKE_PASSWORD ?=
+# A running scoring service to check after promotions (empty: not checked).
+export RISK_SERVE_URL ?=
 DAGSTER_PORT ?= 3000
 
 .PHONY: install demo test dev stack-up stack-down stack-status lint format bench clean

@@ -25,7 +25,14 @@ from risk_assets.ingest.assets import (
     raw_labels_archive,
     snowflake_raw_events,
 )
-from risk_assets.models.assets import training_set
+from risk_assets.models.assets import (
+    ScoringServiceResource,
+    challenger_model,
+    deployed_model,
+    model_promotion,
+    model_rollback_job,
+    training_set,
+)
 from risk_assets.resources import KafkaResource, LakeResource, RawEventSource, RedisResource
 from risk_assets.sensors.archive_schedule import raw_archive_hourly_schedule
 from risk_assets.sensors.kafka_sensors import feature_ingestion_sensor, stream_features_sensor
@@ -41,9 +48,12 @@ defs = dg.Definitions(
         ingest_feature_buffer,
         online_store_sync,
         training_set,
+        challenger_model,
+        model_promotion,
+        deployed_model,
     ],
     asset_checks=[stream_batch_consistency, online_offline_consistency],
-    jobs=[archive_job, stream_features_job, feature_ingestion_job, online_sync_job],
+    jobs=[archive_job, stream_features_job, feature_ingestion_job, online_sync_job, model_rollback_job],
     schedules=[raw_archive_hourly_schedule, online_sync_schedule],
     sensors=[stream_features_sensor, feature_ingestion_sensor],
     resources={
@@ -51,6 +61,8 @@ defs = dg.Definitions(
         "lake": LakeResource(url=dg.EnvVar("RISK_LAKE_URL")),
         "kafka": KafkaResource(bootstrap_servers=dg.EnvVar("KAFKA_BOOTSTRAP_SERVERS")),
         "redis": RedisResource(url=dg.EnvVar("REDIS_URL")),
+        # Optional: the URL of a running risk-serve, to confirm which model it serves.
+        "scoring_service": ScoringServiceResource(url=dg.EnvVar("RISK_SERVE_URL")),
         # lake | snowflake; the Snowflake settings are only used with the snowflake backend.
         "raw_event_source": RawEventSource(
             backend=dg.EnvVar("RISK_RAW_EVENT_BACKEND"),

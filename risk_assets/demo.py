@@ -23,6 +23,7 @@ import sys
 import time
 import warnings
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -40,7 +41,7 @@ from risk_assets.lake import Lake
 from risk_assets.sensors.catch_up import catch_up
 from risk_assets.sensors.kafka_sensors import feature_ingestion_sensor, stream_features_sensor
 from risk_assets.simulator.config import SimConfig
-from risk_assets.simulator.writers import make_producer, replay
+from risk_assets.simulator.writers import make_producer, replay, write_history
 from risk_assets.stack import launcher
 
 DEMO_START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -51,6 +52,7 @@ LOCAL_DEFAULTS = {
     "SNOWFLAKE_ACCOUNT": "",
     "SNOWFLAKE_USER": "",
     "SNOWFLAKE_PASSWORD": "",
+    "RISK_SERVE_URL": "",
 }
 PARTITION_FMT = "%Y-%m-%d-%H:%M"
 
@@ -68,11 +70,53 @@ def _events_in_broker(bootstrap: str) -> int:
         return sum(reader.bounds(EVENTS_TOPIC, p)[1] for p in reader.partitions(EVENTS_TOPIC))
 
 
-def run(hours: int, events_per_day: int, bad_rate: float, seed: int) -> int:
+def _materialize(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    keys: set[dg.AssetKey],
+    *,
+    partition_key: str | None = None,
+    partition_range: tuple[str, str] | None = None,
+    config: dict | None = None,
+) -> dg.ExecuteInProcessResult:
+    """Materialize ``keys`` on ``instance`` as the UI would (one run), quietly; raise on failure."""
+    tags = {"risk/source": "make-demo"}
+    if partition_range:
+        tags |= {
+            "dagster/asset_partition_range_start": partition_range[0],
+            "dagster/asset_partition_range_end": partition_range[1],
+        }
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection=keys)
+    result = job.execute_in_process(
+        instance=instance,
+        partition_key=partition_key,
+        tags=tags,
+        # The run's full log is in the UI; keep the terminal to the demo's own progress lines.
+        run_config={**QUIET, **({"ops": config} if config else {})},
+        raise_on_error=False,
+    )
+    if not result.success:
+        raise DemoFailure(
+            f"run {result.run_id} ({', '.join(k.to_user_string() for k in keys)}) failed: see the UI"
+        )
+    return result
+
+
+class DemoFailure(RuntimeError):
+    """A demo step failed; the message says where to look."""
+
+
+def run(
+    hours: int,
+    events_per_day: int,
+    history_days: int,
+    history_events_per_day: int,
+    bad_rate: float,
+    seed: int,
+) -> int:
     t_all = time.perf_counter()
     step("starting the local stack (risk-stack up)")
-    stack_cfg = launcher.StackConfig(state_dir=launcher.default_stack_dir())
-    endpoints = launcher.up(stack_cfg)
+    endpoints = launcher.up(launcher.StackConfig(state_dir=launcher.default_stack_dir()))
     for k in ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS"):
         info(f"{k}={endpoints[k]}")
     os.environ.update({k: v for k, v in endpoints.items() if k in ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS")})
@@ -80,93 +124,146 @@ def run(hours: int, events_per_day: int, bad_rate: float, seed: int) -> int:
     for key, default in LOCAL_DEFAULTS.items():
         os.environ.setdefault(key, default)
     bootstrap = endpoints["KAFKA_BOOTSTRAP_SERVERS"]
+    lake = Lake(str(Path(lake_url).resolve()))
 
-    sim = SimConfig(seed=seed, start=DEMO_START, hours=hours, events_per_day=events_per_day)
-    step(f"simulating {hours} h of exchange traffic from {DEMO_START:%Y-%m-%d %H:%M}Z into the broker")
+    history_start = DEMO_START - timedelta(days=history_days)
+    history = SimConfig(
+        seed=seed, start=history_start, hours=24 * history_days, events_per_day=history_events_per_day
+    )
+    step(f"writing {history_days} days of history from {history_start:%Y-%m-%d} straight into the archive")
+    if lake.exists(archive_part_path(EVENTS.dataset, history_start)):
+        info("already there (re-run): not writing it again")
+    else:
+        stats = write_history(history, lake, beyond_end="drop", progress=lambda m: info(m))
+        info(
+            f"{stats.events:,} events, {stats.labels:,} labels, {stats.partitions} partitions "
+            f"in {stats.seconds:.1f}s"
+        )
+
+    live = history.with_(start=DEMO_START, hours=hours, events_per_day=events_per_day)
+    step(f"simulating {hours} h of live traffic from {DEMO_START:%Y-%m-%d %H:%M}Z into the broker")
     already = _events_in_broker(bootstrap)
     if already:
         info(f"the broker already holds {already:,} event messages: not producing them again")
     else:
-        producer = make_producer(bootstrap)
-        stats = replay(sim, producer, bad_rate=bad_rate, progress=lambda m: info(m))
+        stats = replay(live, make_producer(bootstrap), bad_rate=bad_rate, progress=lambda m: info(m))
         if stats.delivery_errors:
-            print(f"demo: {stats.delivery_errors} messages were not delivered", file=sys.stderr)
-            return 1
+            raise DemoFailure(f"{stats.delivery_errors} messages were not delivered")
         info(
             f"produced {stats.events:,} event messages ({stats.bad:,} deliberately bad) and "
             f"{stats.labels:,} labels in {stats.seconds:.1f}s ({stats.events / stats.seconds:,.0f} msg/s)"
         )
 
-    step(f"archiving hours {sim.start:%Y-%m-%d %H}:00 .. {sim.end - timedelta(hours=1):%H}:00 with Dagster")
     from risk_assets.definitions import defs  # after the environment is set: resources read EnvVars
 
     instance = dg.DagsterInstance.get()
+    step(
+        f"archiving the live hours {live.start:%Y-%m-%d %H}:00 .. "
+        f"{live.end - timedelta(hours=1):%H}:00 from the broker"
+    )
     t0 = time.perf_counter()
-    result = defs.resolve_job_def("raw_archive_job").execute_in_process(
-        instance=instance,
-        tags={
-            "dagster/asset_partition_range_start": sim.start.strftime(PARTITION_FMT),
-            "dagster/asset_partition_range_end": (sim.end - timedelta(hours=1)).strftime(PARTITION_FMT),
-            "risk/source": "make-demo",
+    _materialize(
+        defs,
+        instance,
+        {
+            dg.AssetKey(k)
+            for k in ("raw_events", "raw_event_dead_letters", "raw_labels", "raw_label_dead_letters")
         },
-        # The run's full log is in the UI; keep the terminal to the demo's own progress lines.
-        run_config=QUIET,
-        raise_on_error=False,
+        partition_range=(
+            live.start.strftime(PARTITION_FMT),
+            (live.end - timedelta(hours=1)).strftime(PARTITION_FMT),
+        ),
     )
-    if not result.success:
-        print("demo: the archive run failed; see the run in the UI (make dev)", file=sys.stderr)
-        return 1
-    info(f"run {result.run_id} succeeded in {time.perf_counter() - t0:.1f}s")
+    info(f"done in {time.perf_counter() - t0:.1f}s")
 
-    day = sim.start.replace(hour=0)
-    step(f"computing {len(FEATURE_GROUPS)} batch feature groups for {day:%Y-%m-%d} (offline store)")
+    days = (f"{history_start:%Y-%m-%d}", f"{DEMO_START:%Y-%m-%d}")
+    step(f"batch features: {len(FEATURE_GROUPS)} groups for {days[0]} .. {days[1]} as ONE backfill run")
     t0 = time.perf_counter()
-    features = (
-        defs.resolve_implicit_global_asset_job_def()
-        .get_subset(asset_selection={feature_asset_key(g) for g in FEATURE_GROUPS})
-        .execute_in_process(
-            instance=instance, partition_key=f"{day:%Y-%m-%d}", run_config=QUIET, raise_on_error=False
-        )
+    features = _materialize(
+        defs, instance, {feature_asset_key(g) for g in FEATURE_GROUPS}, partition_range=days
     )
-    if not features.success:
-        print("demo: the batch feature run failed; see the run in the UI (make dev)", file=sys.stderr)
-        return 1
     feature_rows = {
         m.asset_key.path[-1]: m.metadata["dagster/row_count"].value
         for m in features.asset_materializations_for_node("batch_features")
     }
     info(f"{sum(feature_rows.values()):,} feature rows in {time.perf_counter() - t0:.1f}s")
 
+    as_of_day = f"{DEMO_START - timedelta(days=1):%Y-%m-%d}"
+    step(
+        f"training set as of {DEMO_START:%Y-%m-%d} 00:00 (7-day window, labels mature 3 days), "
+        "challenger model, promotion gate"
+    )
+    t0 = time.perf_counter()
+    trained = _materialize(
+        defs,
+        instance,
+        {dg.AssetKey("training_set"), dg.AssetKey("challenger_model"), dg.AssetKey("model_promotion")},
+        partition_key=as_of_day,
+        config={
+            "training_set": {"config": {"window_days": 7, "maturity_days": 3}},
+            "challenger_model": {"config": {"n_estimators": 300}},
+        },
+    )
+    meta = {
+        e.asset_key.path[-1]: e.materialization.metadata for e in trained.get_asset_materialization_events()
+    }
+    ts_meta, model_meta, promo_meta = meta["training_set"], meta["challenger_model"], meta["model_promotion"]
+    info(
+        f"training set: {ts_meta['dagster/row_count'].value:,} rows, {ts_meta['positives'].value:,} frauds "
+        f"({ts_meta['positive_share'].value:.2%}), {ts_meta['features'].value} features"
+    )
+    info(
+        f"challenger {model_meta['version'].value}: test AUC {model_meta['test/auc'].value:.3f}, "
+        f"AP {model_meta['test/average_precision'].value:.3f}, "
+        f"recall@1%FPR {model_meta['test/recall_at_1pct_fpr'].value:.3f}"
+    )
+    info(
+        f"promotion: {'promoted' if promo_meta['promoted'].value else 'kept the champion'} "
+        f"→ champion {promo_meta['champion'].value}"
+    )
+    info(f"done in {time.perf_counter() - t0:.1f}s")
+
     step("stream path: sensor ticks → micro-batches over exact offset ranges → risk.features → Redis")
     t0 = time.perf_counter()
     caught = catch_up(defs, instance, [stream_features_sensor, feature_ingestion_sensor], progress=info)
     if caught.failed:
-        print(f"demo: stream runs failed: {caught.failed}", file=sys.stderr)
-        return 1
+        raise DemoFailure(f"stream runs failed: {caught.failed}")
     info(f"{caught.runs} runs in {time.perf_counter() - t0:.1f}s")
 
-    lake = Lake(lake_url)
-    hours_list = [sim.start + timedelta(hours=i) for i in range(hours)]
+    step("offline → online sync (the 10-minute schedule, once) and its consistency audit")
+    t0 = time.perf_counter()
+    synced = _materialize(defs, instance, {dg.AssetKey("online_store_sync")})
+    (sync_meta,) = [e.materialization.metadata for e in synced.get_asset_materialization_events()]
+    (audit,) = synced.get_asset_check_evaluations()
+    info(
+        f"{sync_meta['dagster/row_count'].value:,} rows written, "
+        f"{sync_meta['skipped_not_newer'].value:,} not newer; "
+        f"audit mismatch rate {audit.metadata['mismatch_rate'].value:.2%} "
+        f"on {audit.metadata['sampled'].value:,} entities ({'passed' if audit.passed else 'FAILED'}) "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
+
     events = pl.concat(
-        [pl.read_parquet(lake.read_bytes(archive_part_path(EVENTS.dataset, h))) for h in hours_list]
+        [pl.read_parquet(lake.read_bytes(archive_part_path(EVENTS.dataset, h))) for h in _hours(live)]
     )
     labels = pl.concat(
-        [pl.read_parquet(lake.read_bytes(archive_part_path(LABELS.dataset, h))) for h in hours_list]
+        [pl.read_parquet(lake.read_bytes(archive_part_path(LABELS.dataset, h))) for h in _hours(live)]
     )
-    dead = pl.concat([pl.read_parquet(lake.read_bytes(dead_letter_part_path(EVENTS, h))) for h in hours_list])
+    dead = pl.concat(
+        [pl.read_parquet(lake.read_bytes(dead_letter_part_path(EVENTS, h))) for h in _hours(live)]
+    )
 
     step("summary")
-    info(f"raw_events:   {events.height:,} events in {hours} hourly partitions")
+    info(
+        f"raw_events (live hours): {events.height:,} events; history: {history_days} days in the same archive"
+    )
     for row in events.group_by("event_type").len().sort("len", descending=True).iter_rows():
         info(f"    {row[0]:<16} {row[1]:>9,}")
-    info(f"raw_labels:   {labels.height:,} fraud labels known within these hours")
+    info(f"raw_labels (live hours): {labels.height:,} fraud labels")
     reasons = ", ".join(f"{r} {n}" for r, n in dead.group_by("reason").len().sort("reason").iter_rows())
     info(f"dead letters: {dead.height:,} ({reasons or 'none'})")
-    info(f"lake:         {lake.uri(EVENTS.dataset)}/dt=…/hour=…/part-00000.parquet")
-    total_rows = sum(feature_rows.values())
-    info(f"features:     {total_rows:,} rows in {len(feature_rows)} groups → {lake.uri('features')}/")
-    for name, n in sorted(feature_rows.items()):
-        info(f"    {name:<22} {n:>9,}")
+    info(f"lake:         {lake.url}/  (raw_events/, features/, training_sets/, models/registry/)")
+    info(f"features:     {sum(feature_rows.values()):,} rows in {len(feature_rows)} groups")
     sample = _online_sample(endpoints["REDIS_URL"], events)
     if sample:
         info(f"online store: Redis {endpoints['REDIS_URL']} — e.g. {sample}")
@@ -174,6 +271,10 @@ def run(hours: int, events_per_day: int, bad_rate: float, seed: int) -> int:
     info("UI:           make dev  →  http://127.0.0.1:3000  (asset graph, the runs above, their metadata)")
     info(f"done in {time.perf_counter() - t_all:.1f}s; stop the stack with `make stack-down`")
     return 0
+
+
+def _hours(sim: SimConfig) -> list[datetime]:
+    return [sim.start + timedelta(hours=i) for i in range(int((sim.end - sim.start) / timedelta(hours=1)))]
 
 
 def _online_sample(redis_url: str, events: pl.DataFrame) -> str | None:
@@ -200,14 +301,23 @@ def main(argv: list[str] | None = None) -> int:
     # Dagster flags backfill_policy as beta on every import; the demo's output is for people.
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     parser = argparse.ArgumentParser(prog="risk-demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--hours", type=int, default=6)
-    parser.add_argument("--events-per-day", type=int, default=1_000_000)
+    parser.add_argument("--hours", type=int, default=6, help="live hours through the broker")
+    parser.add_argument("--events-per-day", type=int, default=1_000_000, help="live traffic volume")
+    parser.add_argument("--history-days", type=int, default=14, help="history written to the archive")
+    parser.add_argument("--history-events-per-day", type=int, default=150_000)
     parser.add_argument("--bad-rate", type=float, default=0.002)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
     try:
-        return run(args.hours, args.events_per_day, args.bad_rate, args.seed)
-    except launcher.StackError as exc:
+        return run(
+            args.hours,
+            args.events_per_day,
+            args.history_days,
+            args.history_events_per_day,
+            args.bad_rate,
+            args.seed,
+        )
+    except (launcher.StackError, DemoFailure) as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
 

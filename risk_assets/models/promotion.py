@@ -1,0 +1,227 @@
+"""The guarded promotion gate: a challenger replaces the champion only when it is better on the same
+recent holdout and safe to serve. Every decision lands in the registry's audit trail.
+
+A challenger is promoted when **all** of these hold (``decide``):
+
+* it passes the sanity checks (``sanity_failures``): predictions on the holdout are not empty,
+  contain no NaN and are not constant (std > ``MIN_SCORE_STD``); every model feature is servable
+  online (a request feature, or ``{group}__{feature}`` of a current ``FEATURE_GROUPS`` group whose
+  feature is numeric); the manifest's feature-group versions equal the current definitions'; the
+  holdout does not overlap the challenger's own training period;
+* and, when there is a champion, the challenger's ``metric`` (default: weighted average precision)
+  on the holdout beats the champion's on the same holdout by at least ``margin`` (absolute).
+
+Without a champion, passing the sanity checks is enough. ``rollback`` points the champion back at
+the previous version (or a given one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from risk_assets.features.definitions import FEATURE_GROUPS
+from risk_assets.features.spec import FeatureGroup
+from risk_assets.lake import Lake
+from risk_assets.models import metrics as mx
+from risk_assets.models import registry
+from risk_assets.models.training import LABEL, TIMESTAMP, groups_of, load_booster, predict
+from risk_assets.models.training_set import model_feature_columns
+
+DEFAULT_METRIC = "average_precision"
+DEFAULT_MARGIN = 0.01
+MIN_SCORE_STD = 1e-6
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The gate's verdict: ``promote`` and every reason behind it (failed checks, metric gap)."""
+
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+
+
+def recent_holdout(frame: pl.DataFrame, days: float = 2.0) -> pl.DataFrame:
+    """The last ``days`` of a training-set frame (by ``event_ts``): a holdout every candidate is
+    scored on. Build it from a training set newer than the challenger's training split."""
+    end = frame[TIMESTAMP].max()
+    return frame.filter(pl.col(TIMESTAMP) > end - timedelta(days=days))  # type: ignore[operator]
+
+
+def servability_failures(
+    features: Sequence[str], feature_groups: dict[str, str], groups: Sequence[FeatureGroup] = FEATURE_GROUPS
+) -> list[str]:
+    """Why a model with these input features and recorded group versions cannot be served now."""
+    failures = []
+    servable = set(model_feature_columns(groups))
+    not_servable = [f for f in features if f not in servable]
+    if not_servable:
+        failures.append(f"features not servable online: {not_servable[:10]}")
+    current = {g.name: g.version for g in groups}
+    for name in sorted(groups_of(features)):
+        if name not in feature_groups:
+            failures.append(f"manifest lacks the version of feature group {name!r}")
+        elif name in current and feature_groups[name] != current[name]:
+            failures.append(
+                f"feature group {name!r} is version {feature_groups[name]} in the model, "
+                f"{current[name]} in the current definitions"
+            )
+    return failures
+
+
+def prediction_failures(scores: np.ndarray) -> list[str]:
+    """Why these holdout predictions are unusable (empty, NaN, constant)."""
+    if scores.size == 0:
+        return ["no predictions on the holdout"]
+    failures = []
+    nan = int(np.isnan(scores).sum())
+    if nan:
+        failures.append(f"{nan} NaN predictions")
+    finite = scores[np.isfinite(scores)]
+    if finite.size and float(finite.std()) <= MIN_SCORE_STD:
+        failures.append(f"constant predictions (std {float(finite.std()):.3g})")
+    return failures
+
+
+def evaluate_on_holdout(
+    lake: Lake, version: str, holdout_frame: pl.DataFrame, *, k: int = mx.DEFAULT_TOP_K
+) -> dict[str, Any]:
+    """Load a registered version (hash-checked), score ``holdout_frame`` and return its ``metrics``
+    (``metrics.evaluate``), ``prediction_stats`` and ``sanity_failures``."""
+    manifest = registry.load_manifest(lake, version)
+    booster = load_booster(registry.load_model_bytes(lake, version, manifest["model_sha256"]))
+    features: list[str] = list(manifest["features"])
+    missing = [f for f in features if f not in holdout_frame.columns]
+    # Missing columns are scored as NaN (XGBoost's missing value) and reported as a failure.
+    frame = holdout_frame.with_columns(pl.lit(None, pl.Float64).alias(f) for f in missing)
+    matrix = np.ascontiguousarray(
+        frame.select(pl.col(f).cast(pl.Float32) for f in features).to_numpy(), dtype=np.float32
+    )
+    scores = predict(booster, matrix).astype(np.float64) if frame.height else np.zeros(0)
+    failures = prediction_failures(scores)
+    failures += servability_failures(features, dict(manifest.get("feature_groups", {})))
+    if missing:
+        failures.append(f"holdout lacks model features: {missing[:10]}")
+    train_end = manifest.get("split", {}).get("train_end")
+    if train_end and frame.height and frame[TIMESTAMP].min() < datetime.fromisoformat(train_end):
+        failures.append(f"holdout starts before the model's training split ended ({train_end})")
+    ok = bool(scores.size) and not np.isnan(scores).any()
+    metrics = (
+        mx.evaluate(
+            frame[LABEL].to_numpy(),
+            scores,
+            frame["weight"].to_numpy(),
+            frame[TIMESTAMP].to_numpy(),
+            frame["scenario"].to_numpy(),
+            k=k,
+        )
+        if ok
+        else {}
+    )
+    stats = {
+        "rows": int(scores.size),
+        "nan": int(np.isnan(scores).sum()),
+        "mean": float(np.nanmean(scores)) if ok else None,
+        "std": float(np.nanstd(scores)) if ok else None,
+        "min": float(np.nanmin(scores)) if ok else None,
+        "max": float(np.nanmax(scores)) if ok else None,
+    }
+    return {"version": version, "metrics": metrics, "prediction_stats": stats, "sanity_failures": failures}
+
+
+def decide(
+    challenger_metrics: dict[str, Any],
+    champion_metrics: dict[str, Any] | None,
+    *,
+    metric: str = DEFAULT_METRIC,
+    margin: float = DEFAULT_MARGIN,
+    sanity: Sequence[str] = (),
+) -> Decision:
+    """Promote iff ``sanity`` (the failed checks) is empty and, with a champion, the challenger's
+    ``metric`` is at least ``margin`` above the champion's (both measured on the same holdout)."""
+    reasons = [f"sanity: {s}" for s in sanity]
+    mine = challenger_metrics.get(metric)
+    if mine is None:
+        return Decision(False, [*reasons, f"challenger has no {metric} on the holdout"])
+    theirs = None if champion_metrics is None else champion_metrics.get(metric)
+    if champion_metrics is None:
+        verdict = f"no champion yet; challenger {metric} {mine:.4f}, sanity checks passed"
+    elif theirs is None:
+        verdict = f"champion has no {metric} on the holdout; challenger {mine:.4f}"
+    elif mine >= theirs + margin:
+        verdict = f"challenger {metric} {mine:.4f} beats champion {theirs:.4f} by >= {margin}"
+    else:
+        reasons.append(f"challenger {metric} {mine:.4f} does not beat champion {theirs:.4f} by {margin}")
+    return Decision(False, reasons) if reasons else Decision(True, [verdict])
+
+
+def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k != "by_scenario"}
+
+
+def promote_if_better(
+    lake: Lake,
+    challenger_version: str,
+    holdout_frame: pl.DataFrame,
+    *,
+    metric: str = DEFAULT_METRIC,
+    margin: float = DEFAULT_MARGIN,
+    k: int = mx.DEFAULT_TOP_K,
+) -> Decision:
+    """Score the challenger and the current champion on ``holdout_frame`` and apply ``decide``.
+    The audit trail gets one entry with the reasons and both metrics (``gate_pass`` or
+    ``refuse``); a pass then moves the champion pointer (``registry.set_champion``, which audits a
+    ``promote``)."""
+    current = registry.champion(lake)
+    if current is not None and current.version == challenger_version:
+        return Decision(False, [f"{challenger_version} is already the champion"])
+    mine = evaluate_on_holdout(lake, challenger_version, holdout_frame, k=k)
+    theirs = evaluate_on_holdout(lake, current.version, holdout_frame, k=k) if current else None
+    decision = decide(
+        mine["metrics"],
+        theirs["metrics"] if theirs else None,
+        metric=metric,
+        margin=margin,
+        sanity=mine["sanity_failures"],
+    )
+    holdout = {
+        "rows": holdout_frame.height,
+        "positives": int(holdout_frame[LABEL].sum()) if holdout_frame.height else 0,
+        "start": holdout_frame[TIMESTAMP].min().isoformat() if holdout_frame.height else None,  # type: ignore[union-attr]
+        "end": holdout_frame[TIMESTAMP].max().isoformat() if holdout_frame.height else None,  # type: ignore[union-attr]
+    }
+    registry.append_audit(
+        lake,
+        {
+            "action": "gate_pass" if decision.promote else "refuse",
+            "version": challenger_version,
+            "champion": current.version if current else None,
+            "promote": decision.promote,
+            "reasons": decision.reasons,
+            "metric": metric,
+            "margin": margin,
+            "holdout": holdout,
+            "challenger_metrics": _summary(mine["metrics"]),
+            "champion_metrics": _summary(theirs["metrics"]) if theirs else None,
+            "challenger_prediction_stats": mine["prediction_stats"],
+        },
+    )
+    if decision.promote:
+        registry.set_champion(lake, challenger_version, "; ".join(decision.reasons))
+    return decision
+
+
+def rollback(lake: Lake, to_version: str | None = None, reason: str = "manual rollback") -> registry.Champion:
+    """Point the champion back at ``to_version``, or at the version the current champion replaced."""
+    current = registry.champion(lake)
+    target = to_version
+    if target is None:
+        if current is None or current.previous is None:
+            raise ValueError("no previous champion to roll back to")
+        target = current.previous
+    return registry.set_champion(lake, target, reason, action="rollback")

@@ -1,0 +1,175 @@
+"""The promotion gate on real trained models in a real (local) registry: it refuses constant, unservable,
+stale and worse challengers, accepts better ones, records every decision, and rolls back."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from risk_assets.features.definitions import FEATURE_GROUPS
+from risk_assets.lake import Lake
+from risk_assets.models import registry
+from risk_assets.models.promotion import (
+    Decision,
+    decide,
+    evaluate_on_holdout,
+    prediction_failures,
+    promote_if_better,
+    recent_holdout,
+    rollback,
+    servability_failures,
+)
+from risk_assets.models.request_features import REQUEST_FEATURE_NAMES
+from risk_assets.models.training import TrainedModel, TrainingParams, manifest_for, train
+from tests.test_model_training import FAST, simulated_training_set, trained_model
+
+AUX = replace(FAST, n_estimators=60, early_stopping_rounds=15)
+
+
+def test_decide_rules() -> None:
+    good = {"average_precision": 0.50, "auc": 0.99}
+    champ = {"average_precision": 0.45, "auc": 0.99}
+    assert decide(good, None).promote
+    assert decide(good, champ, margin=0.01).promote
+    assert not decide(good, champ, margin=0.06).promote
+    assert not decide(champ, good).promote
+    assert decide(good, champ, metric="auc", margin=0.0).promote
+    refused = decide(good, None, sanity=["constant predictions (std 0)"])
+    assert refused == Decision(False, ["sanity: constant predictions (std 0)"])
+    assert not decide(good, champ, sanity=["x"]).promote
+    assert not decide({"average_precision": None}, None).promote
+
+
+def test_sanity_checks() -> None:
+    assert prediction_failures(np.zeros(0)) == ["no predictions on the holdout"]
+    assert any("constant" in r for r in prediction_failures(np.full(10, 0.3)))
+    assert any("NaN" in r for r in prediction_failures(np.array([0.1, np.nan, 0.4])))
+    assert prediction_failures(np.array([0.1, 0.2])) == []
+    versions = {g.name: g.version for g in FEATURE_GROUPS}
+    ok = [*REQUEST_FEATURE_NAMES, "ato_user__login_count_1h", "p2p_counterparty__distinct_users_7d"]
+    assert servability_failures(ok, versions) == []
+    assert any("not servable" in r for r in servability_failures([*ok, "user_id"], versions))
+    assert any("not servable" in r for r in servability_failures(["ato_user__no_such_feature"], versions))
+    stale = {**versions, "ato_user": "000000000000"}
+    assert any("'ato_user' is version" in r for r in servability_failures(ok, stale))
+    assert any("lacks the version" in r for r in servability_failures(ok, {}))
+
+
+def _register(lake: Lake, trained: TrainedModel, manifest_overrides: dict | None = None) -> str:
+    s = simulated_training_set()
+    manifest = {**manifest_for(trained, s.manifest, FEATURE_GROUPS), **(manifest_overrides or {})}
+    return registry.register(lake, trained.model_bytes, manifest)
+
+
+def test_gate_end_to_end(tmp_path: Path) -> None:
+    lake = Lake(str(tmp_path / "lake"))
+    s = simulated_training_set()
+    good = trained_model()
+    features = s.manifest["features"]
+    holdout = recent_holdout(s.frame, days=2.0)
+    assert holdout["event_ts"].min() >= good.split.test_start
+    assert holdout["is_fraud"].sum() > 50
+
+    # 1. A constant model (it learned nothing: every feature flattened) is refused even without a
+    #    champion.
+    flat = s.frame.with_columns(pl.lit(0.0).alias(f) for f in features)
+    constant = _register(lake, train(flat, features, AUX))
+    d = promote_if_better(lake, constant, holdout)
+    assert not d.promote and any("constant predictions" in r for r in d.reasons), d
+    assert registry.champion(lake) is None
+
+    # 2. A model reading a column the online store cannot serve is refused, however good it looks.
+    leaky = s.frame.with_columns(pl.col("is_fraud").cast(pl.Float64).alias("label_leak"))
+    leak = _register(lake, train(leaky, [*features[:10], "label_leak"], AUX))
+    leak_holdout = recent_holdout(leaky, days=2.0)
+    assert evaluate_on_holdout(lake, leak, leak_holdout)["metrics"]["average_precision"] > 0.99
+    d = promote_if_better(lake, leak, leak_holdout)
+    assert not d.promote and any("not servable" in r for r in d.reasons), d
+
+    # 3. A model built on another version of a feature group than the current definitions: refused.
+    stale_versions = {**manifest_for(good, s.manifest, FEATURE_GROUPS)["feature_groups"]}
+    stale_versions["ato_user"] = "000000000000"
+    stale = _register(lake, good, {"feature_groups": stale_versions, "note": "stale"})
+    d = promote_if_better(lake, stale, holdout)
+    assert not d.promote and any("'ato_user' is version" in r for r in d.reasons), d
+    assert registry.champion(lake) is None
+
+    # 4. A weak model (request features only): no champion yet and sane → promoted.
+    weak_model = train(s.frame, list(REQUEST_FEATURE_NAMES), AUX)
+    weak = _register(lake, weak_model)
+    d = promote_if_better(lake, weak, holdout)
+    assert d.promote, d
+    assert registry.champion(lake).version == weak
+
+    # 5. The full model beats it on the same holdout by more than the margin → promoted.
+    best = _register(lake, good)
+    d = promote_if_better(lake, best, holdout, margin=0.05)
+    assert d.promote, d
+    assert registry.champion(lake).version == best
+    assert registry.champion(lake).previous == weak
+
+    # 6. Worse challengers are refused: shuffled labels, and most features dropped.
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(s.frame.height)
+    shuffled_frame = s.frame.with_columns(
+        pl.Series("is_fraud", s.frame["is_fraud"].to_numpy()[perm]),
+        pl.Series("scenario", s.frame["scenario"].to_numpy()[perm]),
+    )
+    shuffled = _register(lake, train(shuffled_frame, features, AUX))
+    d = promote_if_better(lake, shuffled, holdout)
+    assert not d.promote and any("does not beat champion" in r for r in d.reasons), d
+    d = promote_if_better(lake, weak, holdout)
+    assert not d.promote and any("does not beat champion" in r for r in d.reasons), d
+    assert registry.champion(lake).version == best
+
+    # 7. The audit trail records every refusal (reasons + both metrics) and every promotion.
+    trail = registry.audit_trail(lake)
+    refusals = [e for e in trail if e["action"] == "refuse"]
+    assert [e["version"] for e in refusals] == [constant, leak, stale, shuffled, weak]
+    for e in refusals:
+        assert e["reasons"] and e["challenger_metrics"] is not None
+    assert refusals[-1]["champion"] == best
+    assert (
+        refusals[-1]["champion_metrics"]["average_precision"]
+        > refusals[-1]["challenger_metrics"]["average_precision"]
+    )
+    assert refusals[0]["champion_metrics"] is None  # no champion at the time
+    assert [e["version"] for e in trail if e["action"] == "promote"] == [weak, best]
+    assert [e["version"] for e in trail if e["action"] == "gate_pass"] == [weak, best]
+
+    # 8. Rollback: to the previous champion, then forward to a named version.
+    back = rollback(lake, reason="alert volume doubled")
+    assert back.version == weak and registry.champion(lake).version == weak
+    assert rollback(lake, to_version=best, reason="false alarm").version == best
+    rollbacks = [e for e in registry.audit_trail(lake) if e["action"] == "rollback"]
+    assert [(e["version"], e["reason"]) for e in rollbacks] == [
+        (weak, "alert volume doubled"),
+        (best, "false alarm"),
+    ]
+    # Re-submitting the champion itself is a no-op.
+    assert not promote_if_better(lake, best, holdout).promote
+
+
+def test_rollback_without_history_fails(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no previous champion"):
+        rollback(Lake(str(tmp_path)), reason="nothing to roll back")
+
+
+def test_holdout_overlapping_training_is_refused(tmp_path: Path) -> None:
+    lake = Lake(str(tmp_path))
+    s = simulated_training_set()
+    version = _register(lake, trained_model())
+    early = s.frame.filter(pl.col("event_ts") < trained_model().split.train_end)
+    d = promote_if_better(lake, version, early.tail(20_000))
+    assert not d.promote and any("before the model's training split ended" in r for r in d.reasons), d
+
+
+def test_params_are_plain_values() -> None:
+    """``TrainingParams`` holds only scalars, so the Launchpad config can mirror it field by field."""
+    from dataclasses import fields
+
+    assert all(f.type in ("int", "float", "float | None") for f in fields(TrainingParams))
