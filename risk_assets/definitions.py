@@ -33,9 +33,20 @@ from risk_assets.models.assets import (
     model_rollback_job,
     training_set,
 )
+from risk_assets.monitoring.assets import (
+    drift_report_asset,
+    feature_profiles,
+    monitoring_daily_job,
+    monitoring_daily_schedule,
+    raw_events_daily_profile,
+    raw_events_profile,
+    realized_performance,
+    training_set_profile,
+)
 from risk_assets.resources import KafkaResource, LakeResource, RawEventSource, RedisResource
 from risk_assets.sensors.archive_schedule import raw_archive_hourly_schedule
 from risk_assets.sensors.kafka_sensors import feature_ingestion_sensor, stream_features_sensor
+from risk_assets.sensors.retraining import retraining_job, retraining_sensor, weekly_retraining_schedule
 
 defs = dg.Definitions(
     assets=[
@@ -51,11 +62,30 @@ defs = dg.Definitions(
         challenger_model,
         model_promotion,
         deployed_model,
+        raw_events_profile,
+        raw_events_daily_profile,
+        feature_profiles,
+        training_set_profile,
+        drift_report_asset,
+        realized_performance,
     ],
     asset_checks=[stream_batch_consistency, online_offline_consistency],
-    jobs=[archive_job, stream_features_job, feature_ingestion_job, online_sync_job, model_rollback_job],
-    schedules=[raw_archive_hourly_schedule, online_sync_schedule],
-    sensors=[stream_features_sensor, feature_ingestion_sensor],
+    jobs=[
+        archive_job,
+        stream_features_job,
+        feature_ingestion_job,
+        online_sync_job,
+        model_rollback_job,
+        monitoring_daily_job,
+        retraining_job,
+    ],
+    schedules=[
+        raw_archive_hourly_schedule,
+        online_sync_schedule,
+        monitoring_daily_schedule,
+        weekly_retraining_schedule,
+    ],
+    sensors=[stream_features_sensor, feature_ingestion_sensor, retraining_sensor],
     resources={
         # s3:// lakes use the standard AWS chain (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, …).
         "lake": LakeResource(url=dg.EnvVar("RISK_LAKE_URL")),
