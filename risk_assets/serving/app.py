@@ -1,0 +1,383 @@
+"""The ``risk-serve`` ASGI app (Starlette): real-time fraud scoring.
+
+Routes (docs/serving.md has the full contract):
+
+* ``POST /v1/score``        one event → ``{event_id, score, decision, model_version, reasons,
+  features_missing, degraded}``  (bearer token)
+* ``POST /v1/score/batch``  ``{"events": [...]}`` → ``{"model_version", "results": [...]}``  (bearer token)
+* ``GET /healthz``          the process is up (open)
+* ``GET /readyz``           200 when a champion is loaded and Redis answered recently, else 503 (open)
+* ``GET /metrics``          Prometheus text format (open)
+
+The hot path runs on the event loop thread without hops to a thread pool: msgspec decoding into the
+event schema, one Redis ``MGET`` (sync redis-py with a 50 ms socket timeout — a thread hop would
+cost more than the round trip), a NumPy vector, one ``Booster.inplace_predict``; approximate
+contributions (``pred_contribs`` + ``approx_contribs`` on a one-row ``DMatrix``) only for review and
+block decisions. No logging, pandas or polars per request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import xgboost as xgb
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from risk_assets.events.schema import RiskEvent
+from risk_assets.features.online_store import OnlineStore
+from risk_assets.lake import Lake
+from risk_assets.serving.config import ServeConfig
+from risk_assets.serving.feature_fetch import FeatureFetcher, RedisBreaker
+from risk_assets.serving.model_holder import LoadedModel, ModelHolder
+from risk_assets.serving.prediction_log import PredictionLog
+from risk_assets.serving.service_metrics import ServiceMetrics
+
+log = logging.getLogger("risk_assets.serving")
+
+JSON = "application/json"
+_encode = msgspec.json.Encoder().encode
+_decode_event = msgspec.json.Decoder(RiskEvent).decode
+
+
+class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``/v1/score/batch``."""
+
+    events: list[RiskEvent]
+
+
+_decode_batch = msgspec.json.Decoder(BatchRequest).decode
+
+
+def _json(status: int, body: Any) -> Response:
+    return Response(_encode(body), status_code=status, media_type=JSON)
+
+
+def _error(status: int, error: str, detail: str) -> Response:
+    return _json(status, {"error": error, "detail": detail})
+
+
+def build_lake(config: ServeConfig) -> Lake:
+    """The registry's lake: a directory, or ``s3://`` with one boto3 client reused by every poll."""
+    if not config.lake_url.startswith("s3://"):
+        return Lake(str(Path(config.lake_url).expanduser().resolve()))
+    import boto3
+
+    options = {"aws_region": config.aws_region}
+    if config.s3_endpoint_url:
+        options["aws_endpoint_url"] = config.s3_endpoint_url
+        options["aws_allow_http"] = str(config.s3_endpoint_url.startswith("http://")).lower()
+    client = boto3.client("s3", endpoint_url=config.s3_endpoint_url or None, region_name=config.aws_region)
+    return Lake(config.lake_url, storage_options=options, s3_client=client)
+
+
+class ScoringService:
+    """Everything one worker process holds: model, online store, breaker, prediction log, metrics."""
+
+    def __init__(self, config: ServeConfig, lake: Lake | None = None) -> None:
+        self.config = config
+        self.metrics = ServiceMetrics()
+        self.lake = lake or build_lake(config)
+        self.holder = ModelHolder(self.lake, self.metrics, config.poll_s)
+        self.store = OnlineStore.from_url(
+            config.redis_url,
+            namespace=config.redis_namespace,
+            connect_timeout_s=config.redis_timeout_s,
+            socket_timeout_s=config.redis_timeout_s,
+            retries=0,
+            check=False,
+            write_concurrency=1,
+        )
+        self.breaker = RedisBreaker(self.store, self.metrics, config.redis_probe_s)
+        self.fetcher = FeatureFetcher(self.store, self.breaker, self.metrics)
+        self.predictions = PredictionLog(
+            config.kafka_bootstrap,
+            config.prediction_topic,
+            queue_size=config.prediction_queue,
+            buffer_messages=config.prediction_buffer,
+        )
+        self._auth = ("Bearer " + config.token).encode()
+        self.metrics.gauges += [self.holder.info_lines, self.predictions.metric_lines, self._gauge_lines]
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Probe Redis, load the champion, start the background threads."""
+        self.breaker.probe()
+        self.holder.start()
+        self.breaker.start()
+        self.predictions.start()
+        gc.collect()
+        gc.freeze()  # startup objects (model, modules) leave the GC's working set: shorter pauses
+
+    def stop(self) -> None:
+        """Stop the threads, flush the prediction log (bounded), close Redis."""
+        self.holder.stop()
+        self.breaker.stop()
+        self.predictions.stop()
+        self.store.close()
+
+    # ---- pieces of the request path -----------------------------------------------------------
+
+    def authorized(self, request: Request) -> bool:
+        """Constant-time bearer token check (the token is never logged or echoed)."""
+        for name, value in request.scope["headers"]:
+            if name == b"authorization":
+                return hmac.compare_digest(value, self._auth)
+        return False
+
+    def decide(self, score: float) -> str:
+        """allow / review / block by the configured thresholds (review ≤ block)."""
+        if score >= self.config.block_threshold:
+            return "block"
+        if score >= self.config.review_threshold:
+            return "review"
+        return "allow"
+
+    def reasons(self, model: LoadedModel, rows: np.ndarray) -> list[list[dict[str, Any]]]:
+        """Top positive contributions (log-odds units) per row: approximate SHAP on a DMatrix."""
+        k = self.config.reasons_top_k
+        if k == 0:
+            return [[] for _ in range(len(rows))]
+        dm = xgb.DMatrix(rows, missing=np.nan, nthread=1)
+        contribs = model.booster.predict(
+            dm, pred_contribs=True, approx_contribs=True, validate_features=False
+        )
+        names = model.plan.features
+        out = []
+        for c in contribs[:, :-1]:  # last column is the bias
+            top = np.argpartition(-c, min(k, len(c) - 1))[:k] if len(c) > k else np.arange(len(c))
+            top = top[np.argsort(-c[top])]
+            out.append([{"feature": names[j], "contribution": float(c[j])} for j in top if c[j] > 0])
+        return out
+
+    def score_events(self, events: list[Any]) -> tuple[LoadedModel, list[dict[str, Any]]]:
+        """Score decoded events: features, one prediction, decisions, reasons, prediction log."""
+        model = self.holder.current  # read once: a concurrent swap does not affect this request
+        if model is None:
+            raise NoModel()
+        x, degraded = self.fetcher.matrix(events, model.plan)
+        scores = model.booster.inplace_predict(x, validate_features=False)
+        missing = np.isnan(x).sum(axis=1)
+        decisions = [self.decide(float(s)) for s in scores]
+        flagged = [i for i, d in enumerate(decisions) if d != "allow"]
+        reasons: dict[int, list[dict[str, Any]]] = {}
+        if flagged:
+            for i, r in zip(flagged, self.reasons(model, x[flagged]), strict=True):
+                reasons[i] = r
+        now_ms = time.time_ns() // 1_000_000
+        counts = self.metrics.events_scored
+        offer = self.predictions.offer
+        results = []
+        for i, ev in enumerate(events):
+            score = float(scores[i])
+            decision = decisions[i]
+            counts[decision] += 1
+            n_missing = int(missing[i])
+            offer(
+                (ev.event_id, ev.event_ts, now_ms, model.version, score, decision, degraded, n_missing, x[i])
+            )
+            results.append(
+                {
+                    "event_id": ev.event_id,
+                    "score": score,
+                    "decision": decision,
+                    "model_version": model.version,
+                    "reasons": reasons.get(i, []),
+                    "features_missing": n_missing,
+                    "degraded": degraded,
+                }
+            )
+        return model, results
+
+    def _gauge_lines(self) -> list[str]:
+        age = time.monotonic() - self.breaker.last_ok if self.breaker.last_ok else -1.0
+        return [
+            "# HELP risk_serve_redis_breaker_open 1 while the online store breaker is open (degraded).",
+            "# TYPE risk_serve_redis_breaker_open gauge",
+            f"risk_serve_redis_breaker_open {int(self.breaker.open)}",
+            "# HELP risk_serve_redis_breaker_opened_total Times the breaker opened.",
+            "# TYPE risk_serve_redis_breaker_opened_total counter",
+            f"risk_serve_redis_breaker_opened_total {self.breaker.opened_total}",
+            "# HELP risk_serve_redis_last_ok_age_seconds Seconds since Redis last answered (-1: never).",
+            "# TYPE risk_serve_redis_last_ok_age_seconds gauge",
+            f"risk_serve_redis_last_ok_age_seconds {age:.3f}",
+            "# HELP risk_serve_ready 1 when /readyz answers 200.",
+            "# TYPE risk_serve_ready gauge",
+            f"risk_serve_ready {int(self.ready())}",
+        ]
+
+    def ready(self) -> bool:
+        """A champion is loaded and Redis answered within ``redis_fresh_s``."""
+        last = self.breaker.last_ok
+        return (
+            self.holder.current is not None
+            and last > 0
+            and time.monotonic() - last < self.config.redis_fresh_s
+        )
+
+
+class NoModel(Exception):
+    """No champion has been loaded yet."""
+
+
+def create_app(config: ServeConfig, *, lake: Lake | None = None) -> Starlette:
+    """The Starlette app for ``config`` (threads start in the lifespan, not here)."""
+    svc = ScoringService(config, lake)
+    metrics = svc.metrics
+    max_body = config.max_body_bytes
+
+    async def read_body(request: Request, endpoint: str) -> bytes | Response:
+        if not svc.authorized(request):
+            metrics.error("unauthorized")
+            metrics.request(endpoint, 401)
+            return Response(
+                _encode({"error": "unauthorized", "detail": "missing or invalid bearer token"}),
+                status_code=401,
+                media_type=JSON,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body:
+            metrics.error("body_too_large")
+            metrics.request(endpoint, 413)
+            return _error(413, "body_too_large", f"request body exceeds {max_body} bytes")
+        body = await request.body()
+        if len(body) > max_body:
+            metrics.error("body_too_large")
+            metrics.request(endpoint, 413)
+            return _error(413, "body_too_large", f"request body exceeds {max_body} bytes")
+        return body
+
+    def invalid(endpoint: str, exc: msgspec.MsgspecError) -> Response:
+        kind = (
+            "invalid_json"
+            if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError)
+            else "validation"
+        )
+        metrics.error(kind)
+        metrics.request(endpoint, 422)
+        return _error(422, kind, str(exc))
+
+    def failure(endpoint: str, exc: BaseException) -> Response:
+        if isinstance(exc, NoModel):
+            metrics.error("no_model")
+            metrics.request(endpoint, 503)
+            return _error(503, "no_model", "no champion model is loaded yet")
+        metrics.error("internal")
+        metrics.request(endpoint, 500)
+        log.error("internal error on %s: %s: %s", endpoint, type(exc).__name__, exc)
+        return _error(500, "internal", "internal error; see the service log")
+
+    async def score(request: Request) -> Response:
+        t0 = time.perf_counter()
+        body = await read_body(request, "score")
+        if isinstance(body, Response):
+            return body
+        try:
+            event = _decode_event(body)
+        except msgspec.MsgspecError as exc:
+            return invalid("score", exc)
+        try:
+            _, results = svc.score_events([event])
+            payload = _encode(results[0])
+        except Exception as exc:
+            return failure("score", exc)
+        metrics.request("score", 200)
+        metrics.latency["score"].observe(time.perf_counter() - t0)
+        return Response(payload, media_type=JSON)
+
+    async def score_batch(request: Request) -> Response:
+        t0 = time.perf_counter()
+        body = await read_body(request, "score_batch")
+        if isinstance(body, Response):
+            return body
+        try:
+            batch = _decode_batch(body)
+        except msgspec.MsgspecError as exc:
+            return invalid("score_batch", exc)
+        if len(batch.events) > config.max_batch:
+            metrics.error("batch_too_large")
+            metrics.request("score_batch", 413)
+            return _error(413, "batch_too_large", f"at most {config.max_batch} events per batch")
+        try:
+            if batch.events:
+                model, results = svc.score_events(batch.events)
+                version: str | None = model.version
+            else:
+                cur = svc.holder.current
+                version, results = (cur.version if cur else None), []
+            payload = _encode({"model_version": version, "results": results})
+        except Exception as exc:
+            return failure("score_batch", exc)
+        metrics.request("score_batch", 200)
+        metrics.latency["score_batch"].observe(time.perf_counter() - t0)
+        return Response(payload, media_type=JSON)
+
+    async def healthz(_: Request) -> Response:
+        metrics.request("healthz", 200)
+        return _json(200, {"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        cur = svc.holder.current
+        body = {
+            "model_version": cur.version if cur else None,
+            "redis": "open" if svc.breaker.open else "ok",
+            "last_refused": svc.holder.last_refused[0] if svc.holder.last_refused else None,
+        }
+        status = 200 if svc.ready() else 503
+        metrics.request("readyz", status)
+        return _json(status, {"status": "ready" if status == 200 else "not_ready", **body})
+
+    async def metrics_endpoint(_: Request) -> Response:
+        metrics.request("metrics", 200)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        metrics.error(f"http_{exc.status_code}")
+        return _error(exc.status_code, "http_error", str(exc.detail))
+
+    async def server_error(_: Request, exc: Exception) -> Response:
+        metrics.error("internal")
+        log.error("unhandled error: %s: %s", type(exc).__name__, exc)
+        return _error(500, "internal", "internal error; see the service log")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        svc.start()
+        try:
+            yield
+        finally:
+            svc.stop()
+
+    app = Starlette(
+        routes=[
+            Route("/v1/score", score, methods=["POST"]),
+            Route("/v1/score/batch", score_batch, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+        lifespan=lifespan,
+    )
+    app.state.service = svc
+    return app
+
+
+def app_from_env() -> Starlette:
+    """uvicorn factory (``risk_assets.serving.app:app_from_env``): config from the environment."""
+    return create_app(ServeConfig.from_env())

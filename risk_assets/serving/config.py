@@ -1,0 +1,115 @@
+"""Configuration of ``risk-serve``: one frozen dataclass, read from the environment by the app
+factory (never at import), so every uvicorn worker builds the same config from the same variables.
+
+=============================  ==========================================  =====================
+variable                       meaning                                     default
+=============================  ==========================================  =====================
+``RISK_SERVE_TOKEN``           bearer token clients must send (required)   —
+``RISK_LAKE_URL``              lake holding ``models/registry/``           ``.state/lake``
+``S3_ENDPOINT_URL``            S3 endpoint when the lake is ``s3://``      (AWS)
+``AWS_REGION``                 S3 region                                   ``us-east-1``
+``REDIS_URL``                  online store Redis                          ``redis://127.0.0.1:16379/0``
+``RISK_REDIS_NAMESPACE``       online store key namespace                  ``risk``
+``RISK_REDIS_TIMEOUT_MS``      Redis connect + socket timeout              ``50``
+``RISK_REDIS_PROBE_S``         breaker probe / readiness ping interval     ``0.5``
+``RISK_REDIS_FRESH_S``         readiness: Redis answered within this       ``10``
+``KAFKA_BOOTSTRAP_SERVERS``    broker for the prediction log               ``127.0.0.1:19092``
+``RISK_PREDICTION_TOPIC``      prediction log topic                        ``risk.predictions``
+``RISK_PREDICTION_QUEUE``      bounded prediction-log queue (messages)     ``10000``
+``RISK_PREDICTION_BUFFER``     librdkafka in-memory buffer (messages)      ``100000``
+``RISK_REVIEW_THRESHOLD``      score ≥ this → ``review``                   ``0.5``
+``RISK_BLOCK_THRESHOLD``       score ≥ this → ``block``                    ``0.9``
+``RISK_MODEL_POLL_S``          champion pointer poll interval              ``2``
+``RISK_REASONS_TOP_K``         reasons returned for review/block           ``5``
+``RISK_MAX_BATCH``             events per ``/v1/score/batch`` request      ``1000``
+``RISK_MAX_BODY_BYTES``        request body limit                          ``4194304``
+=============================  ==========================================  =====================
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """The environment does not describe a valid service configuration (one-line message)."""
+
+
+def _num(env: Mapping[str, str], name: str, default: float, *, integer: bool = False) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw) if integer else float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a {'whole ' if integer else ''}number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything the service needs; see the module docstring for the environment variables."""
+
+    token: str = field(repr=False)
+    lake_url: str = ".state/lake"
+    s3_endpoint_url: str = ""
+    aws_region: str = "us-east-1"
+    redis_url: str = field(default="redis://127.0.0.1:16379/0", repr=False)
+    redis_namespace: str = "risk"
+    redis_timeout_s: float = 0.05
+    redis_probe_s: float = 0.5
+    redis_fresh_s: float = 10.0
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    prediction_topic: str = "risk.predictions"
+    prediction_queue: int = 10_000
+    prediction_buffer: int = 100_000
+    review_threshold: float = 0.5
+    block_threshold: float = 0.9
+    poll_s: float = 2.0
+    reasons_top_k: int = 5
+    max_batch: int = 1000
+    max_body_bytes: int = 4 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if not self.token:
+            raise ConfigError("RISK_SERVE_TOKEN must be set (the bearer token clients send)")
+        if not 0.0 <= self.review_threshold <= self.block_threshold <= 1.0:
+            raise ConfigError(
+                "thresholds must satisfy 0 <= RISK_REVIEW_THRESHOLD <= RISK_BLOCK_THRESHOLD <= 1, got "
+                f"{self.review_threshold} and {self.block_threshold}"
+            )
+        for name in ("redis_timeout_s", "redis_probe_s", "redis_fresh_s", "poll_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0")
+        for name in ("prediction_queue", "prediction_buffer", "max_batch", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+        if self.reasons_top_k < 0:
+            raise ConfigError("RISK_REASONS_TOP_K must be >= 0")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServeConfig:
+        """Build the config from ``env`` (default ``os.environ``); raises :class:`ConfigError`."""
+        e = os.environ if env is None else env
+        return cls(
+            token=e.get("RISK_SERVE_TOKEN", ""),
+            lake_url=e.get("RISK_LAKE_URL", "") or ".state/lake",
+            s3_endpoint_url=e.get("S3_ENDPOINT_URL", ""),
+            aws_region=e.get("AWS_REGION", "") or "us-east-1",
+            redis_url=e.get("REDIS_URL", "") or "redis://127.0.0.1:16379/0",
+            redis_namespace=e.get("RISK_REDIS_NAMESPACE", "") or "risk",
+            redis_timeout_s=_num(e, "RISK_REDIS_TIMEOUT_MS", 50) / 1000.0,
+            redis_probe_s=_num(e, "RISK_REDIS_PROBE_S", 0.5),
+            redis_fresh_s=_num(e, "RISK_REDIS_FRESH_S", 10.0),
+            kafka_bootstrap=e.get("KAFKA_BOOTSTRAP_SERVERS", "") or "127.0.0.1:19092",
+            prediction_topic=e.get("RISK_PREDICTION_TOPIC", "") or "risk.predictions",
+            prediction_queue=int(_num(e, "RISK_PREDICTION_QUEUE", 10_000, integer=True)),
+            prediction_buffer=int(_num(e, "RISK_PREDICTION_BUFFER", 100_000, integer=True)),
+            review_threshold=_num(e, "RISK_REVIEW_THRESHOLD", 0.5),
+            block_threshold=_num(e, "RISK_BLOCK_THRESHOLD", 0.9),
+            poll_s=_num(e, "RISK_MODEL_POLL_S", 2.0),
+            reasons_top_k=int(_num(e, "RISK_REASONS_TOP_K", 5, integer=True)),
+            max_batch=int(_num(e, "RISK_MAX_BATCH", 1000, integer=True)),
+            max_body_bytes=int(_num(e, "RISK_MAX_BODY_BYTES", 4 * 1024 * 1024, integer=True)),
+        )

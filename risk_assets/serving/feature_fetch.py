@@ -1,0 +1,285 @@
+"""Feature vectors for scoring: the model's input order, online rows from Redis in one round trip,
+request-time features from the event, and a circuit breaker for a Redis that is gone.
+
+A :class:`FeaturePlan` is built once per model (when it is loaded) from the manifest's ``features``
+list: which columns are request-time features (``req_*``, :mod:`risk_assets.models.request_features`)
+and which come from which online feature group (``{group}__{feature}``, the training set's column
+names, :func:`risk_assets.models.training_set.model_feature_columns`). A name that is neither makes
+the model unservable and it is refused before it is swapped in.
+
+Per request the :class:`FeatureFetcher` fills a float64 matrix (NaN = missing): one
+``OnlineStore.read`` (a single ``MGET``) for every (group, entity) pair of every event whose key
+columns are present in the event, then the request-time features. Only groups the model uses are
+read. When Redis is unavailable the breaker opens: requests skip Redis entirely (online features
+stay NaN, ``degraded`` is reported) until a background probe sees Redis answer again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from risk_assets.features.definitions import GROUPS_BY_NAME
+from risk_assets.features.ingestion import group_layout
+from risk_assets.features.online_store import (
+    GroupLayout,
+    OnlineStore,
+    OnlineStoreError,
+    OnlineStoreUnavailable,
+)
+from risk_assets.models.request_features import REQUEST_FEATURE_NAMES, request_features
+from risk_assets.serving.service_metrics import ServiceMetrics
+
+log = logging.getLogger("risk_assets.serving")
+
+GROUP_SEPARATOR = "__"
+
+
+class UnservableFeatures(ValueError):
+    """The model wants features the service cannot produce (one-line message)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPlan:
+    """One online feature group as the model uses it."""
+
+    name: str
+    layout: GroupLayout
+    key_columns: tuple[str, ...]
+    dest: np.ndarray  # model vector positions
+    src: np.ndarray  # positions in the group's packed row (same length as dest)
+    whole: bool  # src is the whole row in order: assign the row directly
+
+
+@dataclass(frozen=True)
+class FeaturePlan:
+    """How to build the model's input vector (``features`` order) for an event."""
+
+    features: tuple[str, ...]
+    request: tuple[tuple[str, int], ...]
+    groups: tuple[GroupPlan, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.features)
+
+
+def build_plan(features: Sequence[str], feature_groups: Mapping[str, str] | None = None) -> FeaturePlan:
+    """The plan for a model input list; raises :class:`UnservableFeatures` naming what is unknown.
+
+    ``feature_groups`` (the manifest's ``{group: version}``) is checked against the deployed group
+    definitions: a model trained on another version of a group would read rows of a different
+    feature list, so it is refused.
+    """
+    features = tuple(features)
+    if not features:
+        raise UnservableFeatures("manifest lists no features")
+    if len(set(features)) != len(features):
+        raise UnservableFeatures("manifest lists duplicate features")
+    request_names = set(REQUEST_FEATURE_NAMES)
+    request: list[tuple[str, int]] = []
+    by_group: dict[str, list[tuple[int, int]]] = {}
+    unknown: list[str] = []
+    positions: dict[str, dict[str, int]] = {}
+    for idx, name in enumerate(features):
+        if name in request_names:
+            request.append((name, idx))
+            continue
+        group_name, sep, feature = name.partition(GROUP_SEPARATOR)
+        group = GROUPS_BY_NAME.get(group_name) if sep else None
+        if group is None:
+            unknown.append(name)
+            continue
+        pos = positions.setdefault(group_name, {f: i for i, f in enumerate(group.feature_names)})
+        if feature not in pos:
+            unknown.append(name)
+            continue
+        by_group.setdefault(group_name, []).append((idx, pos[feature]))
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
+        raise UnservableFeatures(f"{len(unknown)} feature(s) unknown to this service: {shown}")
+    stale = {
+        g: (v, GROUPS_BY_NAME[g].version)
+        for g, v in (feature_groups or {}).items()
+        if g in by_group and GROUPS_BY_NAME[g].version != v
+    }
+    if stale:
+        detail = ", ".join(f"{g} trained on {v}, deployed {d}" for g, (v, d) in sorted(stale.items()))
+        raise UnservableFeatures(f"feature group version mismatch: {detail}")
+    groups = []
+    for group_name, pairs in by_group.items():
+        layout = group_layout(GROUPS_BY_NAME[group_name])
+        dest = np.array([d for d, _ in pairs], dtype=np.intp)
+        src = np.array([s for _, s in pairs], dtype=np.intp)
+        whole = len(src) == len(layout.features) and bool(np.all(src == np.arange(len(src))))
+        groups.append(GroupPlan(group_name, layout, layout.key_columns, dest, src, whole))
+    return FeaturePlan(features, tuple(request), tuple(groups))
+
+
+class RedisBreaker:
+    """Circuit breaker + liveness of the online store.
+
+    A failed read opens the breaker; while open, requests do not touch Redis. A background thread
+    pings Redis every ``probe_s`` while the breaker is open or no read succeeded for ``probe_s``
+    (that keeps ``last_ok`` fresh for ``/readyz`` without traffic) and closes the breaker on the
+    first answer.
+    """
+
+    def __init__(self, store: OnlineStore, metrics: ServiceMetrics, probe_s: float) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.probe_s = probe_s
+        self.open = False
+        self.last_ok = 0.0  # time.monotonic() of the last successful Redis round trip
+        self.opened_total = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def failed(self, kind: str, exc: BaseException) -> None:
+        """Record a failed read (called on the request path)."""
+        self.metrics.redis_failures[kind] = self.metrics.redis_failures.get(kind, 0) + 1
+        if not self.open:
+            self.open = True
+            self.opened_total += 1
+            log.warning("online store unavailable, serving degraded (breaker open): %s", exc)
+
+    def probe(self) -> bool:
+        """Ping Redis once; close the breaker if it answers."""
+        try:
+            self.store.ping()
+        except OnlineStoreError as exc:
+            self.metrics.redis_failures["probe"] = self.metrics.redis_failures.get("probe", 0) + 1
+            if not self.open:
+                self.open = True
+                self.opened_total += 1
+                log.warning("online store probe failed, serving degraded (breaker open): %s", exc)
+            return False
+        self.last_ok = time.monotonic()
+        if self.open:
+            self.open = False
+            log.info("online store answers again, breaker closed")
+        return True
+
+    def start(self) -> None:
+        """Start the probe thread."""
+        self._thread = threading.Thread(target=self._run, name="redis-probe", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the probe thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            # Under traffic every read refreshes ``last_ok``: no extra ping (and no extra GIL
+            # hand-off) while Redis is healthy and busy.
+            if self.open or time.monotonic() - self.last_ok >= self.probe_s:
+                self.probe()
+            self._stop.wait(self.probe_s)
+
+
+class FeatureFetcher:
+    """Builds model input matrices for decoded events (the hot path)."""
+
+    def __init__(self, store: OnlineStore, breaker: RedisBreaker, metrics: ServiceMetrics) -> None:
+        self.store = store
+        self.breaker = breaker
+        self.metrics = metrics
+
+    def matrix(self, events: Sequence[msgspec.Struct], plan: FeaturePlan) -> tuple[np.ndarray, bool]:
+        """``(X, degraded)``: one row per event in ``plan`` order, NaN where missing."""
+        n_rows = len(events)
+        x = np.full((n_rows, plan.n), np.nan)
+        reads: list[tuple[GroupLayout, Any]] = []
+        where: list[tuple[int, GroupPlan]] = []
+        for i, ev in enumerate(events):
+            for gp in plan.groups:
+                cols = gp.key_columns
+                if len(cols) == 1:
+                    key = getattr(ev, cols[0], None)
+                    if key is None:
+                        continue
+                else:
+                    parts = tuple(getattr(ev, c, None) for c in cols)
+                    if None in parts:
+                        continue
+                    key = parts
+                reads.append((gp.layout, key))
+                where.append((i, gp))
+            if plan.request:
+                rf = request_features(_EventView(ev))
+                row = x[i]
+                for name, idx in plan.request:
+                    row[idx] = rf[name]
+        degraded = False
+        if reads:
+            rows = self._read(reads)
+            if rows is None:
+                degraded = True
+                self.metrics.degraded_events += n_rows
+            else:
+                lookups = self.metrics.feature_lookups
+                misses = self.metrics.feature_misses
+                for (i, gp), fr in zip(where, rows, strict=True):
+                    lookups[gp.name] = lookups.get(gp.name, 0) + 1
+                    if fr is None:
+                        misses[gp.name] = misses.get(gp.name, 0) + 1
+                    elif gp.whole:
+                        x[i, gp.dest] = fr.vector
+                    else:
+                        x[i, gp.dest] = np.asarray(fr.vector)[gp.src]
+        return x, degraded
+
+    def _read(self, reads: list[tuple[GroupLayout, Any]]) -> list[Any] | None:
+        breaker = self.breaker
+        if breaker.open:
+            return None
+        try:
+            rows = self.store.read(reads)
+        except OnlineStoreUnavailable as exc:
+            breaker.failed("unavailable", exc)
+            return None
+        except OnlineStoreError as exc:  # e.g. a row that does not match its layout
+            self.metrics.redis_failures["bad_row"] = self.metrics.redis_failures.get("bad_row", 0) + 1
+            log.warning("online store read failed: %s", exc)
+            return None
+        breaker.last_ok = time.monotonic()
+        return rows
+
+
+class _EventView(Mapping[str, Any]):
+    """A read-only mapping over a decoded event struct (what ``request_features`` expects);
+    fields the event type does not have read as absent."""
+
+    __slots__ = ("_ev",)
+
+    def __init__(self, ev: msgspec.Struct) -> None:
+        self._ev = ev
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "event_type":
+            return self._ev.__struct_config__.tag
+        try:
+            return getattr(self._ev, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "event_type":
+            return self._ev.__struct_config__.tag
+        return getattr(self._ev, key, default)
+
+    def __iter__(self) -> Any:
+        return iter(("event_type", *self._ev.__struct_fields__))
+
+    def __len__(self) -> int:
+        return len(self._ev.__struct_fields__) + 1

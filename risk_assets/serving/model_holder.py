@@ -1,0 +1,220 @@
+"""The champion model in memory, and its hot reload.
+
+Protocol (see docs/serving.md): a watcher thread reads ``models/registry/champion.json`` every
+``poll_s``. When ``(version, model_sha256)`` differs from the model being served (and from the last
+version refused), it
+
+1. reads ``model.ubj`` and checks its SHA-256 against the pointer's ``model_sha256`` (and the
+   manifest's), → refusal ``sha_mismatch``;
+2. loads the booster (XGBoost UBJSON, never pickle) → refusal ``corrupt``;
+3. checks the manifest's ``features`` are all servable, with the deployed feature-group versions,
+   and that the booster takes exactly that many inputs → refusal ``incompatible``;
+4. predicts a probe batch (all-missing and all-zero rows) and requires finite probabilities in
+   [0, 1] → refusal ``probe``;
+
+then swaps it in with a single reference assignment (``holder.current = new``). A request reads
+``holder.current`` once and uses that object to the end, so in-flight requests finish on the old
+model and no request ever sees a half-loaded one. A refused version is logged, counted in metrics,
+recorded as ``last_refused`` and not retried until the pointer changes; the old model keeps serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import xgboost as xgb
+
+from risk_assets.lake import Lake
+from risk_assets.models import registry
+from risk_assets.serving.feature_fetch import FeaturePlan, UnservableFeatures, build_plan
+from risk_assets.serving.service_metrics import ServiceMetrics
+
+log = logging.getLogger("risk_assets.serving")
+
+
+class ModelRefused(Exception):
+    """A champion version that must not serve; ``reason`` is a short metric label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One servable model version: immutable, shared by every request that picked it up."""
+
+    version: str
+    model_sha256: str
+    booster: xgb.Booster = field(repr=False)
+    plan: FeaturePlan = field(repr=False)
+    manifest: dict[str, Any] = field(repr=False)
+    loaded_at: float = 0.0
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.plan.features
+
+
+def load_version(lake: Lake, version: str, expected_sha256: str) -> LoadedModel:
+    """Load and validate ``version``; raises :class:`ModelRefused` (never anything else for bad
+    model content — lake I/O errors propagate as ``OSError``/botocore errors)."""
+    try:
+        manifest = registry.load_manifest(lake, version)
+    except (ValueError, KeyError) as exc:
+        raise ModelRefused("bad_manifest", f"manifest of {version} unreadable: {exc}") from None
+    if manifest.get("model_sha256") not in (None, expected_sha256):
+        raise ModelRefused("sha_mismatch", f"{version}: champion pointer sha256 differs from the manifest's")
+    try:
+        data = registry.load_model_bytes(lake, version, expected_sha256)
+    except ValueError as exc:
+        raise ModelRefused("sha_mismatch", str(exc)) from None
+    booster = xgb.Booster()
+    try:
+        booster.load_model(bytearray(data))
+    except Exception as exc:  # XGBoostError, or e.g. UnicodeDecodeError of the error text itself
+        text = str(exc).strip()
+        first = text.splitlines()[0][:200] if text else type(exc).__name__
+        raise ModelRefused("corrupt", f"{version}: model.ubj does not load: {first}") from None
+    booster.set_param({"nthread": 1})
+    features = manifest.get("features")
+    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+        raise ModelRefused("incompatible", f"{version}: manifest has no 'features' list")
+    try:
+        plan = build_plan(features, manifest.get("feature_groups"))
+    except UnservableFeatures as exc:
+        raise ModelRefused("incompatible", f"{version}: {exc}") from None
+    if booster.num_features() != plan.n:
+        raise ModelRefused(
+            "incompatible",
+            f"{version}: booster takes {booster.num_features()} inputs, manifest lists {plan.n} features",
+        )
+    probe = np.vstack([np.full(plan.n, np.nan), np.zeros(plan.n)])
+    try:
+        scores = booster.inplace_predict(probe, validate_features=False)
+    except xgb.core.XGBoostError as exc:
+        raise ModelRefused("probe", f"{version}: probe prediction failed: {str(exc)[:200]}") from None
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (2,) or not np.all(np.isfinite(scores)) or scores.min() < 0 or scores.max() > 1:
+        raise ModelRefused(
+            "probe", f"{version}: probe scores {scores.tolist()} are not probabilities (objective?)"
+        )
+    return LoadedModel(version, expected_sha256, booster, plan, manifest, time.time())
+
+
+class ModelHolder:
+    """Holds the served model and reloads it when the champion pointer changes."""
+
+    def __init__(self, lake: Lake, metrics: ServiceMetrics, poll_s: float) -> None:
+        self.lake = lake
+        self.metrics = metrics
+        self.poll_s = poll_s
+        self.current: LoadedModel | None = None
+        self.last_refused: tuple[str, str] | None = None
+        self.last_refusal_reason: str | None = None
+        self.last_check_ok = 0.0
+        self._pointer_error_logged = False
+        self._io_error_logged: tuple[str, str] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check_once(self) -> bool:
+        """Read the pointer; load and swap in a new champion if it changed. True if swapped."""
+        try:
+            champ = registry.champion(self.lake)
+        except Exception as exc:
+            self.metrics.error("champion_pointer")
+            if not self._pointer_error_logged:
+                log.warning("cannot read the champion pointer: %s: %s", type(exc).__name__, exc)
+                self._pointer_error_logged = True
+            return False
+        self._pointer_error_logged = False
+        self.last_check_ok = time.time()
+        if champ is None:
+            return False
+        wanted = (champ.version, champ.model_sha256)
+        cur = self.current
+        if cur is not None and (cur.version, cur.model_sha256) == wanted:
+            return False
+        if wanted == self.last_refused:
+            return False
+        try:
+            model = load_version(self.lake, champ.version, champ.model_sha256)
+        except ModelRefused as exc:
+            self.last_refused = wanted
+            self.last_refusal_reason = exc.reason
+            self.metrics.refused(exc.reason)
+            log.error(
+                "refused champion %s (%s): %s; still serving %s",
+                champ.version,
+                exc.reason,
+                exc,
+                cur.version if cur else "nothing",
+            )
+            return False
+        except Exception as exc:  # lake I/O trouble: retry at the next poll, say it once
+            self.metrics.error("model_load_io")
+            if self._io_error_logged != wanted:
+                self._io_error_logged = wanted
+                log.warning("could not read champion %s: %s: %s", champ.version, type(exc).__name__, exc)
+            return False
+        self.current = model  # the atomic swap
+        self.last_refused = None
+        self.last_refusal_reason = None
+        self.metrics.model_reloads["loaded"] += 1
+        log.info(
+            "serving model %s (%d features, previous %s)",
+            model.version,
+            model.plan.n,
+            cur.version if cur else "none",
+        )
+        return True
+
+    def start(self) -> None:
+        """Load the champion now (if any), then keep polling in a daemon thread."""
+        self.check_once()
+        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop polling."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.check_once()
+
+    def info_lines(self) -> list[str]:
+        """Model gauges for ``/metrics``."""
+        cur = self.current
+        out = [
+            "# HELP risk_model_info The model version being served (value 1).",
+            "# TYPE risk_model_info gauge",
+        ]
+        if cur is not None:
+            out.append(f'risk_model_info{{version="{cur.version}",sha256="{cur.model_sha256[:12]}"}} 1')
+        out += [
+            "# HELP risk_model_loaded_timestamp_seconds When the served model was swapped in.",
+            "# TYPE risk_model_loaded_timestamp_seconds gauge",
+            f"risk_model_loaded_timestamp_seconds {cur.loaded_at if cur else 0}",
+            "# HELP risk_model_features Number of model input features.",
+            "# TYPE risk_model_features gauge",
+            f"risk_model_features {cur.plan.n if cur else 0}",
+            "# HELP risk_model_pointer_checked_timestamp_seconds Last successful read of champion.json.",
+            "# TYPE risk_model_pointer_checked_timestamp_seconds gauge",
+            f"risk_model_pointer_checked_timestamp_seconds {self.last_check_ok}",
+        ]
+        return out
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex SHA-256 (helper for tests and tools)."""
+    return hashlib.sha256(data).hexdigest()
