@@ -1,6 +1,7 @@
 """`make demo`: the longest chain that exists, end to end, on the local stack.
 
-1. start the stack (real Redis + Kafka-protocol broker) with ``risk-stack``;
+1. start the stack (real Redis + Kafka-protocol broker) with ``risk-stack`` and write two weeks of
+   history straight into the archive;
 2. replay simulated exchange traffic (events, labels, a little bad input) into the broker, with
    Kafka timestamps = simulated arrival times;
 3. run the ``raw_archive_job`` for those hours on the Dagster instance in ``DAGSTER_HOME`` (so the
@@ -9,7 +10,9 @@
 5. catch up the stream path as the sensors would: micro-batches over exact offset ranges of
    ``risk.events`` → ``risk.features`` → online store (Redis) + feature log, then read one entity's
    features back from Redis;
-6. print what was produced and where.
+6. training set, challenger, promotion gate; offline → online sync with its audit; a drift report;
+7. start ``risk-serve`` on the champion and score a few live events (frauds and legit ones);
+8. print what was produced and where.
 
 Re-running is safe: if the broker already holds the demo's traffic it is not produced again, and
 archiving an hour again replaces it with the same bytes.
@@ -18,14 +21,20 @@ archiving an hour again replaces it with the same bytes.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import secrets
+import socket
+import subprocess
 import sys
 import time
+import urllib.request
 import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
 from risk_assets.events.schema import EVENTS_TOPIC
@@ -38,9 +47,13 @@ from risk_assets.ingest.archive import EVENTS, LABELS, dead_letter_part_path
 from risk_assets.ingest.archive_format import archive_part_path
 from risk_assets.ingest.kafka_reader import KafkaRangeReader
 from risk_assets.lake import Lake
+from risk_assets.models.assets import training_set_paths
+from risk_assets.monitoring.scoring import champion_scorer
 from risk_assets.sensors.catch_up import catch_up
 from risk_assets.sensors.kafka_sensors import feature_ingestion_sensor, stream_features_sensor
 from risk_assets.simulator.config import SimConfig
+from risk_assets.simulator.encoding import encode_events
+from risk_assets.simulator.generator import generate
 from risk_assets.simulator.writers import make_producer, replay, write_history
 from risk_assets.stack import launcher
 
@@ -243,6 +256,25 @@ def run(
         f"in {time.perf_counter() - t0:.1f}s"
     )
 
+    step(f"drift report for {as_of_day}: that day's decisions vs the champion's training reference")
+    t0 = time.perf_counter()
+    drift = _materialize(defs, instance, {dg.AssetKey("drift_report")}, partition_key=as_of_day)
+    (drift_meta,) = [e.materialization.metadata for e in drift.get_asset_materialization_events()]
+    checks = {c.check_name: c.passed for c in drift.get_asset_check_evaluations()}
+    info(
+        f"{drift_meta['drifted'].value} of {drift_meta['features'].value} features drifted "
+        f"(share {drift_meta['share_drifted'].value:.1%}), prediction PSI "
+        f"{drift_meta['prediction_psi'].value:.3f}; checks {checks} in {time.perf_counter() - t0:.1f}s"
+    )
+    info(f"report: {drift_meta['path'].value} (and report.md beside it; markdown in the UI)")
+
+    step("scoring service: risk-serve with the champion and the online store, scoring live events")
+    review, block = _operating_points(lake, as_of_day)
+    info(f"thresholds: review ≥ {review:.4f} (1% FPR on training negatives), block ≥ {block:.4f} (0.1%)")
+    scored = _score_sample(live, endpoints, lake.url, review, block)
+    for line in scored:
+        info(line)
+
     events = pl.concat(
         [pl.read_parquet(lake.read_bytes(archive_part_path(EVENTS.dataset, h))) for h in _hours(live)]
     )
@@ -271,6 +303,99 @@ def run(
     info("UI:           make dev  →  http://127.0.0.1:3000  (asset graph, the runs above, their metadata)")
     info(f"done in {time.perf_counter() - t_all:.1f}s; stop the stack with `make stack-down`")
     return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _operating_points(lake: Lake, as_of_day: str) -> tuple[float, float]:
+    """Review/block thresholds at 1% / 0.1% false-positive rate of the champion on the training set.
+
+    Scores are calibrated probabilities at a fraud rate of a few per mille, so fixed thresholds such
+    as 0.5 would never review anything: operating points come from the score distribution."""
+    scorer = champion_scorer(lake)
+    if scorer is None:
+        raise DemoFailure("no champion to serve")
+    frame = pl.read_parquet(lake.read_bytes(training_set_paths(as_of_day)[0])).filter(~pl.col("is_fraud"))
+    scores = scorer.score(frame)
+    return float(np.quantile(scores, 0.99)), float(np.quantile(scores, 0.999))
+
+
+def _score_sample(
+    live: SimConfig, endpoints: dict[str, str], lake_url: str, review: float, block: float, per_class: int = 3
+) -> list[str]:
+    """Start risk-serve, score a few frauds and legit decisions of the live hours, stop it."""
+    data = generate(live)
+    decisions = data.events.filter(pl.col("event_type").is_in(["withdrawal", "card_payment", "p2p_trade"]))
+    truth = data.ground_truth.select("event_id", "is_fraud", "scenario")
+    picked = decisions.join(truth, on="event_id").sort("event_ts", "event_id")
+    sample = pl.concat(
+        [
+            picked.filter(pl.col("is_fraud")).head(per_class),
+            picked.filter(~pl.col("is_fraud")).head(per_class),
+        ]
+    )
+    bodies = encode_events(sample.drop("is_fraud", "scenario"))
+    token, port = secrets.token_urlsafe(24), _free_port()
+    env = {
+        **os.environ,
+        **endpoints,
+        "RISK_SERVE_TOKEN": token,
+        "RISK_LAKE_URL": lake_url,
+        "RISK_REVIEW_THRESHOLD": f"{review:.6f}",
+        "RISK_BLOCK_THRESHOLD": f"{block:.6f}",
+    }
+    log = open(Path(lake_url).parent / "risk-serve.log", "wb")  # noqa: SIM115 - lives as long as the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "risk_assets.serving.cli", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise DemoFailure(f"risk-serve exited with {proc.returncode}; see {log.name}")
+            try:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise DemoFailure(f"risk-serve was not ready within 60 s; see {log.name}")
+            time.sleep(0.5)
+        lines = [f"risk-serve on {base} (POST /v1/score, bearer token; GET /metrics)"]
+        for body, row in zip(bodies, sample.iter_rows(named=True), strict=True):
+            req = urllib.request.Request(
+                f"{base}/v1/score",
+                data=body,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            )
+            t0 = time.perf_counter()
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                out = json.load(resp)
+            ms = (time.perf_counter() - t0) * 1000
+            truth_s = f"fraud ({row['scenario']})" if row["is_fraud"] else "legit"
+            top = out["reasons"][0]["feature"] if out["reasons"] else "-"
+            verdict = f"score {out['score']:.4f} → {out['decision']:<6}"
+            lines.append(
+                f"{row['event_type']:<12} truth {truth_s:<20} {verdict} top reason {top} ({ms:.1f} ms)"
+            )
+        return lines
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
 
 
 def _hours(sim: SimConfig) -> list[datetime]:
