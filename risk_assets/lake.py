@@ -132,14 +132,11 @@ class Lake:
         nanoseconds and size), so a reader can tell which objects changed since it last looked.
         """
         if self.is_s3:
-            bucket, prefix = self._bucket_key(relprefix.rstrip("/") + "/")
-            root_key = self._bucket_key("")[1]
-            out = {}
-            for page in self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                for o in page.get("Contents", []):
-                    if o["Key"].endswith(".parquet"):
-                        out[o["Key"][len(root_key) :]] = o["ETag"].strip('"')
-            return out
+            return {
+                rel: o["ETag"].strip('"')
+                for rel, o in self._s3_objects(relprefix)
+                if rel.endswith(".parquet")
+            }
         out = {}
         for rel in self.list(relprefix):
             st = Path(self.uri(rel)).stat()
@@ -162,6 +159,14 @@ class Lake:
         return pl.scan_parquet(uris, storage_options=opts, hive_partitioning=False)
 
     # -- S3 plumbing -------------------------------------------------------------------------
+    def _s3_objects(self, relprefix: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``(relative path, listing entry)`` of every object under ``relprefix`` (paginated)."""
+        bucket, prefix = self._bucket_key(relprefix.rstrip("/") + "/")
+        root_key = self._bucket_key("")[1]
+        for page in self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for o in page.get("Contents", []):
+                yield o["Key"][len(root_key) :], o
+
     def _bucket_key(self, relpath: str) -> tuple[str, str]:
         parsed = urlparse(self.uri(relpath))
         return parsed.netloc, parsed.path.lstrip("/")

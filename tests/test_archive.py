@@ -253,6 +253,11 @@ def test_archive_to_s3_lake(fresh_stack, session_stack, monkeypatch):
     # The lake reads it back lazily through Polars' object store as well.
     lake = res["lake"].lake()
     assert lake.scan([archive_part_path("raw_events", H0)]).select(pl.len()).collect().item() == 500
+    # Listing and version tokens (what the online sync's watermark uses) work on S3 too.
+    assert list(lake.list("raw_events")) == [archive_part_path("raw_events", H0)]
+    token = lake.versions("raw_events")[archive_part_path("raw_events", H0)]
+    lake.write_parquet(frame.head(10), archive_part_path("raw_events", H0))
+    assert lake.versions("raw_events")[archive_part_path("raw_events", H0)] != token
 
 
 def test_simulated_traffic_round_trip_with_bad_input(fresh_stack, tmp_path):
