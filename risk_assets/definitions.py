@@ -43,6 +43,13 @@ from risk_assets.monitoring.assets import (
     realized_performance,
     training_set_profile,
 )
+from risk_assets.monitoring.serving_assets import (
+    prediction_log,
+    service_health,
+    service_health_job,
+    service_health_schedule,
+    serving_skew,
+)
 from risk_assets.resources import KafkaResource, LakeResource, RawEventSource, RedisResource
 from risk_assets.sensors.archive_schedule import raw_archive_hourly_schedule
 from risk_assets.sensors.kafka_sensors import feature_ingestion_sensor, stream_features_sensor
@@ -68,6 +75,9 @@ defs = dg.Definitions(
         training_set_profile,
         drift_report_asset,
         realized_performance,
+        prediction_log,
+        serving_skew,
+        service_health,
     ],
     asset_checks=[stream_batch_consistency, online_offline_consistency],
     jobs=[
@@ -78,12 +88,14 @@ defs = dg.Definitions(
         model_rollback_job,
         monitoring_daily_job,
         retraining_job,
+        service_health_job,
     ],
     schedules=[
         raw_archive_hourly_schedule,
         online_sync_schedule,
         monitoring_daily_schedule,
         weekly_retraining_schedule,
+        service_health_schedule,
     ],
     sensors=[stream_features_sensor, feature_ingestion_sensor, retraining_sensor],
     resources={

@@ -1,0 +1,166 @@
+"""The scoring service's prediction log (Kafka ``risk.predictions``) as Polars frames.
+
+Pure: no Dagster. The service (``risk_assets/serving/prediction_log.py``) writes one JSON message per
+scored event::
+
+    {"event_id": "...", "event_ts": 1790000000000, "scored_at": 1790000000123,
+     "model_version": "...", "score": 0.0123, "decision": "allow", "degraded": false,
+     "features_missing": 12, "values": [0.0, 1.0, null, ...]}
+
+``values`` is the scored input vector in the order of the ``features`` list of that
+``model_version``'s manifest. :func:`read_prediction_range` reads an exact offset range
+(:class:`~risk_assets.ingest.kafka_reader.OffsetRange`, replayable) and :func:`predictions_frame`
+decodes messages into one frame:
+
+* ``partition`` (Int32), ``offset`` (Int64): where the record sits in the topic (unique per row; a
+  re-scored event appears once per scoring);
+* ``event_id``, ``event_ts`` (Datetime ms UTC), ``scored_ts`` (Datetime ms UTC, from ``scored_at``),
+  ``model_version``, ``score`` (Float64), ``decision``, ``degraded`` (Boolean),
+  ``features_missing`` (Int64);
+* one Float64 column per feature of the row's model version, named as in the manifest (``req_*``,
+  ``{group}__{feature}``); ``null`` = missing. A range holding several versions gets the union of
+  their features (first-seen version's order, then new names); a feature a row's version does not
+  have is null for that row, so compare per version (``model_version``) with that version's list.
+
+Malformed messages (not JSON, wrong fields, a ``values`` length that does not match the manifest)
+are not rows: they are counted in :attr:`PredictionFrame.malformed` with one example error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+import numpy as np
+import polars as pl
+
+from risk_assets.ingest.kafka_reader import KafkaRangeReader, MessageBatch, OffsetRange
+
+PREDICTION_TOPIC = "risk.predictions"
+BASE_SCHEMA: dict[str, pl.DataType] = {
+    "partition": pl.Int32(),
+    "offset": pl.Int64(),
+    "event_id": pl.String(),
+    "event_ts": pl.Datetime("ms", "UTC"),
+    "scored_ts": pl.Datetime("ms", "UTC"),
+    "model_version": pl.String(),
+    "score": pl.Float64(),
+    "decision": pl.String(),
+    "degraded": pl.Boolean(),
+    "features_missing": pl.Int64(),
+}
+BASE_COLUMNS: tuple[str, ...] = tuple(BASE_SCHEMA)
+
+
+class _Message(msgspec.Struct):
+    """One ``risk.predictions`` value as read (``values`` may hold nulls)."""
+
+    event_id: str
+    event_ts: int
+    scored_at: int
+    model_version: str
+    score: float
+    decision: str
+    values: list[float | None]
+    degraded: bool = False
+    features_missing: int = 0
+
+
+_decode = msgspec.json.Decoder(_Message).decode
+
+
+@dataclass(frozen=True)
+class PredictionFrame:
+    """Decoded prediction-log records and what could not be decoded."""
+
+    frame: pl.DataFrame
+    # version -> its ordered feature list (every version seen in ``frame``)
+    features: dict[str, list[str]] = field(default_factory=dict)
+    malformed: int = 0
+    first_error: str = ""
+
+    @property
+    def versions(self) -> list[str]:
+        """Model versions seen, sorted."""
+        return sorted(self.features)
+
+
+def empty_frame() -> pl.DataFrame:
+    """A frame with the base columns and no rows."""
+    return pl.DataFrame(schema=BASE_SCHEMA)
+
+
+def predictions_frame(batch: MessageBatch, features_of: Callable[[str], Sequence[str]]) -> PredictionFrame:
+    """Decode ``batch`` (see the module docstring); ``features_of(version)`` returns the manifest's
+    ``features`` list of a version (called once per version; an exception it raises propagates)."""
+    base: dict[str, list] = {c: [] for c in BASE_COLUMNS}
+    per_version_rows: dict[str, list[int]] = {}
+    per_version_values: dict[str, list[list[float | None]]] = {}
+    features: dict[str, list[str]] = {}
+    malformed = 0
+    first_error = ""
+    for i, raw in enumerate(batch.values):
+        try:
+            msg = _decode(raw)
+            if msg.model_version not in features:
+                features[msg.model_version] = list(features_of(msg.model_version))
+            n = len(features[msg.model_version])
+            if len(msg.values) != n:
+                raise ValueError(f"{len(msg.values)} values, manifest of {msg.model_version} lists {n}")
+        except (msgspec.DecodeError, ValueError) as exc:
+            malformed += 1
+            first_error = first_error or f"offset {int(batch.offsets[i])}: {exc}"
+            continue
+        row = len(base["event_id"])
+        base["partition"].append(int(batch.partitions[i]))
+        base["offset"].append(int(batch.offsets[i]))
+        base["event_id"].append(msg.event_id)
+        base["event_ts"].append(msg.event_ts)
+        base["scored_ts"].append(msg.scored_at)
+        base["model_version"].append(msg.model_version)
+        base["score"].append(msg.score)
+        base["decision"].append(msg.decision)
+        base["degraded"].append(msg.degraded)
+        base["features_missing"].append(msg.features_missing)
+        per_version_rows.setdefault(msg.model_version, []).append(row)
+        per_version_values.setdefault(msg.model_version, []).append(msg.values)
+
+    height = len(base["event_id"])
+    frame = pl.DataFrame(
+        {
+            **{c: base[c] for c in BASE_COLUMNS if c not in ("event_ts", "scored_ts")},
+            "event_ts": pl.Series(base["event_ts"], dtype=pl.Int64),
+            "scored_ts": pl.Series(base["scored_ts"], dtype=pl.Int64),
+        },
+        schema_overrides={c: d for c, d in BASE_SCHEMA.items() if c not in ("event_ts", "scored_ts")},
+    ).with_columns(pl.col("event_ts", "scored_ts").cast(pl.Datetime("ms", "UTC")))
+    frame = frame.select(BASE_COLUMNS)
+
+    # Union of the feature names, first-seen version's order first.
+    names: list[str] = []
+    seen: set[str] = set()
+    for version in features:
+        for f in features[version]:
+            if f not in seen:
+                seen.add(f)
+                names.append(f)
+    matrix = np.full((height, len(names)), np.nan)
+    position = {f: j for j, f in enumerate(names)}
+    for version, rows in per_version_rows.items():
+        values = np.array(per_version_values[version], dtype=np.float64)  # None -> nan
+        cols = [position[f] for f in features[version]]
+        matrix[np.ix_(rows, cols)] = values.reshape(len(rows), len(cols))
+    if names:
+        feats = pl.DataFrame(
+            {f: pl.Series(f, matrix[:, j], dtype=pl.Float64) for j, f in enumerate(names)}
+        ).with_columns(pl.all().fill_nan(None))
+        frame = pl.concat([frame, feats], how="horizontal")
+    return PredictionFrame(frame, features, malformed, first_error)
+
+
+def read_prediction_range(
+    reader: KafkaRangeReader, rng: OffsetRange, features_of: Callable[[str], Sequence[str]]
+) -> PredictionFrame:
+    """Read exactly the offsets of ``rng`` and decode them (:func:`predictions_frame`)."""
+    return predictions_frame(reader.read(rng), features_of)

@@ -1,0 +1,228 @@
+"""Prediction log → lake, training/serving skew and service health against a real ``risk-serve``.
+
+The service runs as a real process (helpers of ``tests/test_serving.py``) on the test's own Redis and
+broker. The offline store and the raw archive are built in a temporary lake; the online store gets
+exactly the offline store's latest rows (``OnlineStore.write``), so a clean run must show no skew.
+Then a buggy "ingestion" writes one online feature ×100 for new entities: the skew check must fail
+and name that feature first.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+
+from risk_assets.features.definitions import GROUPS_BY_NAME
+from risk_assets.features.ingestion import group_layout
+from risk_assets.features.offline_store import offline_schema, write_days
+from risk_assets.features.online_store import OnlineStore
+from risk_assets.ingest.archive_format import RAW_EVENTS, archive_part_path, to_archive_frame
+from risk_assets.ingest.kafka_reader import OffsetRange
+from risk_assets.lake import Lake
+from risk_assets.models.assets import ScoringServiceResource
+from risk_assets.monitoring import profiles
+from risk_assets.monitoring.service_health import health, histogram_quantile, scrape_state
+from risk_assets.monitoring.serving_assets import (
+    LOG_STATE,
+    SKEW_ROW_SHARE_MAX,
+    SLO_P99_MS,
+    prediction_log,
+    prediction_log_path,
+    service_health,
+    serving_skew,
+)
+from risk_assets.resources import KafkaResource, LakeResource, RawEventSource
+from tests.test_serving import T0, event, register, start_service, stop_service, train_model, wait_for
+
+GROUPS = ("ato_user", "ato_device", "ato_ip", "withdrawal_wallet", "user_wallet")
+BUG_GROUP = "ato_user"
+BUG_COLUMN = next(f for f in GROUPS_BY_NAME[BUG_GROUP].feature_names if "withdrawal" in f)
+BUGGY = f"{BUG_GROUP}__{BUG_COLUMN}"
+CLEAN_N, BUG_N = 200, 60
+ROW_TS = T0 - timedelta(minutes=1)
+
+
+def _keys(group: str, ev: dict[str, Any]) -> dict[str, str]:
+    return {k: ev[k] for k in GROUPS_BY_NAME[group].entity.keys}
+
+
+def feature_rows(group: str, events: list[dict[str, Any]], rng: np.random.Generator) -> pl.DataFrame:
+    """One offline row per distinct entity of ``events``: as of one minute before T0, created 30 s
+    later, random non-zero values of the group's dtypes, 5 % nulls."""
+    g = GROUPS_BY_NAME[group]
+    schema = offline_schema(g)
+    seen: dict[tuple, dict[str, Any]] = {}
+    for ev in events:
+        key = _keys(group, ev)
+        if tuple(key.values()) in seen:
+            continue
+        row: dict[str, Any] = {**key, "event_ts": ROW_TS, "created_ts": ROW_TS + timedelta(seconds=30)}
+        for f in g.feature_names:
+            dtype = schema[f]
+            if rng.random() < 0.05:
+                row[f] = None
+            elif dtype.is_integer():
+                row[f] = int(rng.integers(1, 50))
+            else:
+                row[f] = round(float(rng.uniform(0.5, 5000.0)), 3)
+        seen[tuple(key.values())] = row
+    return pl.DataFrame(list(seen.values()), schema=schema)
+
+
+def write_archive(lake: Lake, events: list[dict[str, Any]]) -> None:
+    frame = pl.DataFrame(events).with_columns(
+        pl.from_epoch("event_ts", time_unit="ms").dt.replace_time_zone("UTC").alias("event_ts"),
+        pl.from_epoch("event_ts", time_unit="ms").dt.replace_time_zone("UTC").alias("ingest_ts"),
+    )
+    hour = T0.replace(minute=0)
+    lake.write_parquet(to_archive_frame(frame, RAW_EVENTS), archive_part_path(RAW_EVENTS, hour))
+
+
+def check(result: dg.ExecuteInProcessResult, name: str) -> Any:
+    return next(e for e in result.get_asset_check_evaluations() if e.check_name == name)
+
+
+def meta(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
+    return {k: v.value for k, v in result.asset_materializations_for_node(asset)[0].metadata.items()}
+
+
+def test_histogram_quantile_and_scrape_deltas() -> None:
+    buckets = [(0.001, 50.0), (0.002, 90.0), (0.01, 100.0), (math.inf, 100.0)]
+    assert histogram_quantile(0.5, buckets) == pytest.approx(0.001)
+    assert histogram_quantile(0.7, buckets) == pytest.approx(0.0015)
+    assert histogram_quantile(0.99, buckets) == pytest.approx(0.002 + 0.008 * 0.9)
+    assert histogram_quantile(0.99, [(0.001, 0.0), (math.inf, 10.0)]) == 0.001  # above every bound
+    assert math.isnan(histogram_quantile(0.5, [(0.001, 0.0), (math.inf, 0.0)]))
+
+    def text(ok: int, err: int, fast: int, slow: int, start: float = 100.0) -> str:
+        return "\n".join(
+            [
+                "# TYPE risk_serve_requests_total counter",
+                f'risk_serve_requests_total{{endpoint="score",code="200"}} {ok}',
+                f'risk_serve_requests_total{{endpoint="score",code="500"}} {err}',
+                'risk_serve_requests_total{endpoint="metrics",code="200"} 7',
+                f'risk_serve_request_duration_seconds_bucket{{endpoint="score",le="0.001"}} {fast}',
+                f'risk_serve_request_duration_seconds_bucket{{endpoint="score",le="0.05"}} {fast + slow}',
+                f'risk_serve_request_duration_seconds_bucket{{endpoint="score",le="+Inf"}} {fast + slow}',
+                f'risk_serve_request_duration_seconds_count{{endpoint="score"}} {fast + slow}',
+                'risk_serve_request_duration_seconds_sum{endpoint="score"} 0.5',
+                'risk_model_info{version="v1",sha256="abc"} 1',
+                "process_cpu_seconds_total 3.5",
+                f"process_start_time_seconds {start}",
+            ]
+        )
+
+    first = scrape_state(text(990, 10, 1000, 0), at=200.0)
+    lifetime = health(first)
+    assert lifetime.window == "lifetime" and lifetime.requests == 1000
+    assert lifetime.error_rate == pytest.approx(0.01) and lifetime.model_version == "v1"
+    assert lifetime.latency_ms["p99"] <= 1.0
+    # The next interval: 100 more requests, all slow, 50 of them failed.
+    second = scrape_state(text(1040, 60, 1000, 100), at=260.0)
+    window = health(second, first)
+    assert window.window == "since_last_scrape" and window.window_seconds == 60
+    assert window.requests == 100 and window.error_rate == pytest.approx(0.5)
+    assert window.latency_ms["p50"] > 1.0 and window.request_rate == pytest.approx(100 / 60)
+    # A restart (other start time) falls back to lifetime figures.
+    restarted = scrape_state(text(5, 0, 5, 0, start=250.0), at=270.0)
+    assert health(restarted, second).window == "lifetime"
+
+
+def test_prediction_log_skew_and_health(fresh_stack, tmp_path: Path) -> None:
+    lake = Lake(str(tmp_path / "lake"))
+    rng = np.random.default_rng(5)
+    clean = [event("withdrawal", n=i, event_id=f"ev_clean_{i}") for i in range(CLEAN_N)]
+    buggy = [
+        event("withdrawal", n=10_000 + i, event_id=f"ev_bug_{i}", ip=f"10.1.{i}.1") for i in range(BUG_N)
+    ]
+    write_archive(lake, clean + buggy)
+    rows = {g: feature_rows(g, clean + buggy, rng) for g in GROUPS}
+    for g, frame in rows.items():
+        write_days(lake, GROUPS_BY_NAME[g], frame, [T0.replace(hour=0, minute=0)])
+
+    store = OnlineStore.from_url(fresh_stack.redis_url, namespace="risk")
+    bug_users = {ev["user_id"] for ev in buggy}
+    for g, frame in rows.items():
+        layout = group_layout(GROUPS_BY_NAME[g])
+        if g == BUG_GROUP:  # the buggy ingestion has not run yet: only the clean users' rows
+            store.write(layout, frame.filter(~pl.col("user_id").is_in(list(bug_users))))
+        else:
+            store.write(layout, frame)
+
+    version = register(lake, train_model(seed=1))
+    svc = start_service(tmp_path, lake, fresh_stack.redis_url, fresh_stack.kafka, "risk")
+    resources = {
+        "lake": LakeResource(url=lake.url),
+        "kafka": KafkaResource(bootstrap_servers=fresh_stack.kafka),
+        "raw_event_source": RawEventSource(),
+        "scoring_service": ScoringServiceResource(url=f"http://127.0.0.1:{svc.port}"),
+    }
+    try:
+        c = svc.client()
+        wait_for(lambda: c.request("GET", "/readyz")[0] == 200, what="readyz")
+        for ev in clean:
+            status, body = c.score(ev)
+            assert status == 200 and body["model_version"] == version and not body["degraded"], body
+        wait_for(lambda: c.metrics()["risk_serve_prediction_log_sent_total"] >= CLEAN_N, what="log acks")
+
+        first = dg.materialize([prediction_log, serving_skew], resources=resources)
+        assert first.success
+        log_meta = meta(first, "prediction_log")
+        assert log_meta["rows"] == CLEAN_N and log_meta["malformed"] == 0
+        assert log_meta["model_version_list"] == version
+        assert sum(log_meta[f"decision_share/{d}"] for d in ("allow", "review", "block")) == pytest.approx(1)
+        stored = lake.scan([prediction_log_path(OffsetRange("risk.predictions", 0, 0, CLEAN_N))]).collect()
+        assert stored.height == CLEAN_N and BUGGY in stored.columns
+        assert set(stored["event_id"]) == {ev["event_id"] for ev in clean}
+        prof = profiles.deserialize(
+            lake.read_bytes("profiles/prediction_log/p=0/offsets=000000000000-000000000200.bin")
+        )
+        assert prof.rows == CLEAN_N and "score" in prof.columns
+
+        skew = meta(first, "serving_skew")
+        assert skew["rows_compared"] == CLEAN_N and skew["rows_without_event"] == 0
+        assert skew["rows_with_mismatch"] == 0, skew["report"]
+        ok = check(first, "serving_skew_below_threshold")
+        assert ok.passed and ok.metadata["threshold"].value == SKEW_ROW_SHARE_MAX
+
+        # The serving bug: an ingestion writes one feature in the wrong unit (×100) for new users.
+        bug_rows = rows[BUG_GROUP].filter(pl.col("user_id").is_in(list(bug_users)))
+        store.write(group_layout(GROUPS_BY_NAME[BUG_GROUP]), bug_rows.with_columns(pl.col(BUG_COLUMN) * 100))
+        for ev in buggy:
+            assert c.score(ev)[0] == 200
+        total = CLEAN_N + BUG_N
+        wait_for(lambda: c.metrics()["risk_serve_prediction_log_sent_total"] >= total, what="log acks")
+
+        second = dg.materialize([prediction_log, serving_skew], resources=resources)
+        assert second.success
+        assert meta(second, "prediction_log")["rows"] == BUG_N  # only the new range
+        assert lake.exists(LOG_STATE)
+        skew = meta(second, "serving_skew")
+        assert skew["rows_compared"] == BUG_N
+        with_value = bug_rows.filter(pl.col(BUG_COLUMN).is_not_null() & (pl.col(BUG_COLUMN) != 0)).height
+        assert skew["rows_with_mismatch"] == with_value > BUG_N * 0.8
+        assert skew["worst_feature"] == BUGGY
+        assert skew[f"mismatch_rate/{BUGGY}"] == pytest.approx(with_value / BUG_N)
+        assert skew["features_with_mismatch"] == 1
+        bad = check(second, "serving_skew_below_threshold")
+        assert not bad.passed and bad.metadata["worst_feature"].value == BUGGY
+
+        health_run = dg.materialize([service_health], resources=resources)
+        assert health_run.success
+        h = meta(health_run, "service_health")
+        assert h["requests"] >= total and h["error_rate"] == 0
+        assert 0 < h["latency_p50_ms"] <= h["latency_p95_ms"] <= h["latency_p99_ms"]
+        assert h["memory_rss_mb"] > 10 and h["cpu_seconds"] > 0 and h["model_version"] == version
+        slo = check(health_run, "service_slo")
+        assert slo.passed, slo.metadata
+        assert slo.metadata["p99_threshold_ms"].value == SLO_P99_MS
+    finally:
+        store.close()
+        stop_service(svc)
