@@ -31,7 +31,6 @@ import time
 import urllib.request
 import warnings
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -49,6 +48,7 @@ from risk_assets.ingest.kafka_reader import KafkaRangeReader
 from risk_assets.lake import Lake
 from risk_assets.models.assets import training_set_paths
 from risk_assets.monitoring.scoring import champion_scorer
+from risk_assets.resources import LakeResource
 from risk_assets.sensors.catch_up import catch_up
 from risk_assets.sensors.kafka_sensors import feature_ingestion_sensor, stream_features_sensor
 from risk_assets.simulator.config import SimConfig
@@ -137,7 +137,7 @@ def run(
     for key, default in LOCAL_DEFAULTS.items():
         os.environ.setdefault(key, default)
     bootstrap = endpoints["KAFKA_BOOTSTRAP_SERVERS"]
-    lake = Lake(str(Path(lake_url).resolve()))
+    lake = LakeResource(url=lake_url).lake()
 
     history_start = DEMO_START - timedelta(days=history_days)
     history = SimConfig(
@@ -348,7 +348,9 @@ def _score_sample(
         "RISK_REVIEW_THRESHOLD": f"{review:.6f}",
         "RISK_BLOCK_THRESHOLD": f"{block:.6f}",
     }
-    log = open(Path(lake_url).parent / "risk-serve.log", "wb")  # noqa: SIM115 - lives as long as the child
+    log_path = launcher.default_stack_dir() / "logs" / "risk-serve.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the child
     proc = subprocess.Popen(
         [sys.executable, "-m", "risk_assets.serving.cli", "--port", str(port)],
         env=env,
