@@ -10,18 +10,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import polars as pl
-from dagster_aws.s3 import S3Resource
-from dagster_snowflake import SnowflakeResource
 
 from risk_assets.ingest import snowflake_mirror
 from risk_assets.ingest.archive import EVENTS, LABELS, read_archive
 from risk_assets.ingest.kafka_reader import KafkaRangeReader
 from risk_assets.ingest.partitioning import GRACE, HOUR
 from risk_assets.lake import Lake
+
+if TYPE_CHECKING:  # imported where used: together they add seconds to every code-location load
+    from dagster_snowflake import SnowflakeResource
 
 # Very late events of an hour land in later hours (docs/archive.md): a reader wanting every event of
 # [start, end) reads this much further and filters on event time. Mobile clients can be offline for
@@ -45,6 +46,8 @@ class LakeResource(dg.ConfigurableResource):
         if self.s3_endpoint_url:
             options["aws_endpoint_url"] = self.s3_endpoint_url
             options["aws_allow_http"] = str(self.s3_endpoint_url.startswith("http://")).lower()
+        from dagster_aws.s3 import S3Resource
+
         s3 = S3Resource(endpoint_url=self.s3_endpoint_url or None, region_name=self.aws_region)
         return Lake(self.url, storage_options=options, s3_client=s3.get_client())
 
@@ -105,6 +108,7 @@ class RawEventSource(dg.ConfigurableResource):
         """The dagster-snowflake resource for the configured account."""
         if not (self.snowflake_account and self.snowflake_user):
             raise dg.Failure("Snowflake is not configured: set SNOWFLAKE_ACCOUNT and SNOWFLAKE_USER")
+        from dagster_snowflake import SnowflakeResource
         return SnowflakeResource(
             account=self.snowflake_account,
             user=self.snowflake_user,
