@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import tempfile
 import time
 from datetime import timedelta
@@ -36,12 +35,6 @@ from risk_assets.lake import Lake
 from risk_assets.simulator.config import DEFAULT_START, SimConfig
 from risk_assets.simulator.writers import make_producer, replay
 from risk_assets.stack import launcher
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ms(ts) -> int:
@@ -71,7 +64,9 @@ def main() -> None:
         cfg = None
         if not external:
             cfg = launcher.StackConfig(
-                state_dir=Path(tmp) / "stack", redis_port=_free_port(), kafka_port=_free_port()
+                state_dir=Path(tmp) / "stack",
+                redis_port=launcher.free_port(),
+                kafka_port=launcher.free_port(),
             )
             bootstrap = launcher.up(cfg)["KAFKA_BOOTSTRAP_SERVERS"]
         else:

@@ -30,7 +30,6 @@ import os
 import random
 import resource
 import shutil
-import socket
 import struct
 import tempfile
 import time
@@ -45,12 +44,6 @@ import redis
 
 from risk_assets.features.online_store import GroupLayout, OnlineStore
 from risk_assets.stack import launcher
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _percentiles(fn: Callable[[], object], iterations: int, warmup: int = 100) -> tuple[float, float, float]:
@@ -231,7 +224,9 @@ def main() -> None:
         run(url, args.entities, args.features, args.seed)
         return
     state = Path(tempfile.mkdtemp(prefix="bench-online-store-"))
-    config = launcher.StackConfig(state_dir=state, redis_port=_free_port(), kafka_port=_free_port())
+    config = launcher.StackConfig(
+        state_dir=state, redis_port=launcher.free_port(), kafka_port=launcher.free_port()
+    )
     try:
         env = launcher.up(config)
         run(env["REDIS_URL"], args.entities, args.features, args.seed)

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,11 +44,6 @@ ROOT = Path(__file__).resolve().parents[1]
 OPENLOOP = Path(os.environ.get("OPENLOOP", "/work/shared/tools/openloop.py"))
 TOKEN = "bench-token"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -289,7 +283,8 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, load average {load1:.2f} at start "
           "(other work on the machine inflates the tails; see 'machine busy' per step)", flush=True)
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    config = launcher.StackConfig(state_dir=work / "stack", redis_port=_free_port(), kafka_port=_free_port())
+    config = launcher.StackConfig(state_dir=work / "stack", redis_port=launcher.free_port(),
+                                  kafka_port=launcher.free_port())
     saved = {k: os.environ.pop(k) for k in ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS") if k in os.environ}
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -329,7 +324,7 @@ def main() -> None:
             ("risk-serve", False, args.rates),
             ("baseline", True, args.baseline_rates),
         ):
-            port = _free_port()
+            port = launcher.free_port()
             proc = start_server(env, port, work / f"{name}.log", baseline)
             procs.append(proc)
             wait_ready(port)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import socket
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -51,12 +50,6 @@ from risk_assets.simulator import writers
 from risk_assets.simulator.config import SimConfig
 from risk_assets.simulator.generator import generate
 from risk_assets.stack import launcher
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _produce(bootstrap: str, rate: float, seconds: float, users: int) -> None:
@@ -88,7 +81,9 @@ def main() -> None:
     for var in ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "S3_ENDPOINT_URL"):
         os.environ.pop(var, None)
     work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
-    config = launcher.StackConfig(state_dir=work / "stack", redis_port=_free_port(), kafka_port=_free_port())
+    config = launcher.StackConfig(
+        state_dir=work / "stack", redis_port=launcher.free_port(), kafka_port=launcher.free_port()
+    )
     env = launcher.up(config)
     print(f"stack: redis {env['REDIS_URL']}, kafka {env['KAFKA_BOOTSTRAP_SERVERS']}")
     groups = stream_groups(FEATURE_GROUPS)

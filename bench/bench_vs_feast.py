@@ -33,7 +33,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -446,12 +445,6 @@ def run(args: argparse.Namespace, redis_url: str, work: Path) -> None:
     raw.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spine", type=int, default=1_000_000)
@@ -473,7 +466,7 @@ def main() -> None:
             run(args, url, work)
             return
         config = launcher.StackConfig(
-            state_dir=work / "stack", redis_port=_free_port(), kafka_port=_free_port()
+            state_dir=work / "stack", redis_port=launcher.free_port(), kafka_port=launcher.free_port()
         )
         try:
             env = launcher.up(config)

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -48,7 +47,7 @@ from risk_assets.ingest.kafka_reader import KafkaRangeReader
 from risk_assets.lake import Lake
 from risk_assets.models.assets import training_set_paths
 from risk_assets.monitoring.scoring import champion_scorer
-from risk_assets.resources import LakeResource
+from risk_assets.resources import LakeResource, archive_hours
 from risk_assets.sensors.catch_up import catch_up
 from risk_assets.sensors.kafka_sensors import feature_ingestion_sensor, stream_features_sensor
 from risk_assets.simulator.config import SimConfig
@@ -275,15 +274,14 @@ def run(
     for line in scored:
         info(line)
 
+    live_hours = archive_hours(live.start, live.end)
     events = pl.concat(
-        [pl.read_parquet(lake.read_bytes(archive_part_path(EVENTS.dataset, h))) for h in _hours(live)]
+        [pl.read_parquet(lake.read_bytes(archive_part_path(EVENTS.dataset, h))) for h in live_hours]
     )
     labels = pl.concat(
-        [pl.read_parquet(lake.read_bytes(archive_part_path(LABELS.dataset, h))) for h in _hours(live)]
+        [pl.read_parquet(lake.read_bytes(archive_part_path(LABELS.dataset, h))) for h in live_hours]
     )
-    dead = pl.concat(
-        [pl.read_parquet(lake.read_bytes(dead_letter_part_path(EVENTS, h))) for h in _hours(live)]
-    )
+    dead = pl.concat([pl.read_parquet(lake.read_bytes(dead_letter_part_path(EVENTS, h))) for h in live_hours])
 
     step("summary")
     info(
@@ -303,12 +301,6 @@ def run(
     info("UI:           make dev  →  http://127.0.0.1:3000  (asset graph, the runs above, their metadata)")
     info(f"done in {time.perf_counter() - t_all:.1f}s; stop the stack with `make stack-down`")
     return 0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _operating_points(lake: Lake, as_of_day: str) -> tuple[float, float]:
@@ -339,7 +331,7 @@ def _score_sample(
         ]
     )
     bodies = encode_events(sample.drop("is_fraud", "scenario"))
-    token, port = secrets.token_urlsafe(24), _free_port()
+    token, port = secrets.token_urlsafe(24), launcher.free_port()
     env = {
         **os.environ,
         **endpoints,
@@ -398,10 +390,6 @@ def _score_sample(
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-
-
-def _hours(sim: SimConfig) -> list[datetime]:
-    return [sim.start + timedelta(hours=i) for i in range(int((sim.end - sim.start) / timedelta(hours=1)))]
 
 
 def _online_sample(redis_url: str, events: pl.DataFrame) -> str | None:

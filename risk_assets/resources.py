@@ -109,6 +109,7 @@ class RawEventSource(dg.ConfigurableResource):
         if not (self.snowflake_account and self.snowflake_user):
             raise dg.Failure("Snowflake is not configured: set SNOWFLAKE_ACCOUNT and SNOWFLAKE_USER")
         from dagster_snowflake import SnowflakeResource
+
         return SnowflakeResource(
             account=self.snowflake_account,
             user=self.snowflake_user,

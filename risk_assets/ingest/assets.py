@@ -14,7 +14,7 @@ from risk_assets.ingest import snowflake_mirror
 from risk_assets.ingest.archive import EVENTS, LABELS, ArchiveSpec, build_archive, write_archive
 from risk_assets.ingest.kafka_reader import KafkaRangeReader, KafkaReadError
 from risk_assets.ingest.partitioning import GRACE, HOUR, ingest_window
-from risk_assets.resources import KafkaResource, LakeResource, RawEventSource
+from risk_assets.resources import KafkaResource, LakeResource, RawEventSource, archive_hours
 
 HOURLY = dg.HourlyPartitionsDefinition(start_date="2026-01-01-00:00", timezone="UTC")
 OWNER = "team:risk-data"
@@ -25,12 +25,6 @@ class ArchiveConfig(dg.Config):
 
     max_invalid_share: float = 0.05
     """The invalid-share check fails when more than this share of an hour's messages is rejected."""
-
-
-def _hours(window: dg.TimeWindow) -> list[datetime]:
-    start = window.start.astimezone(UTC)
-    n = int((window.end - window.start) / HOUR)
-    return [start + i * HOUR for i in range(n)]
 
 
 def _ms(ts: datetime) -> int:
@@ -99,7 +93,7 @@ def build_archive_asset(spec: ArchiveSpec) -> dg.AssetsDefinition:
     def _archive(
         context: dg.AssetExecutionContext, config: ArchiveConfig, lake: LakeResource, kafka: KafkaResource
     ):
-        hours = _hours(context.partition_time_window)
+        hours = archive_hours(context.partition_time_window.start, context.partition_time_window.end)
         start, end = ingest_window(hours[0], hours[-1])
         with kafka.range_reader() as reader:
             ensure_window_retained(reader, spec.topic, _ms(start))
@@ -191,4 +185,6 @@ def snowflake_raw_events(
         rows = snowflake_mirror.write_hours(
             conn.cursor(), raw_event_source.snowflake_table, events, window.start, window.end
         )
-    return dg.MaterializeResult(metadata={"dagster/row_count": rows, "hours": len(_hours(window))})
+    return dg.MaterializeResult(
+        metadata={"dagster/row_count": rows, "hours": len(archive_hours(window.start, window.end))}
+    )

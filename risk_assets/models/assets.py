@@ -129,8 +129,11 @@ class ModelTrainingConfig(dg.Config):
         return TrainingParams(**self.model_dump())
 
 
-def _read_training_set(store: Lake, day: str) -> tuple[pl.DataFrame, dict]:
+def read_training_set(store: Lake, day: str) -> tuple[pl.DataFrame, dict]:
+    """A materialized training set and its manifest (a clear failure if it was never built)."""
     data_path, manifest_path = training_set_paths(day)
+    if not store.exists(data_path):
+        raise dg.Failure(f"training set {store.uri(data_path)} is missing: materialize training_set first")
     return pl.read_parquet(store.read_bytes(data_path)), json.loads(store.read_bytes(manifest_path))
 
 
@@ -155,7 +158,7 @@ def challenger_model(
     context: dg.AssetExecutionContext, config: ModelTrainingConfig, lake: LakeResource
 ) -> dg.MaterializeResult:
     store = lake.lake()
-    frame, ts_manifest = _read_training_set(store, context.partition_key)
+    frame, ts_manifest = read_training_set(store, context.partition_key)
     trained = train(frame, list(ts_manifest["features"]), config.params())
     version = registry.register(
         store, trained.model_bytes, manifest_for(trained, ts_manifest, FEATURE_GROUPS)
@@ -212,7 +215,7 @@ def model_promotion(
     context: dg.AssetExecutionContext, config: PromotionConfig, lake: LakeResource
 ) -> dg.MaterializeResult:
     store = lake.lake()
-    frame, _ = _read_training_set(store, context.partition_key)
+    frame, _ = read_training_set(store, context.partition_key)
     challenger = json.loads(store.read_bytes(challenger_pointer_path(context.partition_key)))["version"]
     decision = promote_if_better(
         store,

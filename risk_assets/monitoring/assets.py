@@ -38,7 +38,7 @@ from risk_assets.ingest.archive import EVENTS, read_archive
 from risk_assets.ingest.assets import HOURLY
 from risk_assets.lake import Lake
 from risk_assets.models import registry
-from risk_assets.models.assets import training_set_paths
+from risk_assets.models.assets import read_training_set, training_set_paths
 from risk_assets.models.training_set import (
     SPINE_COLUMNS,
     TrainingSetSpec,
@@ -102,7 +102,7 @@ def _day_start(day: str) -> datetime:
     return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
 
 
-def _finite(x: Any) -> float:
+def metadata_float(x: Any) -> float:
     """A float for metadata (NaN when undefined, so numeric keys stay numeric)."""
     try:
         f = float(x)
@@ -326,14 +326,6 @@ def reference_day(scorer: Scorer) -> str:
     return (datetime.fromisoformat(as_of).astimezone(UTC) - DAY).strftime("%Y-%m-%d")
 
 
-def _read_training_set(store: Lake, day: str) -> tuple[pl.DataFrame, dict[str, Any]]:
-    data_path, manifest_path = training_set_paths(day)
-    if not store.exists(data_path):
-        raise dg.Failure(f"the champion's reference training set {store.uri(data_path)} is missing")
-    frame = pl.read_parquet(io.BytesIO(store.read_bytes(data_path)))
-    return frame, json.loads(store.read_bytes(manifest_path))
-
-
 # -- drift report ----------------------------------------------------------------------------------
 def drift_check_results(share_drifted: float, drifted: int, features: int) -> list[dg.AssetCheckResult]:
     """The two drift checks for a report: WARN above ``DRIFT_SHARE_WARN``, ERROR above
@@ -431,7 +423,7 @@ def drift_report_asset(
     window = context.partition_time_window
     scorer = _champion(store)
     ref_day = reference_day(scorer)
-    reference, ref_manifest = _read_training_set(store, ref_day)
+    reference, ref_manifest = read_training_set(store, ref_day)
     current = decision_frame(
         store, raw_event_source, TrainingSetSpec(as_of=window.end, window=DAY, maturity=timedelta(0))
     )
@@ -475,16 +467,16 @@ def drift_report_asset(
         "warned": sum(1 for c in report.columns if c.category == "warn"),
         "share_drifted": report.share_drifted,
         "drifted_features": report.drifted,
-        "prediction_psi": _finite(pred.psi),
-        "prediction_ks": _finite(pred.ks),
-        "prediction_hellinger": _finite(pred.hellinger),
+        "prediction_psi": metadata_float(pred.psi),
+        "prediction_ks": metadata_float(pred.ks),
+        "prediction_hellinger": metadata_float(pred.hellinger),
         "prediction_category": pred.category,
         "label_day": label_day.strftime("%Y-%m-%d"),
         "label_rate": cur_rate,
         "label_rate_reference": ref_rate,
         "label_rate_rows": label_frame.height,
-        "label_rate_pvalue": _finite(lrd.pvalue) if lrd else math.nan,
-        "label_rate_relative_change": _finite(lrd.relative_change) if lrd else math.nan,
+        "label_rate_pvalue": metadata_float(lrd.pvalue) if lrd else math.nan,
+        "label_rate_relative_change": metadata_float(lrd.relative_change) if lrd else math.nan,
         "label_rate_category": lrd.category if lrd else "unknown",
         "top_psi": dict(psi_by_feature[:TOP_PSI]),
         "thresholds": {"warn": DRIFT_SHARE_WARN, "error": DRIFT_SHARE_ERROR},
@@ -515,15 +507,15 @@ def drift_report_asset(
             "prediction_psi": summary["prediction_psi"],
             "prediction_ks": summary["prediction_ks"],
             "prediction_category": pred.category,
-            "label_rate": _finite(cur_rate),
-            "label_rate_reference": _finite(ref_rate),
+            "label_rate": metadata_float(cur_rate),
+            "label_rate_reference": metadata_float(ref_rate),
             "label_rate_pvalue": summary["label_rate_pvalue"],
             "label_rate_category": summary["label_rate_category"],
             "label_day": summary["label_day"],
             "champion": scorer.version,
             "reference_day": ref_day,
             "seconds": seconds,
-            **{f"psi/{name}": _finite(v) for name, v in psi_by_feature[:TOP_PSI]},
+            **{f"psi/{name}": metadata_float(v) for name, v in psi_by_feature[:TOP_PSI]},
             "report": dg.MetadataValue.md(markdown),
             "path": store.uri(json_path),
         }
@@ -621,7 +613,7 @@ def realized_performance(
     baseline_by = scorer.manifest.get("metrics_by_scenario") or {}
 
     def drop(base: Any, realized: Any) -> float:
-        return _finite(base) - _finite(realized)
+        return metadata_float(base) - metadata_float(realized)
 
     metadata: dict[str, Any] = {
         "dagster/row_count": frame.height,
@@ -632,20 +624,20 @@ def realized_performance(
         "seconds": 0.0,
     }
     for k in REALIZED_METRICS:
-        metadata[f"recent/{k}"] = _finite(pooled.get(k))
-        metadata[f"baseline/{k}"] = _finite(baseline.get(k))
+        metadata[f"recent/{k}"] = metadata_float(pooled.get(k))
+        metadata[f"baseline/{k}"] = metadata_float(baseline.get(k))
         metadata[f"drop/{k}"] = drop(baseline.get(k), pooled.get(k))
     for name in SCENARIOS:
         sub = pooled["by_scenario"].get(name) or {}
         metadata[f"recent/{name}/positives"] = int(sub.get("positives") or 0)
         for k in ("average_precision", "recall_at_1pct_fpr"):
-            metadata[f"recent/{name}/{k}"] = _finite(sub.get(k))
+            metadata[f"recent/{name}/{k}"] = metadata_float(sub.get(k))
             metadata[f"drop/{name}/{k}"] = drop((baseline_by.get(name) or {}).get(k), sub.get(k))
     newest_day = per_day[0] if per_day else {}
     metadata["day/date"] = newest_day.get("day", "")
     metadata["day/positives"] = int(newest_day.get("positives") or 0)
     for k in REALIZED_METRICS:
-        metadata[f"day/{k}"] = _finite(newest_day.get(k))
+        metadata[f"day/{k}"] = metadata_float(newest_day.get(k))
     lines = [
         "| day | model | rows | positives | AP | recall@1%FPR | AUC |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -676,7 +668,7 @@ def realized_performance(
 
 
 def _fmt(x: Any) -> str:
-    f = _finite(x)
+    f = metadata_float(x)
     return "–" if math.isnan(f) else f"{f:.3f}"
 
 

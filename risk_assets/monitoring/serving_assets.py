@@ -37,6 +37,7 @@ from risk_assets.models.assets import ScoringServiceResource
 from risk_assets.models.request_features import REQUEST_FEATURES
 from risk_assets.models.training_set import SPINE_COLUMNS, feature_tables
 from risk_assets.monitoring import profiles
+from risk_assets.monitoring.assets import metadata_float
 from risk_assets.monitoring.prediction_log_reader import (
     BASE_COLUMNS,
     PREDICTION_TOPIC,
@@ -89,14 +90,6 @@ def _read_state(store: Lake, path: str) -> dict[str, Any]:
 
 def _write_state(store: Lake, path: str, state: dict[str, Any]) -> None:
     store.write_bytes(path, (json.dumps(state, indent=1, sort_keys=True) + "\n").encode())
-
-
-def _finite(x: Any) -> float:
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return math.nan
-    return f if math.isfinite(f) else math.nan
 
 
 class _Manifests:
@@ -197,13 +190,13 @@ def prediction_log(
         "retention_gap": retention_gaps,
         "model_versions": len(versions),
         "model_version_list": ", ".join(versions) or "-",
-        "score_mean": _finite(base["score"].mean()) if base is not None and rows else math.nan,
-        "degraded_share": _finite(base["degraded"].mean()) if base is not None and rows else math.nan,
+        "score_mean": metadata_float(base["score"].mean()) if base is not None and rows else math.nan,
+        "degraded_share": metadata_float(base["degraded"].mean()) if base is not None and rows else math.nan,
         "seconds": 0.0,
     }
     for decision in ("allow", "review", "block"):
         share = (base["decision"] == decision).mean() if base is not None and rows else math.nan
-        metadata[f"decision_share/{decision}"] = _finite(share)
+        metadata[f"decision_share/{decision}"] = metadata_float(share)
     if first_error:
         metadata["first_malformed"] = first_error
     metadata["cursor"] = dg.MetadataValue.json(cursor)
@@ -483,9 +476,9 @@ def slo_check(h: ServiceHealth) -> dg.AssetCheckResult:
         passed=bool(p99_ok and err_ok),
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={
-            "latency_p99_ms": _finite(p99),
+            "latency_p99_ms": metadata_float(p99),
             "p99_threshold_ms": SLO_P99_MS,
-            "error_rate": _finite(h.error_rate),
+            "error_rate": metadata_float(h.error_rate),
             "error_rate_threshold": SLO_ERROR_RATE,
             "requests": h.requests,
             "p99_ok": p99_ok,
@@ -545,7 +538,7 @@ def service_health(
     )
     yield dg.MaterializeResult(
         metadata={
-            **{k: (_finite(v) if isinstance(v, float | int) else v) for k, v in h.metadata().items()},
+            **{k: (metadata_float(v) if isinstance(v, float | int) else v) for k, v in h.metadata().items()},
             "window": h.window,
             "model_version": h.model_version or "none",
             "url": scoring_service.url,

@@ -316,6 +316,13 @@ def _running(config: StackConfig, service: str) -> tuple[int, int] | None:
     return pid, port
 
 
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now (for stacks and services on free ports)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # SO_REUSEADDR: TIME_WAIT leftovers of an earlier run must not count as "in use".
