@@ -27,11 +27,12 @@ from pathlib import Path
 import msgspec
 import polars as pl
 
-from risk_assets.events.schema import EVENTS_TOPIC, RiskEvent
+from risk_assets.events.schema import RiskEvent
 from risk_assets.ingest.archive import EVENTS, build_archive, write_archive
 from risk_assets.ingest.kafka_reader import KafkaRangeReader
 from risk_assets.ingest.partitioning import ingest_window
 from risk_assets.lake import Lake
+from risk_assets.names import EVENTS_TOPIC
 from risk_assets.simulator.config import DEFAULT_START, SimConfig
 from risk_assets.simulator.writers import make_producer, replay
 from risk_assets.stack import launcher

@@ -19,7 +19,7 @@ Measured, for N entities × F float features:
   decoding into dicts) against (a) raw ``MGET`` of the same keys without decoding, (b) Feast-like
   pipelined ``HGETALL`` per entity decoded into dicts.
 
-DESIGN.md §6 reference (Feast 0.67 on this machine): materialize 3,252 rows/s; get_online_features
+docs/design.md §6 reference (Feast 0.67 on this machine): materialize 3,252 rows/s; get_online_features
 1 entity × 50 features p50 0.72 ms / p99 1.26 ms, 100 entities p99 151 ms.
 """
 

@@ -13,7 +13,7 @@ What it does, all on this machine:
    7 request-time + 135 online features) and registers it in a temporary lake;
 3. simulates traffic (``risk-sim``'s generator), keeps the money-moving and login events, and
    preloads online rows for every entity they involve (every feature group, random values);
-4. writes the events as request bodies (JSONL) and runs ``/work/shared/tools/openloop.py`` (open
+4. writes the events as request bodies (JSONL) and runs ``bench/openloop.py`` (open
    loop, latency from the scheduled start) against ``risk-serve`` at each rate;
 5. the **baseline**: the same service, same features, same model, but the naive scoring path —
    ``DMatrix`` + ``predict`` and exact SHAP (``pred_contribs=True``) on every request — started by
@@ -41,7 +41,7 @@ import numpy as np
 import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
-OPENLOOP = Path(os.environ.get("OPENLOOP", "/work/shared/tools/openloop.py"))
+OPENLOOP = Path(os.environ.get("OPENLOOP", str(Path(__file__).resolve().parent / "openloop.py")))
 TOKEN = "bench-token"
 
 

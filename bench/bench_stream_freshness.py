@@ -36,8 +36,7 @@ import numpy as np
 import polars as pl
 from confluent_kafka import Consumer, TopicPartition
 
-from risk_assets.events.schema import EVENTS_TOPIC
-from risk_assets.features.feature_buffer import FEATURES_TOPIC, publish
+from risk_assets.features.feature_buffer import publish
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.ingestion import group_layout, ingest_range
 from risk_assets.features.online_store import OnlineStore
@@ -46,6 +45,7 @@ from risk_assets.features.stream_state import StreamState, stream_groups
 from risk_assets.ingest.archive import EVENTS, decode_messages
 from risk_assets.ingest.kafka_reader import KafkaRangeReader, OffsetRange
 from risk_assets.lake import Lake
+from risk_assets.names import EVENTS_TOPIC, FEATURES_TOPIC
 from risk_assets.simulator import writers
 from risk_assets.simulator.config import SimConfig
 from risk_assets.simulator.generator import generate

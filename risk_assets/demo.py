@@ -35,19 +35,20 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from risk_assets.events.schema import EVENTS_TOPIC
-from risk_assets.features.assets import feature_asset_key
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.ingestion import group_layout
 from risk_assets.features.online_store import OnlineStore
-from risk_assets.features.stream_assets import STREAM_GROUPS
+from risk_assets.features.stream_state import stream_groups
 from risk_assets.ingest.archive import EVENTS, LABELS, dead_letter_part_path
 from risk_assets.ingest.archive_format import archive_part_path
 from risk_assets.ingest.kafka_reader import KafkaRangeReader
+from risk_assets.ingest.partitioning import archive_hours
 from risk_assets.lake import Lake
-from risk_assets.models.assets import training_set_paths
+from risk_assets.models.artifacts import training_set_paths
 from risk_assets.models.scoring import champion_scorer
-from risk_assets.resources import LakeResource, archive_hours
+from risk_assets.names import DRIFT_REPORT, EVENTS_TOPIC, ONLINE_STORE_SYNC, feature_asset_key
+from risk_assets.partitions import DATA_START_ENV, TimePartitions
+from risk_assets.resources import LakeResource
 from risk_assets.sensors.catch_up import catch_up
 from risk_assets.sensors.kafka_sensors import feature_ingestion_sensor, stream_features_sensor
 from risk_assets.simulator.config import SimConfig
@@ -166,7 +167,14 @@ def run(
             f"{stats.labels:,} labels in {stats.seconds:.1f}s ({stats.events / stats.seconds:,.0f} msg/s)"
         )
 
-    from risk_assets.definitions import defs  # after the environment is set: resources read EnvVars
+    # After the environment is set (resources read their EnvVars at run time); the partitions start
+    # at the first simulated day, as `make dev` shows them (RISK_DATA_START in the Makefile).
+    from risk_assets.definitions import build_definitions
+
+    data_start = os.environ.get(DATA_START_ENV, "")
+    if data_start and data_start != f"{history_start:%Y-%m-%d}":
+        info(f"note: {DATA_START_ENV}={data_start} but the simulated data starts {history_start:%Y-%m-%d}")
+    defs = build_definitions(TimePartitions(history_start.date()))
 
     instance = dg.DagsterInstance.get()
     step(
@@ -192,7 +200,7 @@ def run(
     step(f"batch features: {len(FEATURE_GROUPS)} groups for {days[0]} .. {days[1]} as ONE backfill run")
     t0 = time.perf_counter()
     features = _materialize(
-        defs, instance, {feature_asset_key(g) for g in FEATURE_GROUPS}, partition_range=days
+        defs, instance, {feature_asset_key(g.name) for g in FEATURE_GROUPS}, partition_range=days
     )
     feature_rows = {
         m.asset_key.path[-1]: m.metadata["dagster/row_count"].value
@@ -244,7 +252,7 @@ def run(
 
     step("offline → online sync (the 10-minute schedule, once) and its consistency audit")
     t0 = time.perf_counter()
-    synced = _materialize(defs, instance, {dg.AssetKey("online_store_sync")})
+    synced = _materialize(defs, instance, {dg.AssetKey(ONLINE_STORE_SYNC)})
     (sync_meta,) = [e.materialization.metadata for e in synced.get_asset_materialization_events()]
     (audit,) = synced.get_asset_check_evaluations()
     info(
@@ -257,7 +265,7 @@ def run(
 
     step(f"drift report for {as_of_day}: that day's decisions vs the champion's training reference")
     t0 = time.perf_counter()
-    drift = _materialize(defs, instance, {dg.AssetKey("drift_report")}, partition_key=as_of_day)
+    drift = _materialize(defs, instance, {dg.AssetKey(DRIFT_REPORT)}, partition_key=as_of_day)
     (drift_meta,) = [e.materialization.metadata for e in drift.get_asset_materialization_events()]
     checks = {c.check_name: c.passed for c in drift.get_asset_check_evaluations()}
     info(
@@ -394,7 +402,7 @@ def _score_sample(
 
 def _online_sample(redis_url: str, events: pl.DataFrame) -> str | None:
     """One busy device's card-testing features as the scoring service will read them."""
-    group = next(g for g in STREAM_GROUPS if g.name == "card_testing_device")
+    group = next(g for g in stream_groups(FEATURE_GROUPS) if g.name == "card_testing_device")
     busiest = (
         events.filter(pl.col("event_type").is_in(list(group.source_event_types)))
         .group_by("device_id")

@@ -1,33 +1,27 @@
-"""Dagster resources: thin, configurable handles on the lake and the broker.
+"""Dagster resources: thin, configurable handles on the lake, the broker, Redis, the raw-event
+source and the scoring service.
 
 Every value comes from run configuration or ``dg.EnvVar`` (see ``definitions.py``); nothing reads the
-environment at import time. The objects they hand out (``Lake``, ``KafkaRangeReader``) are plain
-Python and work the same from a notebook.
+environment at import time. The objects they hand out (``Lake``, ``KafkaRangeReader``, frames) come
+from plain Python modules and work the same from a notebook.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import polars as pl
 
-from risk_assets.ingest import snowflake_mirror
-from risk_assets.ingest.archive import EVENTS, LABELS, read_archive
+from risk_assets.ingest import raw_reader, snowflake_mirror
 from risk_assets.ingest.kafka_reader import KafkaRangeReader
-from risk_assets.ingest.partitioning import GRACE, HOUR
 from risk_assets.lake import Lake
 
 if TYPE_CHECKING:  # imported where used: together they add seconds to every code-location load
     from dagster_snowflake import SnowflakeResource
-
-# Very late events of an hour land in later hours (docs/archive.md): a reader wanting every event of
-# [start, end) reads this much further and filters on event time. Mobile clients can be offline for
-# a day and a half; events later than this are archived but not in batch features (docs/features.md).
-LATE_READ = timedelta(days=2)
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -76,16 +70,6 @@ class KafkaResource(dg.ConfigurableResource):
         )
 
 
-def archive_hours(start: datetime, end: datetime) -> list[datetime]:
-    """Hour starts covering ``[start, end)``."""
-    t = start.replace(minute=0, second=0, microsecond=0)
-    out = []
-    while t < end:
-        out.append(t)
-        t += HOUR
-    return out
-
-
 class RawEventSource(dg.ConfigurableResource):
     """Where batch features read raw events and labels: the lake archive (default) or the archive's
     mirror in Snowflake (``backend="snowflake"``), through dagster-snowflake.
@@ -129,14 +113,11 @@ class RawEventSource(dg.ConfigurableResource):
                 return snowflake_mirror.read_events(conn.cursor(), self.snowflake_table, start, end, columns)
         if self.backend != "lake":
             raise dg.Failure(f"unknown raw event backend {self.backend!r} (expected 'lake' or 'snowflake')")
-        frame = read_archive(lake, EVENTS.dataset, archive_hours(start, end + GRACE + LATE_READ))
-        frame = frame.filter((pl.col("event_ts") >= start) & (pl.col("event_ts") < end))
-        return (frame.select(list(columns)) if columns else frame).collect()
+        return raw_reader.read_events(lake, start, end, columns)
 
     def labels(self, lake: Lake, start: datetime, end: datetime) -> pl.DataFrame:
         """Fraud labels with ``label_ts`` in ``[start, end)`` (always from the lake archive)."""
-        frame = read_archive(lake, LABELS.dataset, archive_hours(start, end + GRACE + LATE_READ))
-        return frame.filter((pl.col("label_ts") >= start) & (pl.col("label_ts") < end)).collect()
+        return raw_reader.read_labels(lake, start, end)
 
 
 class RedisResource(dg.ConfigurableResource):
@@ -145,3 +126,9 @@ class RedisResource(dg.ConfigurableResource):
     url: str
     namespace: str = "risk"
     cluster: bool = False
+
+
+class ScoringServiceResource(dg.ConfigurableResource):
+    """Where the scoring service (risk-serve) runs; empty: not checked."""
+
+    url: str = ""

@@ -11,13 +11,33 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
+from risk_assets.definitions import all_assets, build_definitions
+from risk_assets.partitions import TimePartitions
 from risk_assets.stack import launcher
 
 _EXTERNAL_ENV = ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "S3_ENDPOINT_URL")
+
+
+TEST_PARTITIONS = TimePartitions(date(2026, 1, 1))
+"""Partitions of the definitions tests run: from a data start before every simulated test day."""
+DEFS = build_definitions(TEST_PARTITIONS)
+"""The code location as the tests see it: the wiring of ``definitions.defs`` (resources read their
+``dg.EnvVar`` at run time, so a test sets the environment of its own services)."""
+_UNBOUND = {
+    key: a for a in all_assets(TEST_PARTITIONS) if isinstance(a, dg.AssetsDefinition) for key in a.keys
+}
+
+
+def asset_def(key: str | dg.AssetKey) -> dg.AssetsDefinition:
+    """The assets definition (asset or multi-asset) that materializes ``key``, with no resources
+    bound, for ``dg.materialize(..., resources=…)`` with a test's own services."""
+    return _UNBOUND[dg.AssetKey.from_coercible(key)]
 
 
 def free_port() -> int:

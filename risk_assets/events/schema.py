@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
 import polars as pl
 
 SCHEMA_VERSION = 1
-EVENTS_TOPIC = "risk.events"
-LABELS_TOPIC = "risk.labels"
 
 # Bounds that make a value "impossible" rather than merely unusual.
 MAX_AMOUNT_USD = 10_000_000.0
@@ -114,6 +112,8 @@ RiskEvent = Login | SecurityChange | Deposit | Withdrawal | CardPayment | P2PTra
 
 LabelType = Literal["chargeback", "ato_report", "scam_report"]
 FraudScenario = Literal["ato", "p2p_scam", "card_testing"]
+SCENARIOS: tuple[str, ...] = get_args(FraudScenario)
+"""Every fraud scenario a label can name (per-scenario metrics and monitoring iterate over it)."""
 
 
 class FraudLabel(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -41,10 +41,10 @@ from risk_assets.features.online_store import encode_entity_key
 from risk_assets.features.spec import EVENT_TS, FeatureGroup
 from risk_assets.features.stream import CREATED_TS, output_schema
 from risk_assets.ingest.kafka_reader import MessageBatch
+from risk_assets.names import FEATURES_TOPIC
 
 __all__ = [
     "BUFFER_FORMAT_VERSION",
-    "FEATURES_TOPIC",
     "DecodedBuffer",
     "FeatureBufferError",
     "decode",
@@ -52,7 +52,6 @@ __all__ = [
     "publish",
 ]
 
-FEATURES_TOPIC = "risk.features"
 BUFFER_FORMAT_VERSION = 1
 
 MALFORMED = "malformed"

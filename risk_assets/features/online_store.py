@@ -37,7 +37,7 @@ A little-endian binary blob: a 27-byte header then the feature values in the lay
 float64 rather than float32 so online values equal offline values bit for bit (the consistency
 audit compares them). 50 features are 427 bytes; a read of 100 entities is one ``MGET`` of ~43 kB.
 Values and timestamps live in one string, so one ``GET``/``MGET`` returns everything a scorer
-needs (DESIGN.md §4b: packed values keep many-entity reads near one round trip). Null and NaN are
+needs (docs/design.md §4b: packed values keep many-entity reads near one round trip). Null and NaN are
 not distinguished: both come back as ``None`` (in frames: null).
 
 Write-if-newer

@@ -18,9 +18,8 @@ from datetime import timedelta
 import dagster as dg
 import polars as pl
 
-from risk_assets.features.assets import feature_asset_key
 from risk_assets.features.consistency import compare
-from risk_assets.features.feature_buffer import FEATURES_TOPIC, publish
+from risk_assets.features.feature_buffer import publish
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.ingestion import ingest_range, read_feature_log
 from risk_assets.features.offline_store import read_offline
@@ -29,20 +28,31 @@ from risk_assets.features.stream import process_events
 from risk_assets.features.stream_state import StreamState, stream_groups
 from risk_assets.ingest.archive import EVENTS, decode_messages
 from risk_assets.ingest.kafka_reader import OffsetRange
+from risk_assets.names import (
+    EVENTS_TOPIC,
+    EVENTS_TOPIC_ASSET,
+    FEATURE_LOG,
+    FEATURES_TOPIC,
+    ONLINE_FEATURES,
+    STREAM_BATCH_CONSISTENCY_CHECK,
+    STREAM_FEATURE_BUFFER,
+    feature_asset_key,
+)
 from risk_assets.resources import KafkaResource, LakeResource, RedisResource
+from risk_assets.run_config import RunConfig
 
 OWNER = "team:risk-data"
 
 events_topic = dg.AssetSpec(
-    "risk_events_topic",
-    description="Kafka topic `risk.events`: raw exchange events as produced (retention ~7 days).",
+    EVENTS_TOPIC_ASSET,
+    description=f"Kafka topic `{EVENTS_TOPIC}`: raw exchange events as produced (retention ~7 days).",
     group_name="ingest",
     owners=[OWNER],
     kinds={"kafka"},
 )
 
 
-class OffsetRangeConfig(dg.Config):
+class OffsetRangeConfig(RunConfig):
     """The exact offset range a run processes (set by the Kafka sensors)."""
 
     topic: str
@@ -58,7 +68,7 @@ STREAM_GROUPS = stream_groups(FEATURE_GROUPS)
 
 
 @dg.asset(
-    key="stream_feature_buffer",
+    key=STREAM_FEATURE_BUFFER,
     deps=[events_topic.key],
     group_name="stream",
     owners=[OWNER],
@@ -105,8 +115,8 @@ def stream_feature_buffer(
     name="ingest_feature_buffer",
     specs=[
         dg.AssetSpec(
-            "online_features",
-            deps=["stream_feature_buffer"],
+            ONLINE_FEATURES,
+            deps=[STREAM_FEATURE_BUFFER],
             group_name="stream",
             owners=[OWNER],
             kinds={"redis"},
@@ -116,8 +126,8 @@ def stream_feature_buffer(
             ),
         ),
         dg.AssetSpec(
-            "feature_log",
-            deps=["stream_feature_buffer"],
+            FEATURE_LOG,
+            deps=[STREAM_FEATURE_BUFFER],
             group_name="stream",
             owners=[OWNER],
             kinds={"parquet"},
@@ -149,11 +159,11 @@ def ingest_feature_buffer(
         "%s: %d rows, %d applied online, %d rejected", rng.key(), result.row_count, applied, result.rejected
     )
     yield dg.MaterializeResult(
-        asset_key="online_features",
+        asset_key=ONLINE_FEATURES,
         metadata={"dagster/row_count": applied, "rows": result.row_count, "skipped_not_newer": skipped},
     )
     yield dg.MaterializeResult(
-        asset_key="feature_log",
+        asset_key=FEATURE_LOG,
         metadata={
             "dagster/row_count": result.row_count,
             "objects": len(result.log_objects),
@@ -170,8 +180,9 @@ CONSISTENCY_SAMPLE = 0.25
 
 
 @dg.asset_check(
-    asset="feature_log",
-    additional_deps=[feature_asset_key(g) for g in STREAM_GROUPS],
+    asset=FEATURE_LOG,
+    name=STREAM_BATCH_CONSISTENCY_CHECK,
+    additional_deps=[feature_asset_key(g.name) for g in STREAM_GROUPS],
     description=(
         f"Stream/batch consistency: on a {CONSISTENCY_SAMPLE:.0%} sample of entities of the last "
         f"{CONSISTENCY_DAYS} batch days, the share of streamed rows whose every feature equals the batch "
@@ -207,11 +218,11 @@ def stream_batch_consistency(lake: LakeResource) -> dg.AssetCheckResult:
 
 stream_features_job = dg.define_asset_job(
     "stream_features_job",
-    selection=dg.AssetSelection.assets("stream_feature_buffer"),
+    selection=dg.AssetSelection.assets(STREAM_FEATURE_BUFFER),
     description="One stream micro-batch over an exact offset range of risk.events.",
 )
 feature_ingestion_job = dg.define_asset_job(
     "feature_ingestion_job",
-    selection=dg.AssetSelection.assets("online_features", "feature_log"),
+    selection=dg.AssetSelection.assets(ONLINE_FEATURES, FEATURE_LOG),
     description="Ingest one exact offset range of risk.features into the online store and the feature log.",
 )

@@ -2,11 +2,11 @@
 
 import dagster as dg
 
-from risk_assets.features.assets import feature_asset_key
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.online_audit import audit
 from risk_assets.features.online_store import OnlineStore
 from risk_assets.features.online_sync import sync
+from risk_assets.names import ONLINE_OFFLINE_CONSISTENCY_CHECK, ONLINE_STORE_SYNC, feature_asset_key
 from risk_assets.resources import LakeResource, RedisResource
 
 SYNC_EVERY_MINUTES = 10
@@ -26,8 +26,8 @@ def _store(redis: RedisResource) -> OnlineStore:
 
 
 @dg.asset(
-    key="online_store_sync",
-    deps=[feature_asset_key(g) for g in FEATURE_GROUPS],
+    key=ONLINE_STORE_SYNC,
+    deps=[feature_asset_key(g.name) for g in FEATURE_GROUPS],
     group_name="serving",
     owners=[OWNER],
     kinds={"redis"},
@@ -62,7 +62,8 @@ def online_store_sync(
 
 
 @dg.asset_check(
-    asset="online_store_sync",
+    asset=ONLINE_STORE_SYNC,
+    name=ONLINE_OFFLINE_CONSISTENCY_CHECK,
     description=(
         "Samples entities of every feature group and compares Redis with the newest offline value "
         f"(batch days + stream log). Fails above {MAX_MISMATCH_RATE:.0%} mismatches."
@@ -86,14 +87,6 @@ def online_offline_consistency(lake: LakeResource, redis: RedisResource) -> dg.A
 
 online_sync_job = dg.define_asset_job(
     "online_sync_job",
-    selection=dg.AssetSelection.assets("online_store_sync"),
+    selection=dg.AssetSelection.assets(ONLINE_STORE_SYNC),
     description="Offline → online sync and its consistency audit.",
-)
-online_sync_schedule = dg.ScheduleDefinition(
-    name="online_sync_schedule",
-    job=online_sync_job,
-    cron_schedule=sync_cron(),
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description=f"Sync the online store from the offline store every {SYNC_EVERY_MINUTES} minutes.",
 )

@@ -19,8 +19,6 @@ import polars as pl
 
 from risk_assets.events import validation
 from risk_assets.events.schema import (
-    EVENTS_TOPIC,
-    LABELS_TOPIC,
     PAYLOAD_EVENT_COLUMNS,
     PAYLOAD_LABEL_COLUMNS,
     FraudLabel,
@@ -28,8 +26,6 @@ from risk_assets.events.schema import (
 )
 from risk_assets.ingest.archive_format import (
     PART_FILE,
-    RAW_EVENTS,
-    RAW_LABELS,
     archive_columns,
     archive_part_path,
     to_archive_frame,
@@ -37,6 +33,14 @@ from risk_assets.ingest.archive_format import (
 from risk_assets.ingest.kafka_reader import MessageBatch
 from risk_assets.ingest.partitioning import archive_hour_expr, is_from_future_expr
 from risk_assets.lake import Lake, hive_hour_path
+from risk_assets.names import (
+    EVENTS_TOPIC,
+    LABELS_TOPIC,
+    RAW_EVENT_DEAD_LETTERS,
+    RAW_EVENTS,
+    RAW_LABEL_DEAD_LETTERS,
+    RAW_LABELS,
+)
 
 DEAD_LETTER_COLUMNS: dict[str, pl.DataType] = {
     "topic": pl.String,
@@ -72,7 +76,7 @@ class ArchiveSpec:
 
 EVENTS = ArchiveSpec(
     dataset=RAW_EVENTS,
-    dead_letter_dataset="raw_event_dead_letters",
+    dead_letter_dataset=RAW_EVENT_DEAD_LETTERS,
     topic=EVENTS_TOPIC,
     payload_type=RiskEvent,
     time_column="event_ts",
@@ -81,7 +85,7 @@ EVENTS = ArchiveSpec(
 )
 LABELS = ArchiveSpec(
     dataset=RAW_LABELS,
-    dead_letter_dataset="raw_label_dead_letters",
+    dead_letter_dataset=RAW_LABEL_DEAD_LETTERS,
     topic=LABELS_TOPIC,
     payload_type=FraudLabel,
     time_column="label_ts",

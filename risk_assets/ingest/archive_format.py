@@ -12,9 +12,8 @@ import polars as pl
 
 from risk_assets.events.schema import ARCHIVE_EVENT_COLUMNS, ARCHIVE_LABEL_COLUMNS
 from risk_assets.lake import hive_hour_path
+from risk_assets.names import RAW_EVENTS, RAW_LABELS
 
-RAW_EVENTS = "raw_events"
-RAW_LABELS = "raw_labels"
 PART_FILE = "part-00000.parquet"
 
 _LAYOUTS: dict[str, tuple[dict[str, pl.DataType], tuple[str, ...]]] = {

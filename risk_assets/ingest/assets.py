@@ -2,7 +2,8 @@
 
 Thin wiring around ``archive.build_archive``: a run materializes a range of hours (one run for a
 whole backfill range), reads the ingestion-time window those hours need from the broker by exact
-offsets, and replaces each hour in the lake.
+offsets, and replaces each hour in the lake. The hourly assets are built for the deployment's
+partitions (``partitions.TimePartitions``) by :func:`ingest_assets`.
 """
 
 from datetime import UTC, datetime, timedelta
@@ -10,17 +11,19 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from risk_assets.events.validation import REASONS
-from risk_assets.ingest import snowflake_mirror
+from risk_assets.ingest import raw_reader, snowflake_mirror
 from risk_assets.ingest.archive import EVENTS, LABELS, ArchiveSpec, build_archive, write_archive
 from risk_assets.ingest.kafka_reader import KafkaRangeReader, KafkaReadError
-from risk_assets.ingest.partitioning import GRACE, HOUR, ingest_window
-from risk_assets.resources import KafkaResource, LakeResource, RawEventSource, archive_hours
+from risk_assets.ingest.partitioning import GRACE, HOUR, archive_hours, ingest_window
+from risk_assets.names import INVALID_SHARE_CHECK, RAW_EVENTS, SNOWFLAKE_RAW_EVENTS
+from risk_assets.partitions import TimePartitions
+from risk_assets.resources import KafkaResource, LakeResource, RawEventSource
+from risk_assets.run_config import RunConfig
 
-HOURLY = dg.HourlyPartitionsDefinition(start_date="2026-01-01-00:00", timezone="UTC")
 OWNER = "team:risk-data"
 
 
-class ArchiveConfig(dg.Config):
+class ArchiveConfig(RunConfig):
     """Settings of an archive run, editable in the Launchpad."""
 
     max_invalid_share: float = 0.05
@@ -46,7 +49,7 @@ def ensure_window_retained(reader: KafkaRangeReader, topic: str, start_ms: int) 
             )
 
 
-def build_archive_asset(spec: ArchiveSpec) -> dg.AssetsDefinition:
+def build_archive_asset(spec: ArchiveSpec, partitions: TimePartitions) -> dg.AssetsDefinition:
     """The multi-asset that archives ``spec.topic`` into ``spec.dataset`` + its dead letters."""
     what = "events" if spec is EVENTS else "fraud labels"
 
@@ -81,12 +84,12 @@ def build_archive_asset(spec: ArchiveSpec) -> dg.AssetsDefinition:
         ],
         check_specs=[
             dg.AssetCheckSpec(
-                "invalid_share_below_threshold",
+                INVALID_SHARE_CHECK,
                 asset=spec.dataset,
                 description="Fails when the share of rejected messages passes `max_invalid_share`.",
             )
         ],
-        partitions_def=HOURLY,
+        partitions_def=partitions.hourly,
         backfill_policy=dg.BackfillPolicy.single_run(),
         retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
     )
@@ -133,7 +136,7 @@ def build_archive_asset(spec: ArchiveSpec) -> dg.AssetsDefinition:
             },
         )
         yield dg.AssetCheckResult(
-            check_name="invalid_share_below_threshold",
+            check_name=INVALID_SHARE_CHECK,
             asset_key=spec.dataset,
             passed=result.invalid_share <= config.max_invalid_share,
             severity=dg.AssetCheckSeverity.ERROR,
@@ -147,9 +150,6 @@ def build_archive_asset(spec: ArchiveSpec) -> dg.AssetsDefinition:
     return _archive
 
 
-raw_events_archive = build_archive_asset(EVENTS)
-raw_labels_archive = build_archive_asset(LABELS)
-
 archive_job = dg.define_asset_job(
     "raw_archive_job",
     selection=dg.AssetSelection.assets(
@@ -162,29 +162,43 @@ archive_job = dg.define_asset_job(
 ARCHIVE_LAG = HOUR + GRACE + timedelta(minutes=5)
 
 
-@dg.asset(
-    key="snowflake_raw_events",
-    deps=["raw_events"],
-    partitions_def=HOURLY,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    group_name="warehouse",
-    owners=[OWNER],
-    kinds={"snowflake"},
-    description=(
-        "The raw-event archive mirrored into the Snowflake table `RAW_EVENTS` (by event hour; "
-        "delete-then-insert, so re-runs are idempotent), for batch features computed in the "
-        "warehouse (`RawEventSource.backend = snowflake`). Needs the SNOWFLAKE_* settings."
-    ),
-)
-def snowflake_raw_events(
-    context: dg.AssetExecutionContext, lake: LakeResource, raw_event_source: RawEventSource
-) -> dg.MaterializeResult:
-    window = context.partition_time_window
-    events = RawEventSource(backend="lake").events(lake.lake(), window.start, window.end)
-    with raw_event_source.snowflake().get_connection() as conn:
-        rows = snowflake_mirror.write_hours(
-            conn.cursor(), raw_event_source.snowflake_table, events, window.start, window.end
-        )
-    return dg.MaterializeResult(
-        metadata={"dagster/row_count": rows, "hours": len(archive_hours(window.start, window.end))}
+def build_snowflake_mirror_asset(partitions: TimePartitions) -> dg.AssetsDefinition:
+    """The hourly Snowflake mirror of ``raw_events``."""
+
+    @dg.asset(
+        key=SNOWFLAKE_RAW_EVENTS,
+        deps=[RAW_EVENTS],
+        partitions_def=partitions.hourly,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name="warehouse",
+        owners=[OWNER],
+        kinds={"snowflake"},
+        description=(
+            "The raw-event archive mirrored into the Snowflake table `RAW_EVENTS` (by event hour; "
+            "delete-then-insert, so re-runs are idempotent), for batch features computed in the "
+            "warehouse (`RawEventSource.backend = snowflake`). Needs the SNOWFLAKE_* settings."
+        ),
     )
+    def snowflake_raw_events(
+        context: dg.AssetExecutionContext, lake: LakeResource, raw_event_source: RawEventSource
+    ) -> dg.MaterializeResult:
+        window = context.partition_time_window
+        events = raw_reader.read_events(lake.lake(), window.start, window.end)
+        with raw_event_source.snowflake().get_connection() as conn:
+            rows = snowflake_mirror.write_hours(
+                conn.cursor(), raw_event_source.snowflake_table, events, window.start, window.end
+            )
+        return dg.MaterializeResult(
+            metadata={"dagster/row_count": rows, "hours": len(archive_hours(window.start, window.end))}
+        )
+
+    return snowflake_raw_events
+
+
+def ingest_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
+    """The ingest domain's partitioned assets for ``partitions``: both archives and the mirror."""
+    return [
+        build_archive_asset(EVENTS, partitions),
+        build_archive_asset(LABELS, partitions),
+        build_snowflake_mirror_asset(partitions),
+    ]

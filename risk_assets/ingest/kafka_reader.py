@@ -4,7 +4,7 @@ Every read names its topic, partition and ``[start, end)`` offsets, so a run can
 gives the same records. Two broker facts are handled here and nowhere else:
 
 * **True end of a partition.** tansu 0.6 reports as high watermark the base offset of the last
-  record *batch* + 1, not the last offset + 1 (DESIGN.md §3). ``true_end`` fetches from
+  record *batch* + 1, not the last offset + 1 (docs/design.md §3). ``true_end`` fetches from
   ``high_watermark - 1`` and takes the last offset returned + 1; on a correct broker that fetch
   returns exactly one record and the result equals the reported watermark.
 * **Finding offsets by time.** ``offsets_for_times`` is answered with 0 by tansu, so

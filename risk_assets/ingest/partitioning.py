@@ -34,6 +34,16 @@ def hour_floor(ts: datetime) -> datetime:
     return ts.replace(minute=0, second=0, microsecond=0)
 
 
+def archive_hours(start: datetime, end: datetime) -> list[datetime]:
+    """Hour starts covering ``[start, end)``."""
+    t = hour_floor(start)
+    out = []
+    while t < end:
+        out.append(t)
+        t += HOUR
+    return out
+
+
 def ingest_window(first_hour: datetime, last_hour: datetime) -> tuple[datetime, datetime]:
     """Ingestion-time window ``[start, end)`` that holds every record of hours first..last."""
     return hour_floor(first_hour) - MAX_FUTURE_SKEW, hour_floor(last_hour) + HOUR + GRACE

@@ -37,7 +37,6 @@ import polars as pl
 
 from risk_assets.ingest.kafka_reader import KafkaRangeReader, MessageBatch, OffsetRange
 
-PREDICTION_TOPIC = "risk.predictions"
 BASE_SCHEMA: dict[str, pl.DataType] = {
     "partition": pl.Int32(),
     "offset": pl.Int64(),

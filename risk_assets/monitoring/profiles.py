@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 # whylogs 1.6.4 references ``np.unicode_`` (removed in NumPy 2.0) in whylogs/core/datatypes.py; that
-# is its only NumPy-2 incompatibility (DESIGN.md §4). ``np.str_`` is the same type under its new name.
+# is its only NumPy-2 incompatibility (docs/design.md §4). ``np.str_`` is the same type under its new name.
 # Alias it once, here, before whylogs is imported.
 if not hasattr(np, "unicode_"):
     np.unicode_ = np.str_  # type: ignore[attr-defined]

@@ -236,3 +236,26 @@ def row_level_skew(
         features=per_feature,
         examples=pl.concat(examples) if examples else pl.DataFrame(schema=EXAMPLE_SCHEMA),
     )
+
+
+def merge_reports(reports: list[tuple[SkewReport, int]]) -> tuple[int, int, list[FeatureSkew]]:
+    """(rows compared, rows with a mismatch, per-feature skew) over per-version reports; a feature's
+    rate is over the rows of the versions that have it."""
+    compared = sum(r.rows_compared for r, _ in reports)
+    bad = sum(r.rows_with_mismatch for r, _ in reports)
+    acc: dict[str, list[float]] = {}
+    diffs: dict[str, float | None] = {}
+    for r, _ in reports:
+        for f in r.features:
+            a = acc.setdefault(f.feature, [0, 0, 0])
+            a[0] += f.mismatches
+            a[1] += f.missing_mismatches
+            a[2] += r.rows_compared
+            if f.max_abs_diff is not None:
+                prev = diffs.get(f.feature)
+                diffs[f.feature] = f.max_abs_diff if prev is None else max(prev, f.max_abs_diff)
+    merged = [
+        FeatureSkew(name, int(m), int(o), m / n if n else 0.0, diffs.get(name))
+        for name, (m, o, n) in acc.items()
+    ]
+    return compared, bad, merged

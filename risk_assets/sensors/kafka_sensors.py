@@ -9,9 +9,8 @@ from typing import Any
 
 import dagster as dg
 
-from risk_assets.events.schema import EVENTS_TOPIC
-from risk_assets.features.feature_buffer import FEATURES_TOPIC
 from risk_assets.features.stream_assets import feature_ingestion_job, stream_features_job
+from risk_assets.names import EVENTS_TOPIC, FEATURES_TOPIC
 from risk_assets.resources import KafkaResource
 from risk_assets.sensors.offset_cursor import OffsetCursor, RunState, plan, tp_key
 

@@ -26,6 +26,22 @@ from typing import Any
 
 import dagster as dg
 
+from risk_assets.events.schema import SCENARIOS
+from risk_assets.names import (
+    CHALLENGER_MODEL,
+    DRIFT_REPORT,
+    MODEL_PROMOTION,
+    PREDICTION_PSI,
+    REALIZED_PERFORMANCE,
+    RETRAIN_DAY_TAG,
+    RETRAIN_REASON_TAG,
+    RETRAIN_TRIGGER_TAG,
+    SHARE_DRIFTED,
+    TRAINING_SET,
+    drop_key,
+    recent_key,
+)
+
 RETRAIN_SHARE_DRIFTED = 0.20
 """Retrain when at least this share of the champion's features drifted (= the WARN check level)."""
 RETRAIN_PREDICTION_PSI = 0.25
@@ -36,14 +52,11 @@ MIN_POSITIVES = 20
 """Realized positives a pool (overall or per scenario) needs before its drop counts."""
 COOLDOWN = timedelta(hours=24)
 """No second retraining request within this long of the previous one."""
-SCENARIOS = ("ato", "card_testing", "p2p_scam")
-REASON_TAG = "risk/retrain_reason"
-TRIGGER_TAG = "risk/retrain_trigger"
-DAY_TAG = "risk/retrain_day"
+RECALL = "recall_at_1pct_fpr"
 
 retraining_job = dg.define_asset_job(
     "retraining_job",
-    selection=dg.AssetSelection.assets("training_set", "challenger_model", "model_promotion"),
+    selection=dg.AssetSelection.assets(TRAINING_SET, CHALLENGER_MODEL, MODEL_PROMOTION),
     description="Build the day's training set, train a challenger, and run the guarded promotion.",
 )
 
@@ -91,7 +104,7 @@ def evaluate_triggers(
     """The retraining trigger implied by the latest monitoring metadata, or ``None``."""
     codes: list[str] = []
     reasons: list[str] = []
-    share, psi = _num(drift, "share_drifted"), _num(drift, "prediction_psi")
+    share, psi = _num(drift, SHARE_DRIFTED), _num(drift, PREDICTION_PSI)
     if share >= RETRAIN_SHARE_DRIFTED:
         codes.append("feature_drift")
         reasons.append(
@@ -100,14 +113,12 @@ def evaluate_triggers(
     if psi >= RETRAIN_PREDICTION_PSI:
         codes.append("prediction_drift")
         reasons.append(f"prediction drift on {drift_day}: PSI {psi:.3f} >= {RETRAIN_PREDICTION_PSI}")
-    pools = [("overall", "recent/positives", "drop/recall_at_1pct_fpr", "recent/recall_at_1pct_fpr")]
-    pools += [
-        (s, f"recent/{s}/positives", f"drop/{s}/recall_at_1pct_fpr", f"recent/{s}/recall_at_1pct_fpr")
-        for s in SCENARIOS
-    ]
     degraded = []
-    for name, pos_key, drop_key, value_key in pools:
-        positives, drop = _num(realized, pos_key), _num(realized, drop_key)
+    for pool in (None, *SCENARIOS):
+        name = pool or "overall"
+        positives = _num(realized, recent_key(pool, "positives"))
+        drop = _num(realized, drop_key(pool, RECALL))
+        value_key = recent_key(pool, RECALL)
         if positives >= MIN_POSITIVES and drop >= RETRAIN_RECALL_DROP:
             degraded.append(
                 f"{name} recall@1%FPR {_num(realized, value_key):.3f} is {drop:.3f} below test "
@@ -152,7 +163,7 @@ class RetrainCursor:
         f"Requests `retraining_job` for the newest monitored day when drift (share drifted ≥ "
         f"{RETRAIN_SHARE_DRIFTED:.0%} or prediction PSI ≥ {RETRAIN_PREDICTION_PSI}) or realized "
         f"recall@1%FPR ({RETRAIN_RECALL_DROP} below test, ≥ {MIN_POSITIVES} positives) crosses its "
-        f"threshold; at most once per {COOLDOWN}; reason in the `{REASON_TAG}` tag and the cursor."
+        f"threshold; at most once per {COOLDOWN}; reason in the `{RETRAIN_REASON_TAG}` tag and the cursor."
     ),
 )
 def retraining_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
@@ -160,9 +171,9 @@ def retraining_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | 
     cursor = RetrainCursor.parse(context.cursor)
     now = datetime.now(UTC)
     instance = context.instance
-    drift_day, drift = _values(instance.get_latest_materialization_event(dg.AssetKey("drift_report")))
+    drift_day, drift = _values(instance.get_latest_materialization_event(dg.AssetKey(DRIFT_REPORT)))
     realized_day, realized = _values(
-        instance.get_latest_materialization_event(dg.AssetKey("realized_performance"))
+        instance.get_latest_materialization_event(dg.AssetKey(REALIZED_PERFORMANCE))
     )
     trigger = evaluate_triggers(drift_day, drift, realized_day, realized)
     if trigger is None:
@@ -175,25 +186,12 @@ def retraining_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | 
     request = dg.RunRequest(
         run_key=trigger.run_key,
         partition_key=trigger.day,
-        tags={REASON_TAG: trigger.reason[:1000], TRIGGER_TAG: trigger.code, DAY_TAG: trigger.day},
+        tags={
+            RETRAIN_REASON_TAG: trigger.reason[:1000],
+            RETRAIN_TRIGGER_TAG: trigger.code,
+            RETRAIN_DAY_TAG: trigger.day,
+        },
     )
     new = RetrainCursor(now.isoformat(), trigger.run_key, trigger.reason)
     context.log.info(f"requesting {trigger.run_key}: {trigger.reason}")
     return dg.SensorResult(run_requests=[request], cursor=new.dumps())
-
-
-@dg.schedule(
-    job=retraining_job,
-    cron_schedule="0 4 * * 1",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Every Monday 04:00 UTC: retrain on the previous day (a floor under the sensor).",
-)
-def weekly_retraining_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    """Request the weekly retraining run for the previous UTC day."""
-    day = (context.scheduled_execution_time - timedelta(days=1)).strftime("%Y-%m-%d")
-    return dg.RunRequest(
-        run_key=f"retrain:{day}:weekly",
-        partition_key=day,
-        tags={REASON_TAG: "weekly retraining floor", TRIGGER_TAG: "weekly", DAY_TAG: day},
-    )

@@ -32,6 +32,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from risk_assets.names import PREDICTIONS_TOPIC
+
 
 class ConfigError(ValueError):
     """The environment does not describe a valid service configuration (one-line message)."""
@@ -61,7 +63,7 @@ class ServeConfig:
     redis_probe_s: float = 0.5
     redis_fresh_s: float = 10.0
     kafka_bootstrap: str = "127.0.0.1:19092"
-    prediction_topic: str = "risk.predictions"
+    prediction_topic: str = PREDICTIONS_TOPIC
     prediction_queue: int = 10_000
     prediction_buffer: int = 100_000
     review_threshold: float = 0.5
@@ -103,7 +105,7 @@ class ServeConfig:
             redis_probe_s=_num(e, "RISK_REDIS_PROBE_S", 0.5),
             redis_fresh_s=_num(e, "RISK_REDIS_FRESH_S", 10.0),
             kafka_bootstrap=e.get("KAFKA_BOOTSTRAP_SERVERS", "") or "127.0.0.1:19092",
-            prediction_topic=e.get("RISK_PREDICTION_TOPIC", "") or "risk.predictions",
+            prediction_topic=e.get("RISK_PREDICTION_TOPIC", "") or PREDICTIONS_TOPIC,
             prediction_queue=int(_num(e, "RISK_PREDICTION_QUEUE", 10_000, integer=True)),
             prediction_buffer=int(_num(e, "RISK_PREDICTION_BUFFER", 100_000, integer=True)),
             review_threshold=_num(e, "RISK_REVIEW_THRESHOLD", 0.5),

@@ -95,8 +95,8 @@ def _config(args: argparse.Namespace, hours: int) -> SimConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``risk-sim``."""
-    from risk_assets.events.schema import EVENTS_TOPIC, LABELS_TOPIC
     from risk_assets.lake import Lake
+    from risk_assets.names import EVENTS_TOPIC, LABELS_TOPIC
     from risk_assets.simulator import writers
 
     args = build_parser().parse_args(argv)

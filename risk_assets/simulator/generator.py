@@ -21,7 +21,8 @@ import numpy as np
 import polars as pl
 
 from risk_assets.events.schema import ARCHIVE_LABEL_COLUMNS, SCHEMA_VERSION
-from risk_assets.ingest.archive_format import RAW_EVENTS, RAW_LABELS, to_archive_frame
+from risk_assets.ingest.archive_format import to_archive_frame
+from risk_assets.names import RAW_EVENTS, RAW_LABELS
 from risk_assets.simulator import ids
 from risk_assets.simulator.config import SimConfig
 from risk_assets.simulator.legit import EVENT_COLUMNS, legit_events

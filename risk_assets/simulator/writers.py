@@ -27,10 +27,10 @@ from typing import Any, Literal
 
 import polars as pl
 
-from risk_assets.events.schema import EVENTS_TOPIC, LABELS_TOPIC
-from risk_assets.ingest.archive_format import RAW_EVENTS, RAW_LABELS, archive_part_path, to_archive_frame
+from risk_assets.ingest.archive_format import archive_part_path, to_archive_frame
 from risk_assets.ingest.partitioning import archive_hour_expr
 from risk_assets.lake import Lake, hive_day_path
+from risk_assets.names import EVENTS_TOPIC, LABELS_TOPIC, RAW_EVENTS, RAW_LABELS
 from risk_assets.simulator.config import SimConfig
 from risk_assets.simulator.encoding import MANIFEST_SCHEMA, MessageBatch, event_batch, label_batch
 from risk_assets.simulator.generator import SimulatedData, generate_chunk, iter_chunks

@@ -59,6 +59,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from risk_assets.names import TOPICS
+
 __all__ = [
     "DEFAULT_TOPICS",
     "SERVICES",
@@ -77,7 +79,7 @@ __all__ = [
 SERVICES: tuple[str, ...] = ("redis", "kafka", "s3")
 """Service names, in start order. Also the pid/log file stems."""
 
-DEFAULT_TOPICS: tuple[str, ...] = ("risk.events", "risk.labels", "risk.features", "risk.predictions")
+DEFAULT_TOPICS: tuple[str, ...] = TOPICS
 
 LOOPBACK = "127.0.0.1"
 

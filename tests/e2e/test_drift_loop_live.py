@@ -12,25 +12,33 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from risk_assets.features.assets import batch_features
 from risk_assets.features.sync_assets import online_store_sync
 from risk_assets.lake import Lake
 from risk_assets.models import metrics as mx
 from risk_assets.models import registry
-from risk_assets.models.assets import (
-    ScoringServiceResource,
-    challenger_model,
-    deployed_model,
-    model_promotion,
-    served_model_version,
-    training_set,
+from risk_assets.models.assets import deployed_model
+from risk_assets.monitoring.prediction_log_assets import prediction_log
+from risk_assets.names import (
+    CHALLENGER_MODEL,
+    DRIFT_REPORT,
+    MODEL_PROMOTION,
+    REALIZED_PERFORMANCE,
+    RETRAIN_REASON_TAG,
+    TRAINING_SET,
+    feature_asset_key,
 )
-from risk_assets.monitoring.assets import drift_report_asset, realized_performance
-from risk_assets.monitoring.serving_assets import prediction_log
-from risk_assets.resources import KafkaResource, LakeResource, RawEventSource, RedisResource
-from risk_assets.sensors.retraining import REASON_TAG, retraining_sensor
+from risk_assets.resources import (
+    KafkaResource,
+    LakeResource,
+    RawEventSource,
+    RedisResource,
+    ScoringServiceResource,
+)
+from risk_assets.sensors.retraining import retraining_sensor
+from risk_assets.serving.service_probe import served_model_version
 from risk_assets.simulator.encoding import encode_events
 from risk_assets.simulator.writers import write_history
+from tests.conftest import asset_def
 from tests.e2e.test_drift_retraining_e2e import (
     CHAMPION_DAY,
     DAYS,
@@ -42,6 +50,13 @@ from tests.e2e.test_drift_retraining_e2e import (
     _ground_truth,
 )
 from tests.serving.test_serving import start_service, stop_service
+
+batch_features = asset_def(feature_asset_key("ato_user"))
+training_set = asset_def(TRAINING_SET)
+challenger_model = asset_def(CHALLENGER_MODEL)
+model_promotion = asset_def(MODEL_PROMOTION)
+drift_report_asset = asset_def(DRIFT_REPORT)
+realized_performance = asset_def(REALIZED_PERFORMANCE)
 
 pytestmark = pytest.mark.timeout(600)
 DECISIONS = ("withdrawal", "card_payment", "p2p_trade")
@@ -116,7 +131,7 @@ def test_drift_loop_through_the_running_service(fresh_stack, tmp_path, key_prefi
         tick = retraining_sensor(dg.build_sensor_context(instance=instance))
         assert isinstance(tick, dg.SensorResult), tick
         (request,) = tick.run_requests
-        print(f"\nretrain requested: {request.run_key} — {request.tags[REASON_TAG]}")
+        print(f"\nretrain requested: {request.run_key} — {request.tags[RETRAIN_REASON_TAG]}")
         promo = run(
             [training_set, challenger_model, model_promotion],
             partition_key=request.partition_key,

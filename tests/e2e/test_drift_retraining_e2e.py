@@ -22,18 +22,35 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import polars as pl
 
-from risk_assets.features.assets import batch_features
+from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.lake import Lake
 from risk_assets.models import metrics as mx
 from risk_assets.models import registry
-from risk_assets.models.assets import challenger_model, model_promotion, training_set
 from risk_assets.models.scoring import load_scorer
 from risk_assets.models.training_set import TrainingSetSpec
-from risk_assets.monitoring.assets import decision_frame, drift_report_asset, realized_performance
+from risk_assets.monitoring.decisions import decision_frame
+from risk_assets.names import (
+    CHALLENGER_MODEL,
+    DRIFT_REPORT,
+    MODEL_PROMOTION,
+    REALIZED_PERFORMANCE,
+    RETRAIN_REASON_TAG,
+    RETRAIN_TRIGGER_TAG,
+    TRAINING_SET,
+    feature_asset_key,
+)
 from risk_assets.resources import LakeResource, RawEventSource
-from risk_assets.sensors.retraining import REASON_TAG, TRIGGER_TAG, retraining_sensor
+from risk_assets.sensors.retraining import retraining_sensor
 from risk_assets.simulator import SimConfig
 from risk_assets.simulator.writers import write_history
+from tests.conftest import asset_def
+
+batch_features = asset_def(feature_asset_key("ato_user"))
+training_set = asset_def(TRAINING_SET)
+challenger_model = asset_def(CHALLENGER_MODEL)
+model_promotion = asset_def(MODEL_PROMOTION)
+drift_report_asset = asset_def(DRIFT_REPORT)
+realized_performance = asset_def(REALIZED_PERFORMANCE)
 
 START = datetime(2026, 10, 1, tzinfo=UTC)
 DAYS = 20
@@ -144,8 +161,8 @@ def test_drift_triggers_retraining_and_the_new_champion_is_better(tmp_path) -> N
     (request,) = tick.run_requests
     assert request.partition_key == DRIFTED_DAY
     assert request.run_key.startswith(f"retrain:{DRIFTED_DAY}:")
-    assert "realized_performance" in request.tags[TRIGGER_TAG]
-    print(f"retrain requested: {request.run_key} — {request.tags[REASON_TAG]}")
+    assert "realized_performance" in request.tags[RETRAIN_TRIGGER_TAG]
+    print(f"retrain requested: {request.run_key} — {request.tags[RETRAIN_REASON_TAG]}")
     again = retraining_sensor(dg.build_sensor_context(instance=instance, cursor=tick.cursor))
     assert isinstance(again, dg.SkipReason) and "cooldown" in str(again.skip_message)
 
@@ -167,7 +184,7 @@ def test_drift_triggers_retraining_and_the_new_champion_is_better(tmp_path) -> N
         load_scorer(lake, fresh.version).manifest["training_set"]["window_end"]
     )
     spec = TrainingSetSpec(as_of=_day(DAYS), window=_day(DAYS) - window_end, maturity=timedelta(0))
-    holdout = decision_frame(lake, RawEventSource(), spec).join(
+    holdout = decision_frame(lake, RawEventSource(), spec, FEATURE_GROUPS).join(
         _ground_truth(lake), on="event_id", how="left"
     )
     y = holdout["truth"].fill_null(False).to_numpy()

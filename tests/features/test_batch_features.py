@@ -484,7 +484,8 @@ def realistic_events(n: int, seed: int = 3, hours_: int = 48) -> tuple[pl.DataFr
         pl.lit("ato").alias("scenario"),
         pl.col("event_ts").alias("ingest_ts"),
     )
-    from risk_assets.ingest.archive_format import RAW_EVENTS, RAW_LABELS, to_archive_frame
+    from risk_assets.ingest.archive_format import to_archive_frame
+    from risk_assets.names import RAW_EVENTS, RAW_LABELS
 
     return to_archive_frame(df, RAW_EVENTS), to_archive_frame(labels, RAW_LABELS)
 

@@ -10,16 +10,19 @@ import fakesnow
 import polars as pl
 import pytest
 
-from risk_assets.features.assets import batch_features, feature_asset_key
 from risk_assets.features.batch import compute_feature_groups
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.offline_store import day_part_path, read_offline
-from risk_assets.ingest.assets import snowflake_raw_events
 from risk_assets.lake import Lake
+from risk_assets.names import SNOWFLAKE_RAW_EVENTS, feature_asset_key
 from risk_assets.resources import LakeResource, RawEventSource
 from risk_assets.simulator.config import SimConfig
 from risk_assets.simulator.generator import generate
 from risk_assets.simulator.writers import write_history
+from tests.conftest import asset_def
+
+batch_features = asset_def(feature_asset_key(FEATURE_GROUPS[0].name))
+snowflake_raw_events = asset_def(SNOWFLAKE_RAW_EVENTS)
 
 START = datetime(2026, 5, 1, tzinfo=UTC)
 DAYS = 8
@@ -55,7 +58,7 @@ def test_seven_day_backfill_is_one_run_and_matches_the_pure_computation(archive)
     assert result.success
     # One run for the whole range (BackfillPolicy.single_run semantics: one step, all days).
     mats = result.asset_materializations_for_node("batch_features")
-    assert {m.asset_key for m in mats} == {feature_asset_key(g) for g in FEATURE_GROUPS}
+    assert {m.asset_key for m in mats} == {feature_asset_key(g.name) for g in FEATURE_GROUPS}
 
     end = last + timedelta(days=1)
     expected = compute_feature_groups(FEATURE_GROUPS, events, first, end, labels)
@@ -111,7 +114,7 @@ def test_snowflake_backend_gives_the_same_features(tmp_path):
         )
         assert mirror.success
         groups_without_labels = [g for g in FEATURE_GROUPS if not g.needs_labels]
-        selection = [feature_asset_key(g) for g in groups_without_labels]
+        selection = [feature_asset_key(g.name) for g in groups_without_labels]
         other = Lake(str(tmp_path / "sf_lake"))
         result = dg.materialize(
             [batch_features],

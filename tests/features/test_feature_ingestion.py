@@ -18,7 +18,6 @@ from confluent_kafka import Producer
 from risk_assets.features.feature_buffer import (
     BAD_VALUES,
     BUFFER_FORMAT_VERSION,
-    FEATURES_TOPIC,
     MALFORMED,
     UNKNOWN_GROUP,
     UNKNOWN_VERSION,
@@ -40,6 +39,7 @@ from risk_assets.features.stream import CREATED_TS, output_schema, process_event
 from risk_assets.features.stream_state import StreamState, stream_groups
 from risk_assets.ingest.kafka_reader import KafkaRangeReader, OffsetRange
 from risk_assets.lake import Lake
+from risk_assets.names import FEATURES_TOPIC
 from risk_assets.simulator.config import SimConfig
 from risk_assets.simulator.generator import generate
 from tests.conftest import free_port

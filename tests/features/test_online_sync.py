@@ -12,7 +12,6 @@ import polars as pl
 import pytest
 import redis
 
-from risk_assets.features.assets import batch_features, feature_asset_key
 from risk_assets.features.groups import GROUPS_BY_NAME
 from risk_assets.features.ingestion import group_layout
 from risk_assets.features.offline_store import day_part_path
@@ -21,10 +20,14 @@ from risk_assets.features.online_store import OnlineStore, OnlineStoreError, Onl
 from risk_assets.features.online_sync import STATE_PATH, SyncState, sync
 from risk_assets.features.sync_assets import online_offline_consistency, online_store_sync, sync_cron
 from risk_assets.lake import Lake
+from risk_assets.names import feature_asset_key
 from risk_assets.resources import LakeResource, RawEventSource, RedisResource
 from risk_assets.simulator.config import SimConfig
 from risk_assets.simulator.writers import write_history
 from risk_assets.stack import launcher
+from tests.conftest import asset_def
+
+batch_features = asset_def(feature_asset_key("ato_user"))
 
 START = datetime(2026, 7, 1, tzinfo=UTC)
 GROUPS = [GROUPS_BY_NAME[n] for n in ("card_testing_device", "ato_user", "withdrawal_wallet")]
@@ -38,7 +41,7 @@ def offline(tmp_path):
     for day in (START, START + timedelta(days=1)):
         assert dg.materialize(
             [batch_features],
-            selection=[feature_asset_key(g) for g in GROUPS],
+            selection=[feature_asset_key(g.name) for g in GROUPS],
             resources=res,
             partition_key=f"{day:%Y-%m-%d}",
         ).success

@@ -12,13 +12,12 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from risk_assets.definitions import defs
-from risk_assets.features.assets import batch_features, feature_asset_key
 from risk_assets.features.batch import compute_feature_groups
 from risk_assets.features.consistency import compare
 from risk_assets.features.ingestion import read_feature_log
 from risk_assets.features.stream_assets import STREAM_GROUPS, stream_batch_consistency
 from risk_assets.lake import Lake
+from risk_assets.names import feature_asset_key
 from risk_assets.resources import KafkaResource, LakeResource, RawEventSource
 from risk_assets.sensors.kafka_sensors import feature_ingestion_sensor, stream_features_sensor
 from risk_assets.sensors.offset_cursor import OffsetCursor
@@ -26,6 +25,10 @@ from risk_assets.simulator.config import SimConfig
 from risk_assets.simulator.generator import generate
 from risk_assets.simulator.writers import make_producer, replay
 from risk_assets.stack import launcher
+from tests.conftest import DEFS as defs
+from tests.conftest import asset_def
+
+batch_features = asset_def(feature_asset_key("ato_user"))
 
 START = datetime(2026, 6, 1, 8, tzinfo=UTC)
 SIM = SimConfig(seed=21, start=START, hours=2, events_per_day=100_000, users=2_000)
@@ -110,7 +113,7 @@ def test_stream_values_match_batch_and_failures_keep_the_cursor(env, monkeypatch
         assert archived.success
         assert dg.materialize(
             [batch_features],
-            selection=[feature_asset_key(g) for g in STREAM_GROUPS],
+            selection=[feature_asset_key(g.name) for g in STREAM_GROUPS],
             resources={"lake": LakeResource(url=lake.url), "raw_event_source": RawEventSource()},
             partition_key=SIM.start.strftime("%Y-%m-%d"),
             instance=instance,

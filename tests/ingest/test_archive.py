@@ -15,11 +15,14 @@ from confluent_kafka import Producer
 from risk_assets.events.schema import Login, Withdrawal
 from risk_assets.ingest.archive import EVENTS, build_archive, dead_letter_part_path
 from risk_assets.ingest.archive_format import archive_part_path
-from risk_assets.ingest.assets import raw_events_archive
 from risk_assets.ingest.kafka_reader import KafkaRangeReader, MessageBatch
 from risk_assets.ingest.partitioning import ingest_window
 from risk_assets.lake import Lake
+from risk_assets.names import RAW_EVENTS
 from risk_assets.resources import KafkaResource, LakeResource
+from tests.conftest import asset_def
+
+raw_events_archive = asset_def(RAW_EVENTS)
 
 H0 = datetime(2026, 3, 1, 10, tzinfo=UTC)
 MIN = 60_000

@@ -14,12 +14,15 @@ from risk_assets.features.batch import compute_feature_groups
 from risk_assets.features.groups import FEATURE_GROUPS, GROUPS_BY_NAME
 from risk_assets.features.offline_store import with_created_ts, write_days
 from risk_assets.lake import Lake
-from risk_assets.models.assets import training_set, training_set_paths
+from risk_assets.models.artifacts import training_set_paths
 from risk_assets.models.training_set import TrainingSetSpec, build_training_set, parquet_bytes
 from risk_assets.resources import LakeResource, RawEventSource
 from risk_assets.simulator.config import SimConfig
 from risk_assets.simulator.generator import generate
 from risk_assets.simulator.writers import write_history
+from tests.conftest import asset_def
+
+training_set = asset_def("training_set")
 
 START = datetime(2026, 9, 1, tzinfo=UTC)
 SIM = SimConfig(seed=8, start=START, hours=24 * 8, events_per_day=20_000, users=2_000)

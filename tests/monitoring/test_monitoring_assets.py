@@ -10,26 +10,27 @@ import pytest
 from risk_assets.ingest.archive import EVENTS, read_archive
 from risk_assets.lake import Lake
 from risk_assets.monitoring import profiles
-from risk_assets.monitoring.assets import (
-    DRIFT_SHARE_ERROR,
-    DRIFT_SHARE_WARN,
-    drift_check_results,
-    raw_events_daily_profile,
-    raw_events_daily_profile_path,
-    raw_events_profile,
-    raw_events_profile_path,
+from risk_assets.monitoring.artifacts import raw_events_daily_profile_path, raw_events_profile_path
+from risk_assets.monitoring.drift_assets import DRIFT_SHARE_ERROR, DRIFT_SHARE_WARN, drift_check_results
+from risk_assets.names import (
+    RAW_EVENTS_DAILY_PROFILE,
+    RAW_EVENTS_PROFILE,
+    RETRAIN_REASON_TAG,
+    RETRAIN_TRIGGER_TAG,
 )
 from risk_assets.resources import LakeResource
 from risk_assets.sensors.retraining import (
-    REASON_TAG,
     RETRAIN_RECALL_DROP,
-    TRIGGER_TAG,
     RetrainCursor,
     evaluate_triggers,
     retraining_sensor,
 )
 from risk_assets.simulator import SimConfig
 from risk_assets.simulator.writers import write_history
+from tests.conftest import asset_def
+
+raw_events_profile = asset_def(RAW_EVENTS_PROFILE)
+raw_events_daily_profile = asset_def(RAW_EVENTS_DAILY_PROFILE)
 
 START = datetime(2026, 6, 1, tzinfo=UTC)
 SIM = SimConfig(seed=3, start=START, hours=24, events_per_day=6_000, users=300)
@@ -130,10 +131,10 @@ def test_sensor_cooldown_run_key_and_reason_tags() -> None:
     (req,) = first.run_requests
     assert req.partition_key == "2026-06-04"
     assert req.run_key == "retrain:2026-06-04:feature_drift"
-    assert req.tags[TRIGGER_TAG] == "feature_drift"
-    assert "50.0% of features" in req.tags[REASON_TAG]
+    assert req.tags[RETRAIN_TRIGGER_TAG] == "feature_drift"
+    assert "50.0% of features" in req.tags[RETRAIN_REASON_TAG]
     cursor = RetrainCursor.parse(first.cursor)
-    assert cursor.last_run_key == req.run_key and cursor.last_reason == req.tags[REASON_TAG]
+    assert cursor.last_run_key == req.run_key and cursor.last_reason == req.tags[RETRAIN_REASON_TAG]
 
     # A second tick within the cooldown, even with a new and worse trigger: no request.
     _report(instance, "drift_report", "2026-06-05", share_drifted=0.9, prediction_psi=0.9)
@@ -148,4 +149,4 @@ def test_sensor_cooldown_run_key_and_reason_tags() -> None:
     assert isinstance(third, dg.SensorResult)
     (req3,) = third.run_requests
     assert req3.run_key == "retrain:2026-06-05:feature_drift+prediction_drift"
-    assert "PSI 0.900" in req3.tags[REASON_TAG]
+    assert "PSI 0.900" in req3.tags[RETRAIN_REASON_TAG]

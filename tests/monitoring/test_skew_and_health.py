@@ -23,22 +23,17 @@ from risk_assets.features.groups import GROUPS_BY_NAME
 from risk_assets.features.ingestion import group_layout
 from risk_assets.features.offline_store import offline_schema, write_days
 from risk_assets.features.online_store import OnlineStore
-from risk_assets.ingest.archive_format import RAW_EVENTS, archive_part_path, to_archive_frame
+from risk_assets.ingest.archive_format import archive_part_path, to_archive_frame
 from risk_assets.ingest.kafka_reader import OffsetRange
 from risk_assets.lake import Lake
-from risk_assets.models.assets import ScoringServiceResource
 from risk_assets.monitoring import profiles
+from risk_assets.monitoring.artifacts import LOG_STATE, prediction_log_path
+from risk_assets.monitoring.health_assets import SLO_P99_MS, service_health
+from risk_assets.monitoring.prediction_log_assets import prediction_log
 from risk_assets.monitoring.service_health import health, histogram_quantile, scrape_state
-from risk_assets.monitoring.serving_assets import (
-    LOG_STATE,
-    SKEW_ROW_SHARE_MAX,
-    SLO_P99_MS,
-    prediction_log,
-    prediction_log_path,
-    service_health,
-    serving_skew,
-)
-from risk_assets.resources import KafkaResource, LakeResource, RawEventSource
+from risk_assets.monitoring.skew_assets import SKEW_ROW_SHARE_MAX, serving_skew
+from risk_assets.names import RAW_EVENTS
+from risk_assets.resources import KafkaResource, LakeResource, RawEventSource, ScoringServiceResource
 from tests.serving.test_serving import T0, event, register, start_service, stop_service, train_model, wait_for
 
 GROUPS = ("ato_user", "ato_device", "ato_ip", "withdrawal_wallet", "user_wallet")

@@ -1,0 +1,54 @@
+"""Raw events and labels of a time range, read back from the hourly archive (pure, no Dagster).
+
+The archive is partitioned by *arrival-adjusted* hour (``partitioning``): very late records land in
+a later hour than their event time. A reader wanting every event of ``[start, end)`` therefore
+reads ``LATE_READ`` further and filters on event time. Mobile clients can be offline for a day and a
+half; events later than this are archived but not seen by these readers (docs/features.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import polars as pl
+
+from risk_assets.ingest.archive import EVENTS, LABELS, read_archive
+from risk_assets.ingest.partitioning import GRACE, archive_hours
+from risk_assets.lake import Lake
+
+LATE_READ = timedelta(days=2)
+
+
+class RawDataSource(Protocol):
+    """Where raw events and labels are read from: the lake archive or a warehouse mirror.
+
+    ``RawEventSource`` (the Dagster resource) implements it; pure code that needs raw data takes a
+    ``RawDataSource`` so that it runs the same in a notebook.
+    """
+
+    def events(
+        self, lake: Lake, start: datetime, end: datetime, columns: Sequence[str] | None = None
+    ) -> pl.DataFrame:
+        """Every valid event with ``event_ts`` in ``[start, end)`` (``columns`` only)."""
+        ...
+
+    def labels(self, lake: Lake, start: datetime, end: datetime) -> pl.DataFrame:
+        """Every fraud label with ``label_ts`` in ``[start, end)``."""
+        ...
+
+
+def read_events(
+    lake: Lake, start: datetime, end: datetime, columns: Sequence[str] | None = None
+) -> pl.DataFrame:
+    """Every valid archived event with ``event_ts`` in ``[start, end)`` (``columns`` only)."""
+    frame = read_archive(lake, EVENTS.dataset, archive_hours(start, end + GRACE + LATE_READ))
+    frame = frame.filter((pl.col("event_ts") >= start) & (pl.col("event_ts") < end))
+    return (frame.select(list(columns)) if columns else frame).collect()
+
+
+def read_labels(lake: Lake, start: datetime, end: datetime) -> pl.DataFrame:
+    """Every archived fraud label with ``label_ts`` in ``[start, end)``."""
+    frame = read_archive(lake, LABELS.dataset, archive_hours(start, end + GRACE + LATE_READ))
+    return frame.filter((pl.col("label_ts") >= start) & (pl.col("label_ts") < end)).collect()

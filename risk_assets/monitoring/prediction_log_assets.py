@@ -1,0 +1,126 @@
+"""The prediction log asset: the scoring service's ``risk.predictions`` copied into the lake.
+
+Thin wiring around :mod:`risk_assets.monitoring.prediction_log_reader` (decoding) and
+:mod:`risk_assets.monitoring.profiles`; paths and the cursor file in
+:mod:`risk_assets.monitoring.artifacts`.
+"""
+
+import math
+import time
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+from risk_assets.ingest.kafka_reader import KafkaReadError, OffsetRange
+from risk_assets.monitoring import profiles
+from risk_assets.monitoring.artifacts import (
+    LOG_STATE,
+    prediction_log_path,
+    prediction_log_profile_path,
+    read_state,
+    write_state,
+)
+from risk_assets.monitoring.prediction_log_reader import BASE_COLUMNS, read_prediction_range
+from risk_assets.monitoring.reports import metadata_float
+from risk_assets.monitoring.serving_replay import ModelManifests
+from risk_assets.names import PREDICTION_LOG, PREDICTIONS_TOPIC
+from risk_assets.resources import KafkaResource, LakeResource
+from risk_assets.run_config import RunConfig
+
+OWNER = "team:risk-ml"
+GROUP = "monitoring"
+
+
+class PredictionLogConfig(RunConfig):
+    """Which topic to read and how much per run."""
+
+    topic: str = PREDICTIONS_TOPIC
+    max_messages_per_partition: int = 2_000_000
+    """A run reads at most this many new messages per partition (the rest is read by the next run)."""
+
+
+@dg.asset(
+    key=PREDICTION_LOG,
+    group_name=GROUP,
+    owners=[OWNER],
+    kinds={"kafka", "polars", "whylogs"},
+    description=(
+        "The scoring service's prediction log (`risk.predictions`) in the lake: each run reads the "
+        "offset range after the last one it stored (exact ranges, replayable), decodes the messages "
+        "(event id, event/scored time, model version, score, decision, the served feature vector "
+        "with names from the version's manifest) and writes "
+        "`monitoring/prediction_log/p=P/offsets=START-END.parquet` plus a whylogs profile under "
+        "`profiles/prediction_log/`. The cursor (`state.json`) moves only after the writes."
+    ),
+)
+def prediction_log(
+    context: dg.AssetExecutionContext, config: PredictionLogConfig, lake: LakeResource, kafka: KafkaResource
+) -> dg.MaterializeResult:
+    """Copy the new range of the prediction log into the lake and profile it."""
+    store = lake.lake()
+    t0 = time.perf_counter()
+    state = read_state(store, LOG_STATE)
+    cursor: dict[str, int] = dict(state.get("partitions", {})) if state.get("topic") == config.topic else {}
+    manifests = ModelManifests(store)
+    frames: list[pl.DataFrame] = []
+    paths: list[str] = []
+    malformed = retention_gaps = 0
+    first_error = ""
+    with kafka.range_reader() as reader:
+        try:
+            partitions = reader.partitions(config.topic)
+        except KafkaReadError as exc:
+            raise dg.Failure(f"prediction log topic {config.topic!r} is not readable: {exc}") from exc
+        for p in partitions:
+            low, end = reader.bounds(config.topic, p)
+            start = int(cursor.get(str(p), low))
+            if start < low:  # retention dropped records we never read
+                retention_gaps += low - start
+                context.log.warning("partition %d: %d records expired before they were read", p, low - start)
+                start = low
+            end = min(end, start + config.max_messages_per_partition)
+            if end <= start:
+                continue
+            rng = OffsetRange(config.topic, p, start, end)
+            try:
+                decoded = read_prediction_range(reader, rng, manifests.features)
+            except ValueError as exc:
+                raise dg.Failure(f"{rng.key()}: {exc}") from exc
+            malformed += decoded.malformed
+            first_error = first_error or decoded.first_error
+            frame = decoded.frame
+            store.write_parquet(frame, prediction_log_path(rng))
+            profile_cols = [c for c in frame.columns if c not in ("event_id", "partition", "offset")]
+            data = profiles.serialize(profiles.profile_frame(frame, profile_cols))
+            store.write_bytes(prediction_log_profile_path(rng), data)
+            frames.append(frame)
+            paths.append(prediction_log_path(rng))
+            cursor[str(p)] = end
+    write_state(store, LOG_STATE, {"topic": config.topic, "partitions": cursor})
+
+    rows = sum(f.height for f in frames)
+    base = pl.concat([f.select(BASE_COLUMNS) for f in frames]) if frames else None
+    versions = sorted(base["model_version"].unique().to_list()) if base is not None else []
+    metadata: dict[str, Any] = {
+        "dagster/row_count": rows,
+        "rows": rows,
+        "ranges": len(paths),
+        "malformed": malformed,
+        "retention_gap": retention_gaps,
+        "model_versions": len(versions),
+        "model_version_list": ", ".join(versions) or "-",
+        "score_mean": metadata_float(base["score"].mean()) if base is not None and rows else math.nan,
+        "degraded_share": metadata_float(base["degraded"].mean()) if base is not None and rows else math.nan,
+        "seconds": 0.0,
+    }
+    for decision in ("allow", "review", "block"):
+        share = (base["decision"] == decision).mean() if base is not None and rows else math.nan
+        metadata[f"decision_share/{decision}"] = metadata_float(share)
+    if first_error:
+        metadata["first_malformed"] = first_error
+    metadata["cursor"] = dg.MetadataValue.json(cursor)
+    metadata["paths"] = dg.MetadataValue.md("\n".join(f"- `{store.uri(p)}`" for p in paths) or "-")
+    metadata["seconds"] = round(time.perf_counter() - t0, 3)
+    context.log.info("prediction_log: %d rows in %d ranges, %d malformed", rows, len(paths), malformed)
+    return dg.MaterializeResult(metadata=metadata)

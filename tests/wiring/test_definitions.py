@@ -1,0 +1,119 @@
+"""A snapshot of the code location's wiring: a forgotten asset, check, job, schedule or sensor, or a
+partition start that does not follow the configuration, fails here in seconds, without services."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import date
+
+import dagster as dg
+
+from risk_assets.definitions import build_definitions
+from risk_assets.features.groups import FEATURE_GROUPS
+from risk_assets.partitions import DATA_START_ENV, TimePartitions
+from tests.conftest import DEFS
+
+ASSETS = sorted(
+    [
+        "challenger_model",
+        "deployed_model",
+        "drift_report",
+        "feature_log",
+        "feature_profiles",
+        "model_promotion",
+        "online_features",
+        "online_store_sync",
+        "prediction_log",
+        "raw_event_dead_letters",
+        "raw_events",
+        "raw_events_daily_profile",
+        "raw_events_profile",
+        "raw_label_dead_letters",
+        "raw_labels",
+        "realized_performance",
+        "risk_events_topic",
+        "service_health",
+        "serving_skew",
+        "snowflake_raw_events",
+        "stream_feature_buffer",
+        "training_set",
+        "training_set_profile",
+        *[f"features/{g.name}" for g in FEATURE_GROUPS],
+    ]
+)
+CHECKS = sorted(
+    [
+        "drift_report:drift_share_error",
+        "drift_report:drift_share_warn",
+        "feature_log:stream_batch_consistency",
+        "online_store_sync:online_offline_consistency",
+        "raw_events:invalid_share_below_threshold",
+        "raw_labels:invalid_share_below_threshold",
+        "service_health:service_slo",
+        "serving_skew:serving_skew_below_threshold",
+    ]
+)
+JOBS = sorted(
+    [
+        "feature_ingestion_job",
+        "model_rollback_job",
+        "monitoring_daily_job",
+        "online_sync_job",
+        "raw_archive_job",
+        "retraining_job",
+        "service_health_job",
+        "stream_features_job",
+    ]
+)
+SCHEDULES = {
+    "monitoring_daily_schedule": ("30 2 * * *", "STOPPED"),
+    "online_sync_schedule": ("*/10 * * * *", "RUNNING"),
+    "raw_archive_hourly_schedule": ("5 * * * *", "STOPPED"),
+    "service_health_schedule": ("*/5 * * * *", "STOPPED"),
+    "weekly_retraining_schedule": ("0 4 * * 1", "STOPPED"),
+}
+SENSORS = ["feature_ingestion_sensor", "retraining_sensor", "stream_features_sensor"]
+HOURLY = {"raw_events", "raw_labels", "raw_event_dead_letters", "raw_label_dead_letters"}
+HOURLY |= {"raw_events_profile", "snowflake_raw_events"}
+DAILY = {"training_set", "challenger_model", "model_promotion", "raw_events_daily_profile"}
+DAILY |= {"feature_profiles", "training_set_profile", "drift_report", "realized_performance"}
+DAILY |= {f"features/{g.name}" for g in FEATURE_GROUPS}
+
+
+def test_assets_checks_jobs_schedules_and_sensors() -> None:
+    graph = DEFS.resolve_asset_graph()
+    assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == ASSETS
+    checks = sorted(f"{k.asset_key.to_user_string()}:{k.name}" for k in graph.asset_check_keys)
+    assert checks == CHECKS
+    repo = DEFS.get_repository_def()
+    assert sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")) == JOBS
+    schedules = {s.name: (s.cron_schedule, s.default_status.value) for s in repo.schedule_defs}
+    assert schedules == SCHEDULES
+    assert sorted(s.name for s in repo.sensor_defs) == SENSORS
+
+
+def test_partitions_follow_the_configured_data_start() -> None:
+    defs = build_definitions(TimePartitions(date(2026, 10, 18)))
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        name, part = key.to_user_string(), graph.get(key).partitions_def
+        if name in HOURLY:
+            assert isinstance(part, dg.HourlyPartitionsDefinition), name
+            assert part.get_first_partition_key() == "2026-10-18-00:00", name
+        elif name in DAILY:
+            assert isinstance(part, dg.DailyPartitionsDefinition), name
+            assert part.get_first_partition_key() == "2026-10-18", name
+        else:
+            assert part is None, name
+
+
+def test_the_code_location_reads_its_data_start_when_it_loads() -> None:
+    """``defs`` is lazy: the environment is read when Dagster loads it, never at import."""
+    code = (
+        "import os; from risk_assets import definitions as d; "
+        f"os.environ[{DATA_START_ENV!r}] = '2026-09-30'; "
+        "print(d.defs().resolve_assets_def('training_set').partitions_def.get_first_partition_key())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("2026-09-30"), out.stdout + out.stderr
