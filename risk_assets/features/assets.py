@@ -1,27 +1,84 @@
 """Batch feature assets: every feature group as a daily-partitioned asset in the offline store.
 
-Thin wiring around ``batch.compute_feature_groups`` and ``offline_store``: one multi-asset with one
-spec per group (so each group has its own lineage, owner, version and metadata in the UI), subset
-to what the run selected. A run over a range of days reads the lookback it needs once, computes
-every selected group over the whole range, and replaces each day (delete-then-write), so a 30-day
-backfill is a single run and re-running a day gives the same bytes.
+Thin wiring around ``batch.compute_feature_groups``, ``offline_store`` and ``quality``: one
+multi-asset with one spec per group (so each group has its own lineage, owner, version and metadata
+in the UI), subset to what the run selected. A run over a range of days reads the lookback it needs
+once, computes every selected group over the whole range, and replaces each day (delete-then-write),
+so a 30-day backfill is a single run and re-running a day gives the same bytes. Each day still gets
+its own figures (``context.add_asset_metadata(..., partition_key=day)``), so plots across partitions
+show the days, not the run.
+
+Checks per group: ``feature_rows_per_day`` (ERROR, blocking: a day without rows never flows on),
+``feature_schema`` (ERROR: the written frame matches the definition), ``feature_null_shares`` (WARN:
+a feature's null share moved more than 10 points from the previous week's).
 """
 
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 
 import dagster as dg
 import polars as pl
 
 from risk_assets.features.batch import compute_feature_groups, required_event_columns
 from risk_assets.features.groups import FEATURE_GROUPS
-from risk_assets.features.offline_store import days_of, group_prefix, with_created_ts, write_days
+from risk_assets.features.offline_store import (
+    days_of,
+    group_prefix,
+    read_offline,
+    with_created_ts,
+    write_days,
+)
+from risk_assets.features.quality import (
+    NULL_SHARE_TOLERANCE,
+    DayFigures,
+    day_figures,
+    null_share_shifts,
+    null_shares,
+    schema_problems,
+)
 from risk_assets.features.spec import FeatureGroup
-from risk_assets.names import RAW_EVENTS, RAW_LABELS, feature_asset_key
-from risk_assets.partitions import TimePartitions
+from risk_assets.lake import Lake
+from risk_assets.names import (
+    FEATURE_NULL_SHARES_CHECK,
+    FEATURE_ROWS_CHECK,
+    FEATURE_SCHEMA_CHECK,
+    RAW_EVENTS,
+    RAW_LABELS,
+    ROW_COUNT,
+    feature_asset_key,
+)
+from risk_assets.partitions import DAY_KEY_FORMAT, TimePartitions
 from risk_assets.resources import LakeResource, RawEventSource
 
 GROUPS_BY_KEY: dict[dg.AssetKey, FeatureGroup] = {feature_asset_key(g.name): g for g in FEATURE_GROUPS}
+NULL_HISTORY = timedelta(days=7)
+"""The null-share check compares the run's days with this much offline history before them."""
+
+
+def _checks(group: FeatureGroup) -> list[dg.AssetCheckSpec]:
+    key = feature_asset_key(group.name)
+    return [
+        dg.AssetCheckSpec(
+            FEATURE_ROWS_CHECK,
+            asset=key,
+            blocking=True,
+            description="Every day of the run has rows (an empty day stops downstream assets).",
+        ),
+        dg.AssetCheckSpec(
+            FEATURE_SCHEMA_CHECK,
+            asset=key,
+            description="The written columns and types are exactly the group definition's schema.",
+        ),
+        dg.AssetCheckSpec(
+            FEATURE_NULL_SHARES_CHECK,
+            asset=key,
+            description=(
+                f"WARN when a feature's null share moved more than {NULL_SHARE_TOLERANCE:.0%} (absolute) "
+                f"from the {NULL_HISTORY.days} days of offline history before the run."
+            ),
+        ),
+    ]
 
 
 def _spec(group: FeatureGroup) -> dg.AssetSpec:
@@ -59,6 +116,7 @@ def build_batch_features(partitions: TimePartitions) -> dg.AssetsDefinition:
     @dg.multi_asset(
         name="batch_features",
         specs=[_spec(g) for g in FEATURE_GROUPS],
+        check_specs=[c for g in FEATURE_GROUPS for c in _checks(g)],
         partitions_def=partitions.daily,
         can_subset=True,
         backfill_policy=dg.BackfillPolicy.single_run(),
@@ -66,7 +124,7 @@ def build_batch_features(partitions: TimePartitions) -> dg.AssetsDefinition:
     )
     def batch_features(
         context: dg.AssetExecutionContext, lake: LakeResource, raw_event_source: RawEventSource
-    ) -> Iterator[dg.MaterializeResult]:
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         """Compute the selected feature groups for the run's days from the raw archive."""
         selected = sorted(context.selected_asset_keys, key=lambda k: k.to_string())
         groups = [GROUPS_BY_KEY[k] for k in selected]
@@ -93,26 +151,81 @@ def build_batch_features(partitions: TimePartitions) -> dg.AssetsDefinition:
             t_compute,
         )
         for group in groups:
+            key = feature_asset_key(group.name)
             rows = with_created_ts(results[group.name], group, events)
-            counts = write_days(store, group, rows, days)
-            features = list(group.feature_names)
-            null_share = (
-                rows.select(pl.mean_horizontal(pl.col(features).is_null().mean())).item()
-                if rows.height
-                else 0.0
-            )
+            write_days(store, group, rows, days)
+            figures = day_figures(group, rows, days)
+            for day, f in figures.items():
+                context.add_asset_metadata(
+                    {ROW_COUNT: f.rows, "entities": f.entities, "null_share": f.null_share},
+                    asset_key=key,
+                    partition_key=day.strftime(DAY_KEY_FORMAT),
+                )
             yield dg.MaterializeResult(
-                asset_key=feature_asset_key(group.name),
+                asset_key=key,
                 metadata={
-                    "dagster/row_count": rows.height,
-                    "entities": rows.select(group.entity.keys).n_unique() if rows.height else 0,
-                    "days": len(days),
-                    "events_read": events.height,
-                    "null_share": float(null_share or 0.0),
-                    "compute_seconds": t_compute,
                     "version": group.version,
-                    "rows_per_day_max": max(counts.values(), default=0),
+                    "run_days": len(days),
+                    "run_rows": rows.height,
+                    "events_read": events.height,
+                    "compute_seconds": t_compute,
                 },
             )
+            yield from _check_results(context, store, group, rows, figures, window.start)
 
     return batch_features
+
+
+def _check_results(
+    context: dg.AssetExecutionContext,
+    store: Lake,
+    group: FeatureGroup,
+    rows: pl.DataFrame,
+    figures: dict[datetime, DayFigures],
+    start: datetime,
+) -> Iterator[dg.AssetCheckResult]:
+    key = feature_asset_key(group.name)
+    selected = context.selected_asset_check_keys
+    if dg.AssetCheckKey(key, FEATURE_ROWS_CHECK) in selected:
+        empty = [f"{d:%Y-%m-%d}" for d, f in figures.items() if f.rows == 0]
+        yield dg.AssetCheckResult(
+            check_name=FEATURE_ROWS_CHECK,
+            asset_key=key,
+            passed=not empty,
+            metadata={
+                "days": len(figures),
+                "empty_days": len(empty),
+                "first_empty": empty[0] if empty else "-",
+            },
+            description=f"no rows on {', '.join(empty)}: is the archive materialized for those days?"
+            if empty
+            else None,
+        )
+    if dg.AssetCheckKey(key, FEATURE_SCHEMA_CHECK) in selected:
+        problems = schema_problems(group, rows.schema)
+        yield dg.AssetCheckResult(
+            check_name=FEATURE_SCHEMA_CHECK,
+            asset_key=key,
+            passed=not problems,
+            metadata={"problems": len(problems), "columns": rows.width},
+            description="; ".join(problems) or None,
+        )
+    if dg.AssetCheckKey(key, FEATURE_NULL_SHARES_CHECK) in selected:
+        _, current = null_shares(group, rows)
+        _, history = null_shares(group, read_offline(store, group, start - NULL_HISTORY, start))
+        shifts = null_share_shifts(current, history)
+        worst = max(shifts.items(), key=lambda kv: abs(kv[1][1] - kv[1][0]), default=None)
+        yield dg.AssetCheckResult(
+            check_name=FEATURE_NULL_SHARES_CHECK,
+            asset_key=key,
+            passed=not shifts,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "features_shifted": len(shifts),
+                "features_compared": len(set(current) & set(history)),
+                "tolerance": NULL_SHARE_TOLERANCE,
+            },
+            description=(
+                f"{worst[0]}: null share {worst[1][0]:.1%} in history → {worst[1][1]:.1%}" if worst else None
+            ),
+        )

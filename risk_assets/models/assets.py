@@ -4,12 +4,15 @@ Thin wiring around `training_set`, `training`, `promotion`, `registry` and `arti
 assets (built for the deployment's partitions by :func:`model_assets`) are "as of the end of that
 day"."""
 
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
+from risk_assets import plots
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.offline_store import read_offline
 from risk_assets.lake import Lake
@@ -21,8 +24,9 @@ from risk_assets.models.artifacts import (
     training_set_paths,
     write_challenger,
 )
+from risk_assets.models.coverage import WindowCoverage, window_coverage
 from risk_assets.models.promotion import promote_if_better, recent_holdout, rollback
-from risk_assets.models.training import TrainingParams, manifest_for, train
+from risk_assets.models.training import TrainingParams, feature_matrix, manifest_for, predict, train
 from risk_assets.models.training_set import (
     SPINE_COLUMNS,
     TrainingSetSpec,
@@ -32,11 +36,17 @@ from risk_assets.models.training_set import (
 )
 from risk_assets.names import (
     CHALLENGER_MODEL,
+    CHALLENGER_SANITY_CHECK,
     DEPLOYED_MODEL,
     MODEL_PROMOTION,
     RAW_EVENTS,
     RAW_LABELS,
+    ROW_COUNT,
+    SERVING_MATCHES_CHAMPION_CHECK,
+    TRAINING_CLASS_BALANCE_CHECK,
+    TRAINING_POSITIVES_CHECK,
     TRAINING_SET,
+    TRAINING_WINDOW_COVERAGE_CHECK,
     feature_asset_key,
 )
 from risk_assets.partitions import TimePartitions
@@ -116,13 +126,119 @@ class PromotionConfig(RunConfig):
     """The most recent days of the training set, scored by both models."""
 
 
+MIN_POSITIVE_SHARE = 0.0001
+MAX_POSITIVE_SHARE = 0.5
+_DEFAULTS = TrainingSetConfig()
+FEATURE_DAYS = dg.TimeWindowPartitionMapping(
+    start_offset=-(_DEFAULTS.window_days + _DEFAULTS.maturity_days + 1),
+    end_offset=-_DEFAULTS.maturity_days,
+    allow_nonexistent_upstream_partitions=True,
+)
+"""The feature days a training set (as of the end of day d) reads with the default window: its events
+of [d − maturity − window, d − maturity), each joined with up to a day (TTL) of older rows."""
+
+
+def _training_set_checks(
+    day: str, spec: TrainingSetSpec, manifest: dict[str, Any], coverage: WindowCoverage
+) -> Iterator[dg.AssetCheckResult]:
+    window = f"events {spec.start:%Y-%m-%d} .. {spec.end - timedelta(milliseconds=1):%Y-%m-%d}"
+    yield dg.AssetCheckResult(
+        check_name=TRAINING_WINDOW_COVERAGE_CHECK,
+        asset_key=TRAINING_SET,
+        passed=coverage.complete,
+        metadata={
+            "feature_days": coverage.feature_days,
+            "groups_missing_days": len(coverage.missing_feature_days),
+            "feature_days_missing": sum(len(d) for d in coverage.missing_feature_days.values()),
+            "label_days_missing": len(coverage.missing_label_days),
+        },
+        description=None
+        if coverage.complete
+        else f"training set as of {day} ({window}): {coverage.summary()}; materialize them, then rebuild",
+    )
+    rows, positives = int(manifest["rows"]), int(manifest["positives"])
+    yield dg.AssetCheckResult(
+        check_name=TRAINING_POSITIVES_CHECK,
+        asset_key=TRAINING_SET,
+        passed=rows > 0 and positives > 0,
+        metadata={ROW_COUNT: rows, "positives": positives},
+        description=None
+        if rows > 0 and positives > 0
+        else f"training set as of {day} ({window}) has {rows} rows and {positives} mature positives: "
+        "check raw_events/raw_labels for the window, or widen window_days",
+    )
+    share = float(manifest["positive_share"])
+    balanced = MIN_POSITIVE_SHARE <= share <= MAX_POSITIVE_SHARE
+    yield dg.AssetCheckResult(
+        check_name=TRAINING_CLASS_BALANCE_CHECK,
+        asset_key=TRAINING_SET,
+        passed=balanced,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"positive_share": share, "min": MIN_POSITIVE_SHARE, "max": MAX_POSITIVE_SHARE},
+        description=None if balanced else f"positive share {share:.4%} is outside the expected range",
+    )
+
+
+def _challenger_sanity(
+    metrics: dict[str, Any], y: np.ndarray, scores: np.ndarray, w: np.ndarray
+) -> dg.AssetCheckResult:
+    auc = float(metrics.get("auc", float("nan")))
+    ap = float(metrics.get("average_precision", float("nan")))
+    base = float((w * y).sum() / w.sum()) if len(w) and w.sum() > 0 else float("nan")
+    spread = float(np.nanstd(scores)) if len(scores) else 0.0
+    problems = []
+    if not auc > 0.5:
+        problems.append(f"test AUC {auc:.3f} is not above 0.5")
+    if not ap > base:
+        problems.append(f"test AP {ap:.4f} is not above the base rate {base:.4f}")
+    if not spread > 0:
+        problems.append("test scores are constant")
+    return dg.AssetCheckResult(
+        check_name=CHALLENGER_SANITY_CHECK,
+        asset_key=CHALLENGER_MODEL,
+        passed=not problems,
+        metadata={"auc": auc, "average_precision": ap, "base_rate": base, "score_std": spread},
+        description="; ".join(problems) or None,
+    )
+
+
 def model_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
     """The model domain's daily assets: training set, challenger, promotion."""
 
     @dg.asset(
         key=TRAINING_SET,
         partitions_def=partitions.daily,
-        deps=[RAW_EVENTS, RAW_LABELS, *[feature_asset_key(g.name) for g in FEATURE_GROUPS]],
+        deps=[
+            RAW_EVENTS,
+            RAW_LABELS,
+            *[dg.AssetDep(feature_asset_key(g.name), partition_mapping=FEATURE_DAYS) for g in FEATURE_GROUPS],
+        ],
+        check_specs=[
+            dg.AssetCheckSpec(
+                TRAINING_WINDOW_COVERAGE_CHECK,
+                asset=TRAINING_SET,
+                blocking=True,
+                description=(
+                    "Every feature day (window + TTL) of every group and every label day up to the cutoff "
+                    "is in the lake; a set built over missing inputs never reaches training."
+                ),
+            ),
+            dg.AssetCheckSpec(
+                TRAINING_POSITIVES_CHECK,
+                asset=TRAINING_SET,
+                blocking=True,
+                description="The set has rows and at least one mature positive label.",
+            ),
+            dg.AssetCheckSpec(
+                TRAINING_CLASS_BALANCE_CHECK,
+                asset=TRAINING_SET,
+                description=(
+                    f"WARN when the positive share is outside [{MIN_POSITIVE_SHARE:.2%}, "
+                    f"{MAX_POSITIVE_SHARE:.0%}] (labels missing, or the spine is not the decisions it "
+                    "should be)."
+                ),
+            ),
+        ],
         group_name="training",
         owners=[OWNER],
         kinds={"polars", "parquet"},
@@ -139,7 +255,7 @@ def model_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
         config: TrainingSetConfig,
         lake: LakeResource,
         raw_event_source: RawEventSource,
-    ) -> dg.MaterializeResult:
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         store = lake.lake()
         window = context.partition_time_window
         spec = TrainingSetSpec(
@@ -155,22 +271,35 @@ def model_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
         data_path, manifest_path = training_set_paths(context.partition_key)
         store.write_bytes(data_path, parquet_bytes(frame))
         store.write_bytes(manifest_path, manifest_bytes(manifest))
-        return dg.MaterializeResult(
+        coverage = window_coverage(store, FEATURE_GROUPS, spec.start, spec.end, spec.as_of)
+        yield dg.MaterializeResult(
             metadata={
-                "dagster/row_count": manifest["rows"],
+                ROW_COUNT: manifest["rows"],
                 "positives": manifest["positives"],
                 "positive_share": manifest["positive_share"],
                 "features": len(manifest["features"]),
                 **{f"positives/{k}": v for k, v in manifest["positives_by_scenario"].items()},
+                "window": f"{spec.start:%Y-%m-%d} .. {spec.end - timedelta(milliseconds=1):%Y-%m-%d}",
                 "data_sha256": manifest["data_sha256"],
                 "path": store.uri(data_path),
             }
         )
+        yield from _training_set_checks(context.partition_key, spec, manifest, coverage)
 
     @dg.asset(
         key=CHALLENGER_MODEL,
         partitions_def=partitions.daily,
         deps=[TRAINING_SET],
+        check_specs=[
+            dg.AssetCheckSpec(
+                CHALLENGER_SANITY_CHECK,
+                asset=CHALLENGER_MODEL,
+                description=(
+                    "Test metrics are sane: AUC above 0.5, average precision above the base rate, "
+                    "scores not constant (a broken model never reaches the promotion gate unnoticed)."
+                ),
+            )
+        ],
         group_name="training",
         owners=[OWNER],
         kinds={"xgboost"},
@@ -182,10 +311,18 @@ def model_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
     )
     def challenger_model(
         context: dg.AssetExecutionContext, config: ModelTrainingConfig, lake: LakeResource
-    ) -> dg.MaterializeResult:
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         store = lake.lake()
         frame, ts_manifest = _training_set(store, context.partition_key)
-        trained = train(frame, list(ts_manifest["features"]), config.params())
+        try:
+            trained = train(frame, list(ts_manifest["features"]), config.params())
+        except ValueError as exc:
+            raise dg.Failure(
+                f"cannot train on the training set as of {context.partition_key} (events "
+                f"{ts_manifest['window_start'][:10]} .. {ts_manifest['window_end'][:10]}, "
+                f"{frame.height} rows, {ts_manifest['positives']} positives): {exc}. Materialize a "
+                "longer window or more days of features and labels, then train again."
+            ) from exc
         version = registry.register(
             store, trained.model_bytes, manifest_for(trained, ts_manifest, FEATURE_GROUPS)
         )
@@ -199,16 +336,23 @@ def model_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
             for k, v in m.items()
             if k in ("auc", "average_precision", "recall_at_1pct_fpr") and isinstance(v, int | float)
         }
-        return dg.MaterializeResult(
+        test = frame.filter(pl.col("event_ts") >= trained.split.test_start)
+        scores = predict(trained.booster, feature_matrix(test, trained.features))
+        y, w = test["is_fraud"].to_numpy(), test["weight"].to_numpy()
+        yield dg.MaterializeResult(
             metadata={
                 "version": version,
                 **_metric_metadata("test/", trained.metrics),
                 **per_scenario,
                 "best_iteration": trained.best_iteration,
                 "training_seconds": trained.training_seconds,
-                "dagster/row_count": frame.height,
+                ROW_COUNT: frame.height,
+                "pr_curve": dg.MetadataValue.md(plots.pr_curve(y, scores, w)),
+                "score_histogram": dg.MetadataValue.md(plots.score_histogram(y, scores, w)),
+                "calibration": dg.MetadataValue.md(plots.calibration_curve(y, scores, w)),
             }
         )
+        yield _challenger_sanity(trained.metrics, y, scores, w)
 
     @dg.asset(
         key=MODEL_PROMOTION,
@@ -268,6 +412,16 @@ def _audit_markdown(store: Lake, last: int = 10) -> str:
 @dg.asset(
     key=DEPLOYED_MODEL,
     deps=[MODEL_PROMOTION],
+    check_specs=[
+        dg.AssetCheckSpec(
+            SERVING_MATCHES_CHAMPION_CHECK,
+            asset=DEPLOYED_MODEL,
+            description=(
+                "The running scoring service reports the registry's champion (RISK_SERVE_URL); "
+                "passes with a note when no service URL is configured."
+            ),
+        )
+    ],
     group_name="serving",
     owners=[OWNER],
     kinds={"xgboost"},
@@ -276,7 +430,9 @@ def _audit_markdown(store: Lake, last: int = 10) -> str:
         "confirmed against the running scoring service's /metrics when its URL is configured."
     ),
 )
-def deployed_model(lake: LakeResource, scoring_service: ScoringServiceResource) -> dg.MaterializeResult:
+def deployed_model(
+    lake: LakeResource, scoring_service: ScoringServiceResource
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     store = lake.lake()
     current = registry.champion(store)
     if current is None:
@@ -287,11 +443,21 @@ def deployed_model(lake: LakeResource, scoring_service: ScoringServiceResource) 
         "previous": current.previous or "none",
         "audit_trail": dg.MetadataValue.md(_audit_markdown(store)),
     }
+    served = None
     if scoring_service.url:
         served = served_model_version(scoring_service.url, wait_for=current.version)
         metadata["served_version"] = served or "unknown"
         metadata["serving_matches_champion"] = served == current.version
-    return dg.MaterializeResult(metadata=metadata)
+    yield dg.MaterializeResult(metadata=metadata)
+    yield dg.AssetCheckResult(
+        check_name=SERVING_MATCHES_CHAMPION_CHECK,
+        asset_key=DEPLOYED_MODEL,
+        passed=not scoring_service.url or served == current.version,
+        metadata={"champion": current.version, "served": served or "-"},
+        description=None
+        if scoring_service.url
+        else "RISK_SERVE_URL is not set: which model serves was not checked",
+    )
 
 
 class RollbackConfig(RunConfig):

@@ -14,7 +14,13 @@ from risk_assets.features.batch import compute_feature_groups
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.offline_store import day_part_path, read_offline
 from risk_assets.lake import Lake
-from risk_assets.names import SNOWFLAKE_RAW_EVENTS, feature_asset_key
+from risk_assets.names import (
+    FEATURE_ROWS_CHECK,
+    FEATURE_SCHEMA_CHECK,
+    ROW_COUNT,
+    SNOWFLAKE_RAW_EVENTS,
+    feature_asset_key,
+)
 from risk_assets.resources import LakeResource, RawEventSource
 from risk_assets.simulator.config import SimConfig
 from risk_assets.simulator.generator import generate
@@ -70,6 +76,47 @@ def test_seven_day_backfill_is_one_run_and_matches_the_pure_computation(archive)
         assert (stored["created_ts"] >= stored["event_ts"]).all()
         for d in range(7):
             assert lake.exists(day_part_path(group, first + timedelta(days=d)))
+
+
+def test_a_ranged_backfill_records_each_days_own_figures_and_checks(archive):
+    """One run for three days; the instance's event log holds one materialization per day with that
+    day's own row count (not the range's), and the checks ran once per group."""
+    lake, _, _ = archive
+    first, last = START + timedelta(days=2), START + timedelta(days=4)
+    instance = dg.DagsterInstance.ephemeral()
+    assert run_days(lake, first, last, instance=instance).success
+    group = FEATURE_GROUPS[0]
+    records = instance.fetch_materializations(feature_asset_key(group.name), limit=10).records
+    by_day = {r.asset_materialization.partition: r.asset_materialization.metadata for r in records}
+    assert sorted(by_day) == [(first + timedelta(days=d)).strftime(FMT) for d in range(3)]
+    counts = {day: meta[ROW_COUNT].value for day, meta in by_day.items()}
+    for day, n in counts.items():
+        stored = pl.read_parquet(lake.read_bytes(day_part_path(group, datetime.strptime(day, FMT))))
+        assert n == stored.height > 0, day
+        assert by_day[day]["entities"].value == stored.select(group.entity.keys).n_unique()
+    assert len(set(counts.values())) == 3, counts
+    checks = {
+        (e.asset_key, e.check_name): e.passed
+        for e in (
+            ev.dagster_event.event_specific_data
+            for ev in instance.all_logs(records[0].run_id)
+            if ev.dagster_event and ev.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
+        )
+    }
+    for g in FEATURE_GROUPS:
+        key = feature_asset_key(g.name)
+        assert checks[(key, FEATURE_ROWS_CHECK)] is True
+        assert checks[(key, FEATURE_SCHEMA_CHECK)] is True
+
+
+def test_an_empty_day_fails_the_blocking_rows_check(tmp_path):
+    """Days without archived events: the run writes empty days, and the blocking check fails."""
+    lake = Lake(str(tmp_path / "empty_lake"))
+    day = START + timedelta(days=40)
+    result = run_days(lake, day, day, raise_on_error=False)
+    evaluations = [e for e in result.get_asset_check_evaluations() if e.check_name == FEATURE_ROWS_CHECK]
+    assert evaluations and not any(e.passed for e in evaluations)
+    assert all(e.description and day.strftime(FMT) in e.description for e in evaluations)
 
 
 def test_rematerializing_a_day_gives_the_same_bytes(archive):
