@@ -65,6 +65,8 @@ CHALLENGER_SANITY_CHECK = "challenger_metrics_sane"
 SERVING_MATCHES_CHAMPION_CHECK = "serving_matches_champion"
 DRIFT_SHARE_WARN_CHECK = "drift_share_warn"
 DRIFT_SHARE_ERROR_CHECK = "drift_share_error"
+PREDICTION_STABLE_CHECK = "prediction_stable"
+LABEL_RATE_STABLE_CHECK = "label_rate_stable"
 SERVING_SKEW_CHECK = "serving_skew_below_threshold"
 SERVICE_SLO_CHECK = "service_slo"
 

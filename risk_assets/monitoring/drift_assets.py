@@ -18,6 +18,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
+from risk_assets import plots
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.lake import Lake
 from risk_assets.models.artifacts import MissingArtifact, read_training_set
@@ -25,13 +26,15 @@ from risk_assets.models.scoring import Scorer, champion_scorer
 from risk_assets.models.training_set import SPINE_COLUMNS, TrainingSetSpec, spine_and_labels
 from risk_assets.monitoring.artifacts import drift_report_paths, write_json
 from risk_assets.monitoring.decisions import decision_frame, weighted_rate
-from risk_assets.monitoring.drift import drift_report, label_rate_drift, prediction_drift
+from risk_assets.monitoring.drift import DriftReport, drift_report, label_rate_drift, prediction_drift
 from risk_assets.monitoring.reports import drift_markdown, metadata_float
 from risk_assets.names import (
     DRIFT_REPORT,
     DRIFT_SHARE_ERROR_CHECK,
     DRIFT_SHARE_WARN_CHECK,
+    LABEL_RATE_STABLE_CHECK,
     PREDICTION_PSI,
+    PREDICTION_STABLE_CHECK,
     RAW_EVENTS,
     RAW_LABELS,
     SHARE_DRIFTED,
@@ -94,6 +97,39 @@ def drift_check_results(share_drifted: float, drifted: int, features: int) -> li
     return out
 
 
+def category_check(name: str, category: str, metadata: dict[str, Any]) -> dg.AssetCheckResult:
+    """A check that agrees with the report's text: passes on ``no_drift``, fails WARN on ``warn``,
+    ERROR on ``drift``; an ``unknown`` category (nothing to compare) passes with a note."""
+    severity = dg.AssetCheckSeverity.ERROR if category == "drift" else dg.AssetCheckSeverity.WARN
+    return dg.AssetCheckResult(
+        check_name=name,
+        asset_key=DRIFT_REPORT,
+        passed=category in ("no_drift", "unknown"),
+        severity=severity,
+        metadata={**metadata, "category": category},
+        description="nothing to compare yet (no mature labels)" if category == "unknown" else None,
+    )
+
+
+def _drifted_histograms(
+    report: DriftReport,
+    reference: pl.DataFrame,
+    current: pl.DataFrame,
+    psi_by_feature: list[tuple[str, float]],
+) -> str:
+    """Reference vs current distributions of the (up to 6) numeric features with the highest PSI
+    among those not in category ``no_drift`` (or the highest PSI overall when none drifted)."""
+    kinds = {c.column: (c.kind, c.category) for c in report.columns}
+    numeric = [n for n, _ in psi_by_feature if kinds.get(n, ("", ""))[0] == "numeric"]
+    moved = [n for n in numeric if kinds[n][1] != "no_drift"] or numeric
+    names = moved[:6]
+    return plots.feature_histograms(
+        {n: reference[n].cast(pl.Float64).to_numpy() for n in names},
+        {n: current[n].cast(pl.Float64).to_numpy() for n in names},
+        title="Highest-PSI features: training reference vs this day",
+    )
+
+
 class DriftReportConfig(RunConfig):
     """Settings of the daily drift report."""
 
@@ -103,7 +139,7 @@ class DriftReportConfig(RunConfig):
 
 
 def build_drift_report(partitions: TimePartitions) -> dg.AssetsDefinition:
-    """The daily ``drift_report`` asset with its two checks."""
+    """The daily ``drift_report`` asset with its checks."""
 
     @dg.asset(
         key=DRIFT_REPORT,
@@ -124,6 +160,16 @@ def build_drift_report(partitions: TimePartitions) -> dg.AssetsDefinition:
                 description=(
                     f"ERROR when more than {DRIFT_SHARE_ERROR:.0%} of the champion's features drifted."
                 ),
+            ),
+            dg.AssetCheckSpec(
+                PREDICTION_STABLE_CHECK,
+                asset=DRIFT_REPORT,
+                description="The champion's score distribution: WARN on category warn, ERROR on drift.",
+            ),
+            dg.AssetCheckSpec(
+                LABEL_RATE_STABLE_CHECK,
+                asset=DRIFT_REPORT,
+                description="The mature label rate against the reference: WARN on warn, ERROR on drift.",
             ),
         ],
         description=(
@@ -253,9 +299,20 @@ def build_drift_report(partitions: TimePartitions) -> dg.AssetsDefinition:
                 "seconds": seconds,
                 **{f"psi/{name}": metadata_float(v) for name, v in psi_by_feature[:TOP_PSI]},
                 "report": dg.MetadataValue.md(markdown),
+                "drifted_histograms": dg.MetadataValue.md(
+                    _drifted_histograms(report, reference, current, psi_by_feature)
+                ),
                 "path": store.uri(json_path),
             }
         )
         yield from drift_check_results(report.share_drifted, len(report.drifted), len(features))
+        yield category_check(
+            PREDICTION_STABLE_CHECK, pred.category, {PREDICTION_PSI: summary[PREDICTION_PSI]}
+        )
+        yield category_check(
+            LABEL_RATE_STABLE_CHECK,
+            summary["label_rate_category"],
+            {"label_rate": metadata_float(cur_rate), "label_rate_reference": metadata_float(ref_rate)},
+        )
 
     return drift_report_asset

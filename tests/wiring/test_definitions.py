@@ -44,14 +44,26 @@ ASSETS = sorted(
 )
 CHECKS = sorted(
     [
+        "challenger_model:challenger_metrics_sane",
+        "deployed_model:serving_matches_champion",
         "drift_report:drift_share_error",
         "drift_report:drift_share_warn",
+        "drift_report:label_rate_stable",
+        "drift_report:prediction_stable",
         "feature_log:stream_batch_consistency",
         "online_store_sync:online_offline_consistency",
         "raw_events:invalid_share_below_threshold",
         "raw_labels:invalid_share_below_threshold",
         "service_health:service_slo",
         "serving_skew:serving_skew_below_threshold",
+        "training_set:training_class_balance",
+        "training_set:training_positives",
+        "training_set:training_window_coverage",
+        *[
+            f"features/{g.name}:{check}"
+            for g in FEATURE_GROUPS
+            for check in ("feature_null_shares", "feature_rows_per_day", "feature_schema")
+        ],
     ]
 )
 JOBS = sorted(
