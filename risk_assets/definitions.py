@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from risk_assets.automation import automation_sensors
 from risk_assets.features.assets import build_batch_features
 from risk_assets.features.stream_assets import (
     events_topic,
@@ -32,6 +33,14 @@ from risk_assets.monitoring.performance_assets import build_realized_performance
 from risk_assets.monitoring.prediction_log_assets import prediction_log
 from risk_assets.monitoring.profile_assets import profile_assets
 from risk_assets.monitoring.skew_assets import serving_skew
+from risk_assets.names import (
+    CHALLENGER_MODEL,
+    DRIFT_REPORT,
+    FEATURE_PROFILES,
+    MODEL_PROMOTION,
+    RAW_EVENTS_DAILY_PROFILE,
+    REALIZED_PERFORMANCE,
+)
 from risk_assets.partitions import TimePartitions
 from risk_assets.resources import (
     KafkaResource,
@@ -99,7 +108,17 @@ JOBS = [
     retraining_job,
     service_health_job,
 ]
-SENSORS = [stream_features_sensor, feature_ingestion_sensor, retraining_sensor]
+SENSORS = [
+    stream_features_sensor,
+    feature_ingestion_sensor,
+    retraining_sensor,
+    *automation_sensors(
+        data=dg.AssetSelection.groups("features", "training")
+        - dg.AssetSelection.assets(CHALLENGER_MODEL, MODEL_PROMOTION)
+        | dg.AssetSelection.assets(RAW_EVENTS_DAILY_PROFILE, FEATURE_PROFILES),
+        monitoring=dg.AssetSelection.assets(DRIFT_REPORT, REALIZED_PERFORMANCE),
+    ),
+]
 
 
 def build_definitions(partitions: TimePartitions) -> dg.Definitions:

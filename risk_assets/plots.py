@@ -94,6 +94,18 @@ def score_histogram(
     return _markdown(fig, title)
 
 
+def score_distribution(s: Any, *, bins: int = 40, title: str = "Served scores") -> str:
+    """Histogram of unlabelled scores (log counts): what the service handed out."""
+    s = np.asarray(s, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    fig, ax = _figure()
+    edges = np.linspace(0.0, max(1e-9, float(s.max())) if len(s) else 1.0, bins + 1)
+    ax.hist(s, bins=edges, color=NEGATIVE, alpha=0.8)
+    ax.set_yscale("log")
+    ax.set(xlabel="score", ylabel="predictions", title=title)
+    return _markdown(fig, title)
+
+
 def calibration_curve(
     y: Any, s: Any, w: Any | None = None, *, bins: int = 10, title: str = "Calibration (test split)"
 ) -> str:

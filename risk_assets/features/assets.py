@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 import dagster as dg
 import polars as pl
 
+from risk_assets.automation import FEATURE_DAYS
 from risk_assets.features.batch import compute_feature_groups, required_event_columns
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.offline_store import (
@@ -107,6 +108,7 @@ def _spec(group: FeatureGroup) -> dg.AssetSpec:
             ),
         },
         code_version=group.version,
+        automation_condition=FEATURE_DAYS,
     )
 
 

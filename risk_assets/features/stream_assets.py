@@ -18,6 +18,7 @@ from datetime import timedelta
 import dagster as dg
 import polars as pl
 
+from risk_assets.automation import FEATURE_LOG_FRESHNESS
 from risk_assets.features.consistency import compare
 from risk_assets.features.feature_buffer import publish
 from risk_assets.features.groups import FEATURE_GROUPS
@@ -128,6 +129,7 @@ def stream_feature_buffer(
         dg.AssetSpec(
             FEATURE_LOG,
             deps=[STREAM_FEATURE_BUFFER],
+            freshness_policy=FEATURE_LOG_FRESHNESS,
             group_name="stream",
             owners=[OWNER],
             kinds={"parquet"},

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from risk_assets.automation import ONLINE_SYNC_FRESHNESS
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.online_audit import audit
 from risk_assets.features.online_store import OnlineStore
@@ -27,6 +28,7 @@ def _store(redis: RedisResource) -> OnlineStore:
 
 @dg.asset(
     key=ONLINE_STORE_SYNC,
+    freshness_policy=ONLINE_SYNC_FRESHNESS,
     deps=[feature_asset_key(g.name) for g in FEATURE_GROUPS],
     group_name="serving",
     owners=[OWNER],

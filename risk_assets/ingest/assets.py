@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from risk_assets.automation import ARCHIVE_FRESHNESS
 from risk_assets.events.validation import REASONS
 from risk_assets.ingest import raw_reader, snowflake_mirror
 from risk_assets.ingest.archive import EVENTS, LABELS, ArchiveSpec, build_archive, write_archive
@@ -68,6 +69,7 @@ def build_archive_asset(spec: ArchiveSpec, partitions: TimePartitions) -> dg.Ass
                 owners=[OWNER],
                 kinds={"kafka", "parquet", "polars"},
                 metadata={"topic": spec.topic, "lake_path": f"{spec.dataset}/dt=YYYY-MM-DD/hour=HH"},
+                freshness_policy=ARCHIVE_FRESHNESS,
             ),
             dg.AssetSpec(
                 spec.dead_letter_dataset,

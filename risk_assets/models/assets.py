@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from risk_assets import plots
+from risk_assets.automation import TRAINING_DAYS
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.offline_store import read_offline
 from risk_assets.lake import Lake
@@ -208,6 +209,7 @@ def model_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
     @dg.asset(
         key=TRAINING_SET,
         partitions_def=partitions.daily,
+        automation_condition=TRAINING_DAYS,
         deps=[
             RAW_EVENTS,
             RAW_LABELS,

@@ -19,6 +19,7 @@ import dagster as dg
 import polars as pl
 
 from risk_assets import plots
+from risk_assets.automation import MONITORING_DAYS
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.lake import Lake
 from risk_assets.models.artifacts import MissingArtifact, read_training_set
@@ -144,6 +145,7 @@ def build_drift_report(partitions: TimePartitions) -> dg.AssetsDefinition:
     @dg.asset(
         key=DRIFT_REPORT,
         partitions_def=partitions.daily,
+        automation_condition=MONITORING_DAYS,
         deps=[TRAINING_SET, *[feature_asset_key(g.name) for g in FEATURE_GROUPS], RAW_EVENTS, RAW_LABELS],
         group_name=GROUP,
         owners=[OWNER],

@@ -11,6 +11,7 @@ from typing import Any
 
 import dagster as dg
 
+from risk_assets.automation import MONITORING_DAYS
 from risk_assets.events.schema import SCENARIOS
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.models.scoring import champion_scorer
@@ -63,6 +64,7 @@ def build_realized_performance(partitions: TimePartitions) -> dg.AssetsDefinitio
     @dg.asset(
         key=REALIZED_PERFORMANCE,
         partitions_def=partitions.daily,
+        automation_condition=MONITORING_DAYS,
         deps=[RAW_EVENTS, RAW_LABELS, *[feature_asset_key(g.name) for g in FEATURE_GROUPS], MODEL_PROMOTION],
         group_name=GROUP,
         owners=[OWNER],

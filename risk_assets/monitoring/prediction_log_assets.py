@@ -12,6 +12,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
+from risk_assets import plots
 from risk_assets.ingest.kafka_reader import KafkaReadError, OffsetRange
 from risk_assets.monitoring import profiles
 from risk_assets.monitoring.artifacts import (
@@ -119,6 +120,13 @@ def prediction_log(
         metadata[f"decision_share/{decision}"] = metadata_float(share)
     if first_error:
         metadata["first_malformed"] = first_error
+    if base is not None and rows:
+        scores = base["score"].to_numpy()
+        metadata["score_p50"] = metadata_float(base["score"].quantile(0.5))
+        metadata["score_p99"] = metadata_float(base["score"].quantile(0.99))
+        metadata["score_distribution"] = dg.MetadataValue.md(
+            plots.score_distribution(scores, title=f"Served scores of this run ({rows:,} predictions)")
+        )
     metadata["cursor"] = dg.MetadataValue.json(cursor)
     metadata["paths"] = dg.MetadataValue.md("\n".join(f"- `{store.uri(p)}`" for p in paths) or "-")
     metadata["seconds"] = round(time.perf_counter() - t0, 3)

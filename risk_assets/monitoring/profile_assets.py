@@ -12,6 +12,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
+from risk_assets.automation import PROFILE_DAYS
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.offline_store import group_prefix, read_offline
 from risk_assets.ingest.archive import EVENTS, read_archive
@@ -106,6 +107,7 @@ def profile_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
     @dg.asset(
         key=RAW_EVENTS_DAILY_PROFILE,
         partitions_def=partitions.daily,
+        automation_condition=PROFILE_DAYS,
         deps=[dg.AssetDep(RAW_EVENTS_PROFILE, partition_mapping=dg.TimeWindowPartitionMapping())],
         group_name=GROUP,
         owners=[OWNER],
@@ -149,6 +151,7 @@ def profile_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
     @dg.asset(
         key=FEATURE_PROFILES,
         partitions_def=partitions.daily,
+        automation_condition=PROFILE_DAYS,
         deps=[feature_asset_key(g.name) for g in FEATURE_GROUPS],
         group_name=GROUP,
         owners=[OWNER],

@@ -3,12 +3,13 @@
 * ``raw_archive_hourly_schedule`` — each archive hour once it is final (STOPPED by default: it
   needs a broker with live traffic);
 * ``online_sync_schedule`` — offline → online sync every 10 minutes (RUNNING by default);
-* ``monitoring_daily_schedule`` — the previous day's profiles, drift and realized performance;
 * ``service_health_schedule`` — the scoring service's health and SLO every 5 minutes;
 * ``weekly_retraining_schedule`` — a retraining floor under the retraining sensor.
 
-Partition keys are computed from the tick time (``partitions.hour_key`` / ``previous_day_key``), the
-same strings whatever the deployment's data start.
+The daily assets (features, training sets, profiles, drift, realized performance) are not on a
+schedule: they carry automation conditions (``risk_assets/automation.py``) and run once their inputs
+are complete. Partition keys are computed from the tick time (``partitions.hour_key`` /
+``previous_day_key``), the same strings whatever the deployment's data start.
 """
 
 import dagster as dg
@@ -16,7 +17,6 @@ import dagster as dg
 from risk_assets.features.sync_assets import SYNC_EVERY_MINUTES, online_sync_job, sync_cron
 from risk_assets.ingest.assets import ARCHIVE_LAG, archive_job
 from risk_assets.monitoring.health_assets import service_health_job
-from risk_assets.monitoring.performance_assets import monitoring_daily_job
 from risk_assets.names import RETRAIN_DAY_TAG, RETRAIN_REASON_TAG, RETRAIN_TRIGGER_TAG
 from risk_assets.partitions import hour_key, previous_day_key
 from risk_assets.sensors.retraining import retraining_job
@@ -46,19 +46,6 @@ online_sync_schedule = dg.ScheduleDefinition(
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description=f"Sync the online store from the offline store every {SYNC_EVERY_MINUTES} minutes.",
 )
-
-
-@dg.schedule(
-    job=monitoring_daily_job,
-    cron_schedule="30 2 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Every day at 02:30 UTC, monitor the previous day (its hours are final by then).",
-)
-def monitoring_daily_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    """Request the daily monitoring run for the previous UTC day."""
-    day = previous_day_key(context.scheduled_execution_time)
-    return dg.RunRequest(run_key=f"monitoring:{day}", partition_key=day)
 
 
 @dg.schedule(
@@ -97,7 +84,6 @@ def weekly_retraining_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunR
 SCHEDULES = [
     raw_archive_hourly_schedule,
     online_sync_schedule,
-    monitoring_daily_schedule,
     service_health_schedule,
     weekly_retraining_schedule,
 ]

@@ -79,13 +79,21 @@ JOBS = sorted(
     ]
 )
 SCHEDULES = {
-    "monitoring_daily_schedule": ("30 2 * * *", "STOPPED"),
     "online_sync_schedule": ("*/10 * * * *", "RUNNING"),
     "raw_archive_hourly_schedule": ("5 * * * *", "STOPPED"),
     "service_health_schedule": ("*/5 * * * *", "STOPPED"),
     "weekly_retraining_schedule": ("0 4 * * 1", "STOPPED"),
 }
-SENSORS = ["feature_ingestion_sensor", "retraining_sensor", "stream_features_sensor"]
+SENSORS = [
+    "data_automation_sensor",
+    "feature_ingestion_sensor",
+    "monitoring_automation_sensor",
+    "retraining_sensor",
+    "stream_features_sensor",
+]
+AUTOMATED = {f"features/{g.name}" for g in FEATURE_GROUPS} | {"training_set", "raw_events_daily_profile"}
+AUTOMATED |= {"feature_profiles", "drift_report", "realized_performance"}
+FRESHNESS = {"raw_events", "raw_labels", "feature_log", "online_store_sync"}
 HOURLY = {"raw_events", "raw_labels", "raw_event_dead_letters", "raw_label_dead_letters"}
 HOURLY |= {"raw_events_profile", "snowflake_raw_events"}
 DAILY = {"training_set", "challenger_model", "model_promotion", "raw_events_daily_profile"}
@@ -103,6 +111,17 @@ def test_assets_checks_jobs_schedules_and_sensors() -> None:
     schedules = {s.name: (s.cron_schedule, s.default_status.value) for s in repo.schedule_defs}
     assert schedules == SCHEDULES
     assert sorted(s.name for s in repo.sensor_defs) == SENSORS
+
+
+def test_automation_and_freshness_where_the_card_wants_them() -> None:
+    graph = DEFS.resolve_asset_graph()
+    automated = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).automation_condition}
+    assert automated == AUTOMATED
+    fresh = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).freshness_policy}
+    assert fresh == FRESHNESS
+    statuses = {s.name: s.default_status.value for s in DEFS.get_repository_def().sensor_defs}
+    assert statuses["data_automation_sensor"] == "RUNNING"
+    assert statuses["monitoring_automation_sensor"] == "STOPPED"
 
 
 def test_partitions_follow_the_configured_data_start() -> None:
