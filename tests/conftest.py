@@ -8,6 +8,8 @@ tests use their own key prefixes and buckets. The system Redis on :6379 is never
 from __future__ import annotations
 
 import os
+import signal
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +45,21 @@ class Stack:
     @property
     def s3_endpoint(self) -> str:
         return self.env["S3_ENDPOINT_URL"]
+
+    def restart_redis(self) -> None:
+        """An operator's bad day: SIGKILL the stack's redis-server and start a new one on the same
+        port through the launcher — empty, since the project's Redis keeps nothing on disk."""
+        pid = launcher.pids(self.config)["redis"]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while "redis" in launcher.pids(self.config):
+            assert time.monotonic() < deadline, f"redis-server {pid} did not die"
+            time.sleep(0.02)
+        saved = {k: os.environ.pop(k) for k in _EXTERNAL_ENV if k in os.environ}
+        try:
+            launcher.up(self.config)
+        finally:
+            os.environ.update(saved)
 
 
 def _start(state_dir: Path, with_s3: bool) -> Stack:
