@@ -12,6 +12,7 @@ from risk_assets.features.stream_assets import (
     stream_batch_consistency,
     stream_feature_buffer,
     stream_features_job,
+    stream_state_warm_start_job,
 )
 from risk_assets.features.sync_assets import (
     online_offline_consistency,
@@ -83,6 +84,7 @@ defs = dg.Definitions(
     jobs=[
         archive_job,
         stream_features_job,
+        stream_state_warm_start_job,
         feature_ingestion_job,
         online_sync_job,
         model_rollback_job,
