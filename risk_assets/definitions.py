@@ -16,6 +16,7 @@ from risk_assets.features.stream_assets import (
 )
 from risk_assets.features.sync_assets import (
     online_offline_consistency,
+    online_store_emptied_sensor,
     online_store_sync,
     online_sync_job,
     online_sync_schedule,
@@ -99,7 +100,12 @@ defs = dg.Definitions(
         weekly_retraining_schedule,
         service_health_schedule,
     ],
-    sensors=[stream_features_sensor, feature_ingestion_sensor, retraining_sensor],
+    sensors=[
+        stream_features_sensor,
+        feature_ingestion_sensor,
+        retraining_sensor,
+        online_store_emptied_sensor,
+    ],
     resources={
         # s3:// lakes use the standard AWS chain (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, …).
         "lake": LakeResource(url=dg.EnvVar("RISK_LAKE_URL")),

@@ -60,6 +60,7 @@ __all__ = [
     "changed_objects",
     "newest_per_entity",
     "repair",
+    "resync_reason",
     "sync",
 ]
 
@@ -135,6 +136,19 @@ class RepairResult:
     applied: int = 0  # rows rewritten (the sampled mismatched ones among them)
     full_resync: bool = False  # the marker was gone: the whole store was resynced instead
     seconds: float = 0.0
+
+
+def resync_reason(lake: Lake, store: OnlineStore) -> str | None:
+    """Why the store needs a full resync now — its epoch marker is missing, or is not the epoch the
+    sync state recorded — or ``None``. Cheap (one ``GET``, one small lake read): a sensor can poll
+    it so an emptied Redis is resynced within a minute instead of at the next scheduled tick."""
+    marker = store.epoch()
+    if marker is None:
+        return "the online store's epoch marker is missing (Redis emptied, flushed or never synced)"
+    state = SyncState.load(lake)
+    if marker != state.epoch:
+        return f"the online store's epoch {marker} is not the one the sync recorded ({state.epoch})"
+    return None
 
 
 def changed_objects(lake: Lake, group: FeatureGroup, state: SyncState) -> dict[str, str]:

@@ -26,7 +26,12 @@ from risk_assets.features.online_store import (
 )
 from risk_assets.features.online_sync import STATE_PATH, SyncState, repair, sync
 from risk_assets.features.stream import output_schema
-from risk_assets.features.sync_assets import online_offline_consistency, online_store_sync, sync_cron
+from risk_assets.features.sync_assets import (
+    online_offline_consistency,
+    online_store_emptied_sensor,
+    online_store_sync,
+    sync_cron,
+)
 from risk_assets.ingest.kafka_reader import OffsetRange
 from risk_assets.lake import Lake
 from risk_assets.resources import LakeResource, RawEventSource, RedisResource
@@ -372,3 +377,27 @@ def test_sync_asset_after_a_redis_restart_resyncs_and_repairs(offline, fresh_sta
     assert mat.metadata["repaired_groups"].value == 1 and mat.metadata["repaired_rows"].value == len(users)
     check = online_offline_consistency(**res)
     assert check.passed and check.metadata["mismatch_rate"].value == 0.0
+
+
+def test_emptied_store_sensor_requests_a_resync_at_once(offline, fresh_stack, key_prefix):
+    """The sensor notices a missing marker within a tick (not at the next scheduled sync) and goes
+    quiet once the resync committed; each loss gets its own run key."""
+    res = {
+        "lake": LakeResource(url=offline.url),
+        "redis": RedisResource(url=fresh_stack.redis_url, namespace=key_prefix),
+    }
+
+    def tick():
+        with dg.build_sensor_context(resources=res) as ctx:
+            return online_store_emptied_sensor(ctx)
+
+    never = tick()
+    assert isinstance(never, dg.RunRequest) and "missing" in never.tags["risk/resync_reason"]
+    with OnlineStore.from_url(fresh_stack.redis_url, namespace=key_prefix) as store:
+        sync(offline, store, GROUPS)
+        assert isinstance(tick(), dg.SkipReason)
+        fresh_stack.restart_redis()
+        lost = tick()
+        assert isinstance(lost, dg.RunRequest) and lost.run_key != never.run_key
+        sync(offline, store, GROUPS)
+        assert isinstance(tick(), dg.SkipReason)
