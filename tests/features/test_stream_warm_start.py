@@ -167,7 +167,8 @@ def test_redis_restart_mid_stream_publishes_no_row_from_a_partial_state(topic, t
     print(
         f"{sum(ev.height for _, ev in batches)} events in {len(batches)} micro-batches, restarts before "
         f"batch {k} and after the warm start of batch {k + 3}: {rows_out} rows, all equal to the no-fault "
-        f"run; warm starts: {[(i, w.archive_events, w.kafka_events, round(w.seconds, 2)) for i, w in warm_starts]}"
+        f"run; warm starts (batch, archived, topic, s): "
+        f"{[(i, w.archive_events, w.kafka_events, round(w.seconds, 2)) for i, w in warm_starts]}"
     )
     assert [i for i, _ in warm_starts] == [k, k + 3, k + 3]
     first = warm_starts[0][1]
