@@ -346,6 +346,7 @@ def main() -> None:
         events, payloads = simulate_events(args.users, args.events)
         with OnlineStore.from_url(endpoints["REDIS_URL"], namespace="risk") as store:
             rows = preload_online(store, events)
+            store.mark_complete()  # as the sync would after a full resync: risk-serve is ready
         print(
             f"{events.height} events ({dict(events['event_type'].value_counts().iter_rows())}); "
             f"{rows} online rows preloaded in {time.perf_counter() - t:.1f} s",

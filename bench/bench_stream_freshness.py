@@ -111,6 +111,7 @@ def main() -> None:
                 f"warm state: {history.height:,} events of {args.warm_hours}h generated in {t1 - t0:.1f}s, "
                 f"added in {time.perf_counter() - t1:.1f}s"
             )
+        state.mark_complete()  # the generated history (or none) is the whole past of this bench
 
         # spawn, not fork: forking after Polars' thread pool started can deadlock the child.
         proc = mp.get_context("spawn").Process(

@@ -19,6 +19,7 @@ from risk_assets.features.stream_assets import (
     stream_batch_consistency,
     stream_feature_buffer,
     stream_features_job,
+    stream_state_warm_start_job,
 )
 from risk_assets.features.sync_assets import (
     online_offline_consistency,
@@ -50,6 +51,7 @@ from risk_assets.resources import (
     ScoringServiceResource,
 )
 from risk_assets.sensors.kafka_sensors import feature_ingestion_sensor, stream_features_sensor
+from risk_assets.sensors.online_resync import online_store_emptied_sensor
 from risk_assets.sensors.retraining import retraining_job, retraining_sensor
 from risk_assets.sensors.schedules import SCHEDULES
 
@@ -107,11 +109,13 @@ JOBS = [
     monitoring_daily_job,
     retraining_job,
     service_health_job,
+    stream_state_warm_start_job,
 ]
 SENSORS = [
     stream_features_sensor,
     feature_ingestion_sensor,
     retraining_sensor,
+    online_store_emptied_sensor,
     *automation_sensors(
         data=dg.AssetSelection.groups("features", "training")
         - dg.AssetSelection.assets(CHALLENGER_MODEL, MODEL_PROMOTION)

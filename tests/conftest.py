@@ -8,6 +8,9 @@ tests use their own key prefixes and buckets. The system Redis on :6379 is never
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -63,6 +66,32 @@ class Stack:
     @property
     def s3_endpoint(self) -> str:
         return self.env["S3_ENDPOINT_URL"]
+
+    def restart_redis(self) -> None:
+        """An operator's bad day: SIGKILL the stack's redis-server and start a new one on the same
+        port through the launcher — empty, since the project's Redis keeps nothing on disk."""
+        pid = launcher.pids(self.config)["redis"]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while "redis" in launcher.pids(self.config) or not _bindable(self.config.redis_port):
+            # The killed server's listening socket can outlive the reaped process by a few ms.
+            assert time.monotonic() < deadline, f"redis-server {pid} did not release its port"
+            time.sleep(0.02)
+        saved = {k: os.environ.pop(k) for k in _EXTERNAL_ENV if k in os.environ}
+        try:
+            launcher.up(self.config)
+        finally:
+            os.environ.update(saved)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _start(state_dir: Path, with_s3: bool) -> Stack:

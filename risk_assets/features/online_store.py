@@ -22,20 +22,24 @@ One Redis string per (feature group version, entity key)::
 * ``group`` and ``version`` — the feature group name (``[A-Za-z0-9_.-]``) and its 12-hex-char
   version: a new version of a group never reads rows packed for another feature list.
 
-Value format (format version 1)
+Value format (format version 2)
 -------------------------------
-A little-endian binary blob: a 27-byte header then the feature values in the layout's order::
+A little-endian binary blob: a 28-byte header then the feature values in the layout's order::
 
     offset  size  field
-    0       1     format version (uint8, = 1)
+    0       1     format version (uint8, = 2)
     1       8     event_ts_ms    (int64, ms since the epoch, UTC) — when the features were true
     9       8     created_ts_ms  (int64) — when this row was computed; breaks event_ts ties
     17      8     written_ts_ms  (int64) — when the writer sent it (informational, never compared)
     25      2     n_features     (uint16) — checked against the layout on read
-    27      8·n   values         (float64 each; NaN means null)
+    27      1     source         (uint8) — who computed the row: 0 stream, 1 batch; breaks ties
+    28      8·n   values         (float64 each; NaN means null)
+
+Format 1 (the same without ``source``, 27-byte header) is still read, as source 0, so rows written
+before the upgrade stay readable until they are overwritten or expire; writers write format 2 only.
 
 float64 rather than float32 so online values equal offline values bit for bit (the consistency
-audit compares them). 50 features are 427 bytes; a read of 100 entities is one ``MGET`` of ~43 kB.
+audit compares them). 50 features are 428 bytes; a read of 100 entities is one ``MGET`` of ~43 kB.
 Values and timestamps live in one string, so one ``GET``/``MGET`` returns everything a scorer
 needs (docs/design.md §4b: packed values keep many-entity reads near one round trip). Null and NaN are
 not distinguished: both come back as ``None`` (in frames: null).
@@ -44,13 +48,19 @@ Write-if-newer
 --------------
 Rows are written by one Lua script (``EVALSHA``; loaded with ``SCRIPT LOAD`` when the store opens
 and again whenever the server answers ``NOSCRIPT``) that, per key, compares the stored
-``(event_ts, created_ts)`` with the new one lexicographically and writes only if the new pair is
-strictly greater: a newer event wins; an equal event with a newer ``created_ts`` wins (a late
-correction); an older or identical row is skipped. A script runs atomically, so concurrent writers
-cannot interleave between the compare and the set, whatever their order. Every applied write sets
-the group's TTL (``SET … PX ttl``: the expiry counts from the write; skipped rows do not refresh it;
-``ttl_s = 0`` means no expiry). Replays are idempotent: writing the same rows again changes nothing
-and reports them as skipped. Without a ``created_ts`` column, ``created_ts = event_ts``.
+``(event_ts, created_ts, source)`` with the new one lexicographically and writes only if the new
+triple is strictly greater: a newer event wins; an equal event with a newer ``created_ts`` wins (a
+late correction); on equal times a batch row (source 1, the offline store) wins over a stream row
+(source 0) — the batch engine saw every event, the stream row may not have; an older or identical
+row is skipped. One more rule for batch rows: a batch row with the same triple as the stored row
+but different values replaces it (the offline store is the system of record for batch values: a
+day recomputed after late events can change a value without changing its row's times). A stream
+row with the same triple is skipped, so stream replays stay no-ops. A script runs atomically, so
+concurrent writers cannot interleave between the compare and the set, whatever their order. Every
+applied write sets the group's TTL (``SET … PX ttl``: the expiry counts from the write; skipped rows
+do not refresh it; ``ttl_s = 0`` means no expiry). Replays are idempotent: writing the same rows
+again changes nothing and reports them as skipped. Without a ``created_ts`` column,
+``created_ts = event_ts``.
 
 Before anything is sent, a batch is reduced to its newest row per entity (same ordering), so the
 server never sees rows the batch itself supersedes. Rows are then sent as multi-key script calls
@@ -69,6 +79,13 @@ or never arrived — each script call is atomic unless Redis itself fails mid-sc
 how many were never sent. Because writes are idempotent, re-sending the whole batch is always safe.
 redis-py may itself retry a pipeline after a dropped connection; rows a lost attempt applied are
 then reported as skipped by the retry (the stored state is right either way).
+
+Epoch marker
+------------
+``{namespace}:{epoch}:online`` holds a token while the store's content is complete
+(``store_epoch.py``): the offline → online sync commits it after a full resync and compares it
+with the epoch it recorded before every incremental tick; risk-serve reports ``degraded`` and is
+not ready while it is missing. A Redis restarted without persistence loses it with everything else.
 
 Thread safety: one :class:`OnlineStore` can be shared by threads (redis-py pools connections).
 """
@@ -99,9 +116,14 @@ from redis.crc import key_slot as _redis_key_slot
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
+from risk_assets.features.store_epoch import EpochMarker, epoch_key
+
 __all__ = [
     "FORMAT_VERSION",
     "HEADER_SIZE",
+    "SOURCE_BATCH",
+    "SOURCE_NAMES",
+    "SOURCE_STREAM",
     "FeatureRow",
     "GroupLayout",
     "OnlineStore",
@@ -113,12 +135,18 @@ __all__ = [
     "redact_url",
 ]
 
-FORMAT_VERSION = 1
-_HEADER = struct.Struct("<BqqqH")
-HEADER_SIZE = _HEADER.size  # 27
+FORMAT_VERSION = 2
+_HEADER = struct.Struct("<BqqqHB")
+HEADER_SIZE = _HEADER.size  # 28
+_HEADER_V1 = struct.Struct("<BqqqH")  # format 1: no source byte (read as SOURCE_STREAM)
+# Who computed a row; the rank breaks (event_ts, created_ts) ties: batch corrections win.
+SOURCE_STREAM = 0
+SOURCE_BATCH = 1
+SOURCE_NAMES = {SOURCE_STREAM: "stream", SOURCE_BATCH: "batch"}
 EntityKey = tuple[str | int, ...]
 _Call = tuple[list[str], list[bytes]]  # keys and packed rows of one script call
 
+ONLINE_EPOCH = "online"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:\-]+$")
 _VERSION_RE = re.compile(r"^[0-9a-f]{12}$")
@@ -129,7 +157,9 @@ _KEY_SEPARATOR = "|"
 # KEYS = the rows' keys; ARGV[1] = TTL in ms as a string ('0': none; kept a string so SET does
 # not format a number per key); ARGV[1 + i] = packed row for KEYS[i].
 # Returns the number of rows applied. Timestamps are read with Redis' bundled `struct` library;
-# int64 milliseconds are exact in Lua's doubles up to 2^53 (year ~287,000).
+# int64 milliseconds are exact in Lua's doubles up to 2^53 (year ~287,000). Order: (event_ts,
+# created_ts, source) strictly greater wins; a stored format-1 row has source 0; a batch row (source
+# 1) with an equal triple replaces the stored row when the values (byte 29 on) differ.
 WRITE_IF_NEWER_LUA = """
 local ttl = ARGV[1]
 local has_ttl = ttl ~= '0'
@@ -141,7 +171,20 @@ for i = 1, #KEYS do
   if cur and #cur >= 17 then
     local ce, cc = struct.unpack('<i8i8', cur, 2)
     local ne, nc = struct.unpack('<i8i8', new, 2)
-    win = ne > ce or (ne == ce and nc > cc)
+    if ne ~= ce then
+      win = ne > ce
+    elseif nc ~= cc then
+      win = nc > cc
+    else
+      local cs = 0
+      if string.byte(cur, 1) >= 2 and #cur >= 28 then cs = string.byte(cur, 28) end
+      local ns = string.byte(new, 28)
+      if ns ~= cs then
+        win = ns > cs
+      else
+        win = ns == 1 and string.sub(new, 29) ~= string.sub(cur, 29)
+      end
+    end
   end
   if win then
     if has_ttl then
@@ -233,6 +276,7 @@ class GroupLayout:
                 ("created_ts", "<i8"),
                 ("written_ts", "<i8"),
                 ("n", "<u2"),
+                ("source", "u1"),
                 ("values", "<f8", (len(self.features),)),
             ]
         )
@@ -256,7 +300,8 @@ class FeatureRow:
 
     ``values`` maps feature name → float (``None`` for null/NaN); ``vector`` is the same values in
     the layout's feature order as floats with NaN for null — what a model wants, and free (the dict
-    is built on each access of ``values``).
+    is built on each access of ``values``). ``source`` says who computed it (``SOURCE_STREAM`` or
+    ``SOURCE_BATCH``).
     """
 
     group: str
@@ -267,6 +312,7 @@ class FeatureRow:
     event_ts_ms: int
     created_ts_ms: int
     written_ts_ms: int
+    source: int = SOURCE_STREAM
 
     @property
     def values(self) -> dict[str, float | None]:
@@ -413,6 +459,7 @@ class OnlineStore:
         self.write_concurrency = max(1, write_concurrency)
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
+        self._epoch = EpochMarker(client, epoch_key(self._prefix, ONLINE_EPOCH))
 
     # ---- construction -----------------------------------------------------------------------
 
@@ -488,6 +535,30 @@ class OnlineStore:
         """Raise :class:`OnlineStoreUnavailable` unless the server answers."""
         self._call(self._client.ping, "ping")
 
+    # ---- epoch marker (store_epoch.py) --------------------------------------------------------
+
+    @property
+    def epoch_key(self) -> str:
+        """The Redis key of the store's epoch marker."""
+        return self._epoch.key
+
+    def epoch(self) -> str | None:
+        """The committed epoch token; ``None`` when the marker is missing (emptied or never synced)."""
+        return self._call(self._epoch.read, "epoch read")
+
+    def begin_epoch(self) -> str:
+        """Start (or join) a full rewrite of the store; pass the token to :meth:`commit_epoch`."""
+        return self._call(self._epoch.begin, "epoch begin")
+
+    def commit_epoch(self, token: str) -> bool:
+        """Mark the store complete under ``token``; ``False`` if Redis lost data since the begin."""
+        return self._call(lambda: self._epoch.commit(token), "epoch commit")
+
+    def mark_complete(self) -> str:
+        """Declare the present content complete (a new deployment whose rows were written by other
+        means, tests). Returns the new token."""
+        return self._call(self._epoch.declare, "epoch declare")
+
     def close(self) -> None:
         """Stop the writer threads and release the client's connections."""
         with self._lock:
@@ -544,25 +615,30 @@ class OnlineStore:
         data: pl.DataFrame | Sequence[Mapping[str, Any]],
         *,
         written_at: datetime | None = None,
+        source: int = SOURCE_STREAM,
     ) -> WriteResult:
         """Write rows of one feature group if newer than what Redis holds; return the counts.
 
         ``data`` has the key column(s), ``event_ts`` (Datetime, UTC; naive taken as UTC), an
         optional ``created_ts`` (default: ``event_ts``) and every feature column (numeric; null or
         NaN for missing); other columns are ignored. A list of row mappings is accepted too.
+        ``source`` is who computed the rows: ``SOURCE_STREAM`` (default) or ``SOURCE_BATCH`` (the
+        offline store; wins ties, see the module docstring).
         Raises :class:`OnlineStoreError` (or :class:`OnlineStoreUnavailable`) with ``progress`` on
         failure; see the module docstring.
         """
+        if source not in SOURCE_NAMES:
+            raise ValueError(f"source must be one of {sorted(SOURCE_NAMES)}, not {source!r}")
         frame = data if isinstance(data, pl.DataFrame) else pl.DataFrame(list(data), infer_schema_length=None)
         n_in = frame.height
         if n_in == 0:
             return WriteResult(rows=0)
-        keys, buf = self._pack(layout, frame, written_at)
+        keys, buf = self._pack(layout, frame, written_at, source)
         result = WriteResult(rows=n_in, superseded=n_in - len(keys))
         return self._send(layout, keys, buf, result)
 
     def _pack(
-        self, layout: GroupLayout, frame: pl.DataFrame, written_at: datetime | None
+        self, layout: GroupLayout, frame: pl.DataFrame, written_at: datetime | None, source: int
     ) -> tuple[list[str], bytes]:
         """Keys and the packed rows (one buffer, ``layout.row_size`` bytes per key), newest per entity."""
         missing = [c for c in ("event_ts", *layout.features) if c not in frame.columns]
@@ -596,6 +672,7 @@ class OnlineStore:
             stamp = stamp.replace(tzinfo=UTC)
         rows["written_ts"] = int(stamp.timestamp() * 1000)
         rows["n"] = len(layout.features)
+        rows["source"] = source
         rows["values"] = work.select(layout.features).to_numpy(order="c")  # nulls → NaN
         return work["key"].to_list(), rows.tobytes()
 
@@ -763,6 +840,8 @@ class OnlineStore:
         present = np.fromiter((b is not None for b in raw), dtype=bool, count=len(raw))
         size = layout.row_size
         found = [b for b in raw if b is not None]
+        if any(len(b) == size - 1 and b[0] == 1 for b in found):  # format 1: insert source 0
+            found = [_v1_as_v2(b) if len(b) == size - 1 and b[0] == 1 else b for b in found]
         bad = next((b for b in found if len(b) != size or b[0] != FORMAT_VERSION), None)
         if bad is not None:
             raise OnlineStoreError(
@@ -802,22 +881,33 @@ class OnlineStore:
             raise _translate(exc, self._url, what) from None
 
 
+def _v1_as_v2(blob: bytes) -> bytes:
+    """A format-1 row as format 2 (source 0 inserted after the header)."""
+    return b"\x02" + blob[1:27] + b"\x00" + blob[27:]
+
+
 def _decode(layout: GroupLayout, entity_key: EntityKey | str | int, blob: bytes) -> FeatureRow:
-    if len(blob) != layout.row_size:
+    size = len(blob)
+    if size == layout.row_size:
+        fmt, event_ms, created_ms, written_ms, n, source = _HEADER.unpack_from(blob)
+        offset = HEADER_SIZE
+    elif size == layout.row_size - 1 and blob[:1] == b"\x01":
+        fmt, event_ms, created_ms, written_ms, n = _HEADER_V1.unpack_from(blob)
+        source, offset, fmt = SOURCE_STREAM, _HEADER_V1.size, FORMAT_VERSION
+    else:
         raise OnlineStoreError(
-            f"group {layout.name!r}@{layout.version}: stored row has {len(blob)} bytes, "
+            f"group {layout.name!r}@{layout.version}: stored row has {size} bytes, "
             f"layout expects {layout.row_size}"
         )
-    fmt, event_ms, created_ms, written_ms, n = _HEADER.unpack_from(blob)
     if fmt != FORMAT_VERSION or n != len(layout.features):
         raise OnlineStoreError(
             f"group {layout.name!r}@{layout.version}: stored row format {fmt} with {n} features does not "
             f"match the layout (format {FORMAT_VERSION}, {len(layout.features)} features)"
         )
-    vals = layout._values_struct.unpack_from(blob, HEADER_SIZE)
+    vals = layout._values_struct.unpack_from(blob, offset)
     ek = entity_key if type(entity_key) is tuple else (entity_key,)
     return FeatureRow(
-        layout.name, layout.version, ek, layout.features, vals, event_ms, created_ms, written_ms
+        layout.name, layout.version, ek, layout.features, vals, event_ms, created_ms, written_ms, source
     )
 
 

@@ -13,7 +13,7 @@ the events topic; the sensors re-request failed ranges and never commit past the
 """
 
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import dagster as dg
 import polars as pl
@@ -25,8 +25,13 @@ from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.ingestion import ingest_range, read_feature_log
 from risk_assets.features.offline_store import read_offline
 from risk_assets.features.online_store import OnlineStore
-from risk_assets.features.stream import process_events
 from risk_assets.features.stream_state import StreamState, stream_groups
+from risk_assets.features.stream_warm_start import (
+    WarmStartResult,
+    process_with_warm_start,
+    warm_start_for_batch,
+    warm_start_now,
+)
 from risk_assets.ingest.archive import EVENTS, decode_messages
 from risk_assets.ingest.kafka_reader import OffsetRange
 from risk_assets.names import (
@@ -83,7 +88,11 @@ STREAM_GROUPS = stream_groups(FEATURE_GROUPS)
     retry_policy=dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL),
 )
 def stream_feature_buffer(
-    context: dg.AssetExecutionContext, config: OffsetRangeConfig, kafka: KafkaResource, redis: RedisResource
+    context: dg.AssetExecutionContext,
+    config: OffsetRangeConfig,
+    kafka: KafkaResource,
+    redis: RedisResource,
+    lake: LakeResource,
 ) -> dg.MaterializeResult:
     rng = config.range()
     t0 = time.time()
@@ -93,7 +102,17 @@ def stream_feature_buffer(
     with StreamState.from_url(
         redis.url, STREAM_GROUPS, namespace=redis.namespace, cluster=redis.cluster
     ) as state:
-        rows = process_events(decoded.valid, STREAM_GROUPS, state)
+
+        def warm() -> WarmStartResult:  # a cold state (Redis lost it): nothing published before this
+            with kafka.range_reader() as tail_reader:
+                return warm_start_for_batch(state, lake.lake(), tail_reader, rng, decoded.valid)
+
+        rows, warmed = process_with_warm_start(decoded.valid, STREAM_GROUPS, state, warm)
+    for w in warmed:
+        context.log.warning(
+            "stream state was cold: warm start loaded %d archived + %d topic events since %s (committed: %s)",
+            w.archive_events, w.kafka_events, w.since.isoformat(), w.committed,
+        )  # fmt: skip
     published = publish(kafka.producer(), rows, FEATURES_TOPIC, groups=STREAM_GROUPS)
     done = time.time()
     newest_ms = int(batch.timestamps_ms.max()) if len(batch) else int(done * 1000)
@@ -107,6 +126,8 @@ def stream_feature_buffer(
             "offset_end": rng.end,
             "processing_seconds": done - t0,
             "lag_seconds": max(0.0, done - newest_ms / 1000),
+            "warm_starts": len(warmed),
+            "warm_start_events": sum(w.archive_events + w.kafka_events for w in warmed),
             **{f"rows/{name}": frame.height for name, frame in rows.items()},
         }
     )
@@ -228,3 +249,46 @@ feature_ingestion_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(ONLINE_FEATURES, FEATURE_LOG),
     description="Ingest one exact offset range of risk.features into the online store and the feature log.",
 )
+
+
+class WarmStartConfig(dg.Config):
+    """Options of a stream-state warm start."""
+
+    allow_gaps: bool = False
+    """Commit the epoch even if part of the window is neither archived nor in the topic (rows of
+    the next day may then be computed from partial windows)."""
+    as_of: str = ""
+    """ISO-8601 time to warm for (empty: now) — a replay of past traffic."""
+
+
+@dg.op(
+    description=(
+        "Warm the stream state in Redis for the present: the streamed groups' longest window (+ margin) "
+        "of events from the archive, and the tail of `risk.events` not archived yet; then commit its "
+        "epoch marker. Run it after adding a stream group or losing Redis (micro-batches also warm a "
+        "cold state themselves before publishing anything)."
+    )
+)
+def warm_stream_state(
+    context: dg.OpExecutionContext,
+    config: WarmStartConfig,
+    kafka: KafkaResource,
+    redis: RedisResource,
+    lake: LakeResource,
+) -> None:
+    state = StreamState.from_url(redis.url, STREAM_GROUPS, namespace=redis.namespace, cluster=redis.cluster)
+    with state, kafka.range_reader() as reader:
+        as_of = datetime.fromisoformat(config.as_of) if config.as_of else None
+        result = warm_start_now(state, lake.lake(), reader, now=as_of, allow_gaps=config.allow_gaps)
+    context.log.info(
+        "warm start since %s: %d archive hours, %d archived + %d topic events, %d members, %.1f s",
+        result.since.isoformat(), result.archive_hours, result.archive_events, result.kafka_events,
+        result.members, result.seconds,
+    )  # fmt: skip
+    if not result.committed:
+        raise dg.Failure("Redis lost its data while the stream state was being warmed; run it again")
+
+
+@dg.job(description="Warm the stream state from the archive and the events topic (see the op).")
+def stream_state_warm_start_job() -> None:
+    warm_stream_state()

@@ -46,6 +46,23 @@ than (newest event of that key in the batch − retention) and ``PEXPIRE`` the k
 (an idle entity's events are all outside any future window). The trim comes after the read so a late
 event still sees whatever of its window is left. All of it for all touched keys is one pipelined
 round trip (non-transactional; each command is single-key, so it works on a cluster too).
+
+Epoch marker: a state that knows it is complete
+-----------------------------------------------
+The state is only right if it holds every recent event; a Redis restarted without persistence
+comes back empty and would otherwise be filled again batch by batch while rows computed from the
+partial windows are published as if nothing happened. So the state has an epoch marker
+(``store_epoch.py``)::
+
+    {namespace}:{epoch}:stream:{layouts}        layouts = 12 hex of the entity layout versions
+
+committed by a warm start (``stream_warm_start.py``: the longest window's events from the archive
+and the events topic) or declared by :meth:`StreamState.mark_complete` for a new deployment.
+:meth:`StreamState.add_and_fetch` reads it at the start and at the end of its pipeline (the same
+connection, so redis-py's reconnect after a restart re-runs both on the new server) and raises
+:class:`StreamStateCold` — before anything is computed or published — when it is missing or changed.
+Adding a stream group changes the layouts and hence the marker key: the first micro-batch after the
+change finds no marker and warm-starts the new layout.
 """
 
 from __future__ import annotations
@@ -74,6 +91,7 @@ from risk_assets.events.schema import ARCHIVE_EVENT_COLUMNS
 from risk_assets.features.batch import required_event_columns
 from risk_assets.features.online_store import encode_entity_key, redact_url
 from risk_assets.features.spec import EVENT_TS, Entity, FeatureGroup, _ms
+from risk_assets.features.store_epoch import EpochMarker, epoch_key
 
 __all__ = [
     "ARRIVAL_COLUMNS",
@@ -83,6 +101,7 @@ __all__ = [
     "EntityLayout",
     "FetchRequest",
     "StreamState",
+    "StreamStateCold",
     "StreamStateError",
     "is_streamable",
     "stream_groups",
@@ -105,6 +124,11 @@ _MEMBER_DTYPES: dict[str, pl.DataType] = {
 
 class StreamStateError(RuntimeError):
     """A state operation failed (Redis unreachable or rejecting a command). One line, no password."""
+
+
+class StreamStateCold(StreamStateError):
+    """The state's epoch marker is missing or changed: Redis lost the state (restart, flush) or it
+    was never warmed. Nothing computed from it may be published; warm it (``stream_warm_start``)."""
 
 
 def is_streamable(group: FeatureGroup, max_window: timedelta = STREAM_MAX_WINDOW) -> bool:
@@ -278,6 +302,23 @@ class StreamState:
         self._encoder = msgspec.msgpack.Encoder()
         self.script_keys = script_keys
         self._script = client.register_script(UPDATE_LUA)
+        self._epoch = EpochMarker(client, epoch_key(self._prefix, f"stream:{self.layouts_version}"))
+
+    @cached_property
+    def layouts_version(self) -> str:
+        """12 hex digits naming the set of entity layouts (part of the epoch marker's key)."""
+        text = ",".join(sorted(f"{name}={lay.version}" for name, lay in self.layouts.items()))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @property
+    def retention_ms(self) -> int:
+        """The longest retention of the state's layouts (longest window + margin)."""
+        return max(lay.retention_ms for lay in self.layouts.values())
+
+    @property
+    def max_window_ms(self) -> int:
+        """The longest window of the state's groups."""
+        return max(lay.max_window_ms for lay in self.layouts.values())
 
     @classmethod
     def from_url(
@@ -314,6 +355,35 @@ class StreamState:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    # ---- epoch marker -------------------------------------------------------------------------
+
+    @property
+    def epoch_key(self) -> str:
+        """The Redis key of the state's epoch marker."""
+        return self._epoch.key
+
+    def epoch(self) -> str | None:
+        """The committed epoch token; ``None`` when the state is not known to be complete."""
+        return self._guarded(self._epoch.read, "epoch read")
+
+    def begin_epoch(self) -> str:
+        """Start (or join) a warm start; pass the token to :meth:`commit_epoch` afterwards."""
+        return self._guarded(self._epoch.begin, "epoch begin")
+
+    def commit_epoch(self, token: str) -> bool:
+        """Mark the state complete under ``token``; ``False`` if Redis lost data since the begin."""
+        return self._guarded(lambda: self._epoch.commit(token), "epoch commit")
+
+    def mark_complete(self) -> str:
+        """Declare the present state complete: a new deployment with no history to load, or tests."""
+        return self._guarded(self._epoch.declare, "epoch declare")
+
+    def _guarded(self, fn: Any, what: str) -> Any:
+        try:
+            return fn()
+        except RedisError as exc:
+            raise self._error(exc, what) from None
 
     # ---- keys ---------------------------------------------------------------------------------
 
@@ -411,9 +481,11 @@ class StreamState:
         """Add ``events`` and return, per entity name, the stored events of every touched entity key
         with ``event_ts`` in ``(min new ts − max_window, max new ts]`` of that key — one frame per
         entity in :attr:`EntityLayout.frame_schema`, one row per ``event_id`` (earliest arrival).
-        One pipelined round trip for everything."""
+        One pipelined round trip for everything, framed by two reads of the epoch marker: raises
+        :class:`StreamStateCold` when it is missing or changed (the events are added all the same;
+        adding is idempotent)."""
         touched = self._touch(events, read=True)
-        replies = self._run(touched, read=True)
+        replies = self._run(touched, read=True, guard=True)
         return {
             t.layout.entity.name: self._decode(t.layout, t.keys, r)
             for t, r in zip(touched, replies, strict=True)
@@ -445,9 +517,11 @@ class StreamState:
             raise self._error(exc, "read") from None
 
     def delete_all(self) -> int:
-        """Delete every state key of this namespace (all layouts). For tests and resets."""
+        """Delete every state key of this namespace (all layouts) and the epoch marker: the state is
+        then cold. For tests and resets."""
         n = 0
         try:
+            self._epoch.delete()
             for k in self._client.scan_iter(match=f"{self._prefix}{{*}}:sev:*", count=1000):
                 n += self._client.delete(k)
         except RedisError as exc:
@@ -461,16 +535,32 @@ class StreamState:
             return self._client.pipeline()
         return self._client.pipeline(transaction=False)
 
-    def _run(self, touched: list[_Touched], read: bool) -> list[list[list[bytes]]]:
+    def _check_epoch(self, first: Any, last: Any) -> None:
+        if first is None or last is None or first != last:
+            what = "missing" if first is None or last is None else "changed during the batch"
+            raise StreamStateCold(
+                f"stream state on Redis at {self._url}: epoch marker {self._epoch.key} is {what} "
+                "(Redis lost the state or it was never warmed); warm it from the archive before "
+                "anything is published"
+            )
+
+    def _run(self, touched: list[_Touched], read: bool, guard: bool = False) -> list[list[list[bytes]]]:
         """Per key: ZADD the new members, [ZRANGEBYSCORE the read range,] trim, PEXPIRE.
 
         Standalone Redis: one pipeline of multi-key script calls (``script_keys`` keys each), so the
         client packs a few dozen commands instead of four per key. Cluster: a pipeline of the plain
-        single-key commands (routed per node by redis-py). Same effect either way.
+        single-key commands (routed per node by redis-py). Same effect either way. With ``guard``
+        the epoch marker is read before and after (see the module docstring).
         """
         if isinstance(self._client, RedisCluster):
-            return self._run_commands(touched, read)
+            first = self._guarded(self._epoch.read, "epoch read") if guard else None
+            out = self._run_commands(touched, read)
+            if guard:
+                self._check_epoch(first, self._guarded(self._epoch.read, "epoch read"))
+            return out
         pipe = self._pipeline()
+        if guard:
+            pipe.get(self._epoch.key)
         flag = "1" if read else "0"
         for t in touched:
             n = len(t.redis_keys)
@@ -485,7 +575,12 @@ class StreamState:
                     for sc, m in zip(scores.tolist(), t.members[i], strict=True):
                         args += (sc, m)
                 self._script(keys=[t.redis_keys[i] for i in idx], args=args, client=pipe)
+        if guard:
+            pipe.get(self._epoch.key)
         replies = self._execute(pipe, "update")
+        if guard:
+            self._check_epoch(replies[0], replies[-1])
+            replies = replies[1:-1]
         if not read:
             return []
         out, pos = [], 0

@@ -1,4 +1,8 @@
-"""The offline → online sync as a scheduled asset, with the consistency audit as its check."""
+"""The offline → online sync as a scheduled asset, with the consistency audit as its check.
+
+The asset syncs (a full resync when the online store's epoch marker says Redis was emptied), then
+audits a sample and, when the audit finds repairable mismatches, resyncs the affected groups in
+full (``online_sync.repair``); the check audits again afterwards."""
 
 import dagster as dg
 
@@ -6,7 +10,7 @@ from risk_assets.automation import ONLINE_SYNC_FRESHNESS
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.online_audit import audit
 from risk_assets.features.online_store import OnlineStore
-from risk_assets.features.online_sync import sync
+from risk_assets.features.online_sync import repair, sync
 from risk_assets.names import ONLINE_OFFLINE_CONSISTENCY_CHECK, ONLINE_STORE_SYNC, feature_asset_key
 from risk_assets.resources import LakeResource, RedisResource
 
@@ -37,21 +41,42 @@ def _store(redis: RedisResource) -> OnlineStore:
         "Offline → online sync: every offline feature row newer than Redis's value, per entity, "
         "including rows of days recomputed for late events (the watermark is the set of offline "
         "objects synced, not an event time). Write-if-newer, so re-sends never double-apply; "
-        f"state saved only after Redis acknowledged. Scheduled every {SYNC_EVERY_MINUTES} minutes."
+        "state saved only after Redis acknowledged. A missing epoch marker (Redis emptied) means a "
+        "full resync of every object and the stream feature log; a failed audit resyncs the "
+        f"affected groups. Scheduled every {SYNC_EVERY_MINUTES} minutes."
     ),
     retry_policy=dg.RetryPolicy(max_retries=3, delay=15, backoff=dg.Backoff.EXPONENTIAL),
 )
 def online_store_sync(
     context: dg.AssetExecutionContext, lake: LakeResource, redis: RedisResource
 ) -> dg.MaterializeResult:
+    groups = list(FEATURE_GROUPS)
+    store_lake = lake.lake()
     with _store(redis) as store:
-        result = sync(lake.lake(), store, list(FEATURE_GROUPS))
+        result = sync(store_lake, store, groups)
+        checked = audit(store_lake, store, groups)
+        repaired = repair(store_lake, store, groups, checked)
     context.log.info(
         "synced %d objects: %d rows offered, %d applied, %d not newer", result.objects, result.rows_offered,
         result.applied, result.skipped,
     )  # fmt: skip
+    if result.full_resync:
+        context.log.warning("full resync (%s) in %d pass(es)", result.reason, result.passes)
+    if repaired.groups:
+        context.log.warning(
+            "audit found %d of %d sampled entities mismatched; resynced %s: %d rows rewritten",
+            checked.mismatched, checked.sampled, ", ".join(repaired.groups), repaired.applied,
+        )  # fmt: skip
     return dg.MaterializeResult(
         metadata={
+            "full_resync": int(result.full_resync),
+            "sync_passes": result.passes,
+            "log_rows_offered": result.log_rows_offered,
+            "audit_mismatch_rate": checked.mismatch_rate,
+            "audit_mismatched": checked.mismatched,
+            "repaired_groups": len(repaired.groups),
+            "repaired_rows": repaired.applied,
+            "repair_online_newer": repaired.online_newer,
             "dagster/row_count": result.applied,
             "rows_offered": result.rows_offered,
             "skipped_not_newer": result.skipped,
@@ -81,6 +106,8 @@ def online_offline_consistency(lake: LakeResource, redis: RedisResource) -> dg.A
             "sampled": result.sampled,
             "missing_online": sum(g.missing_online for g in result.groups),
             "stale_or_newer": sum(g.stale_or_newer for g in result.groups),
+            "newer_online": sum(g.newer_online for g in result.groups),
+            "expired_online": sum(g.expired_online for g in result.groups),
             "value_mismatch": sum(g.value_mismatch for g in result.groups),
             "threshold": MAX_MISMATCH_RATE,
         },

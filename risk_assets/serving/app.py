@@ -6,7 +6,8 @@ Routes (docs/serving.md has the full contract):
   features_missing, degraded}``  (bearer token)
 * ``POST /v1/score/batch``  ``{"events": [...]}`` → ``{"model_version", "results": [...]}``  (bearer token)
 * ``GET /healthz``          the process is up (open)
-* ``GET /readyz``           200 when a champion is loaded and Redis answered recently, else 503 (open)
+* ``GET /readyz``           200 when a champion is loaded and Redis answered recently with its epoch
+  marker (not emptied), else 503 (open)
 * ``GET /metrics``          Prometheus text format (open)
 
 The hot path runs on the event loop thread without hops to a thread pool: msgspec decoding into the
@@ -220,12 +221,14 @@ class ScoringService:
         ]
 
     def ready(self) -> bool:
-        """A champion is loaded and Redis answered within ``redis_fresh_s``."""
+        """A champion is loaded and Redis answered within ``redis_fresh_s``, holding its data
+        (the online store's epoch marker is present)."""
         last = self.breaker.last_ok
         return (
             self.holder.current is not None
             and last > 0
             and time.monotonic() - last < self.config.redis_fresh_s
+            and self.breaker.epoch_ok
         )
 
 
@@ -334,7 +337,7 @@ def create_app(config: ServeConfig, *, lake: Lake | None = None) -> Starlette:
         cur = svc.holder.current
         body = {
             "model_version": cur.version if cur else None,
-            "redis": "open" if svc.breaker.open else "ok",
+            "redis": svc.breaker.status,
             "last_refused": svc.holder.last_refused[0] if svc.holder.last_refused else None,
         }
         status = 200 if svc.ready() else 503

@@ -12,6 +12,12 @@ Per request the :class:`FeatureFetcher` fills a float64 matrix (NaN = missing): 
 columns are present in the event, then the request-time features. Only groups the model uses are
 read. When Redis is unavailable the breaker opens: requests skip Redis entirely (online features
 stay NaN, ``degraded`` is reported) until a background probe sees Redis answer again.
+
+Answering is not holding the data: a Redis restarted without persistence answers at once, empty.
+The probe therefore reads the online store's epoch marker (``store_epoch.py``; committed by the
+offline → online sync after a full resync) every ``probe_s``, under traffic too. While the marker is
+missing, responses say ``degraded`` (online features are read and used where present, but most are
+missing) and ``/readyz`` answers 503; it is back once the sync has resynced the store.
 """
 
 from __future__ import annotations
@@ -124,12 +130,12 @@ def build_plan(features: Sequence[str], feature_groups: Mapping[str, str] | None
 
 
 class RedisBreaker:
-    """Circuit breaker + liveness of the online store.
+    """Circuit breaker + liveness + completeness of the online store.
 
     A failed read opens the breaker; while open, requests do not touch Redis. A background thread
-    pings Redis every ``probe_s`` while the breaker is open or no read succeeded for ``probe_s``
-    (that keeps ``last_ok`` fresh for ``/readyz`` without traffic) and closes the breaker on the
-    first answer.
+    reads the store's epoch marker every ``probe_s`` (a ``GET``: it keeps ``last_ok`` fresh for
+    ``/readyz`` without traffic, closes the breaker on the first answer, and sets ``epoch_ok``:
+    whether the store's content is complete — a restarted, empty Redis answers but has no marker).
     """
 
     def __init__(self, store: OnlineStore, metrics: ServiceMetrics, probe_s: float) -> None:
@@ -138,9 +144,28 @@ class RedisBreaker:
         self.probe_s = probe_s
         self.open = False
         self.last_ok = 0.0  # time.monotonic() of the last successful Redis round trip
+        self.epoch_ok = False  # the online store's epoch marker was present at the last probe
+        self.epoch_lost_total = 0
         self.opened_total = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        metrics.gauges.append(self.metric_lines)
+
+    @property
+    def status(self) -> str:
+        """``open`` (Redis unreachable), ``no_epoch`` (reachable but emptied/unsynced) or ``ok``."""
+        return "open" if self.open else "ok" if self.epoch_ok else "no_epoch"
+
+    def metric_lines(self) -> list[str]:
+        """Prometheus lines about the online store's epoch marker."""
+        return [
+            "# HELP risk_serve_online_store_epoch_ok 1 while the online store's epoch marker is present.",
+            "# TYPE risk_serve_online_store_epoch_ok gauge",
+            f"risk_serve_online_store_epoch_ok {int(self.epoch_ok)}",
+            "# HELP risk_serve_online_store_epoch_lost_total Times the epoch marker was found missing.",
+            "# TYPE risk_serve_online_store_epoch_lost_total counter",
+            f"risk_serve_online_store_epoch_lost_total {self.epoch_lost_total}",
+        ]
 
     def failed(self, kind: str, exc: BaseException) -> None:
         """Record a failed read (called on the request path)."""
@@ -151,9 +176,10 @@ class RedisBreaker:
             log.warning("online store unavailable, serving degraded (breaker open): %s", exc)
 
     def probe(self) -> bool:
-        """Ping Redis once; close the breaker if it answers."""
+        """Read the epoch marker once; close the breaker if Redis answers, note whether the marker
+        is there."""
         try:
-            self.store.ping()
+            marker = self.store.epoch()
         except OnlineStoreError as exc:
             self.metrics.redis_failures["probe"] = self.metrics.redis_failures.get("probe", 0) + 1
             if not self.open:
@@ -165,6 +191,16 @@ class RedisBreaker:
         if self.open:
             self.open = False
             log.info("online store answers again, breaker closed")
+        if marker is None and (self.epoch_ok or not self.epoch_lost_total):
+            self.epoch_lost_total += 1
+            log.warning(
+                "online store answers but its epoch marker %s is missing (emptied or not synced yet): "
+                "serving degraded, not ready, until the sync has resynced it",
+                self.store.epoch_key,
+            )
+        elif marker is not None and not self.epoch_ok and self.epoch_lost_total:
+            log.info("online store epoch marker is back (%s): serving normally", marker)
+        self.epoch_ok = marker is not None
         return True
 
     def start(self) -> None:
@@ -180,10 +216,9 @@ class RedisBreaker:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            # Under traffic every read refreshes ``last_ok``: no extra ping (and no extra GIL
-            # hand-off) while Redis is healthy and busy.
-            if self.open or time.monotonic() - self.last_ok >= self.probe_s:
-                self.probe()
+            # Under traffic too: reads do not tell whether the data is still there, the marker does
+            # (one GET per probe_s).
+            self.probe()
             self._stop.wait(self.probe_s)
 
 
@@ -220,12 +255,11 @@ class FeatureFetcher:
                 row = x[i]
                 for name, idx in plan.request:
                     row[idx] = rf[name]
-        degraded = False
+        degraded = not self.breaker.epoch_ok  # an emptied store: most online features are missing
         if reads:
             rows = self._read(reads)
             if rows is None:
                 degraded = True
-                self.metrics.degraded_events += n_rows
             else:
                 lookups = self.metrics.feature_lookups
                 misses = self.metrics.feature_misses
@@ -237,6 +271,8 @@ class FeatureFetcher:
                         x[i, gp.dest] = fr.vector
                     else:
                         x[i, gp.dest] = np.asarray(fr.vector)[gp.src]
+        if degraded:
+            self.metrics.degraded_events += n_rows
         return x, degraded
 
     def _read(self, reads: list[tuple[GroupLayout, Any]]) -> list[Any] | None:

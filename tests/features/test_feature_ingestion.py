@@ -63,6 +63,7 @@ def stack_rows(
 ) -> Iterator[tuple[object, dict[str, pl.DataFrame], dict[str, pl.DataFrame]]]:
     """Stream rows of two consecutive micro-batches (first half, second half of the hour)."""
     with StreamState.from_url(fresh_stack.redis_url, STREAM, namespace="state") as state:
+        state.mark_complete()  # a new deployment: no history before these events
         half = events.height // 2
         first = process_events(events.slice(0, half), None, state)
         second = process_events(events.slice(half), None, state)

@@ -6,6 +6,7 @@ started here from the same redis-server binary for slot rules. Nothing is mocked
 from __future__ import annotations
 
 import random
+import struct
 import subprocess
 import threading
 import time
@@ -21,6 +22,8 @@ from redis.connection import AbstractConnection
 
 from risk_assets.features.online_store import (
     FORMAT_VERSION,
+    SOURCE_BATCH,
+    SOURCE_STREAM,
     GroupLayout,
     OnlineStore,
     OnlineStoreError,
@@ -184,6 +187,46 @@ def test_equal_event_ts_a_newer_created_ts_wins_an_older_one_loses(store):
     # A newer event wins even with an older created_ts.
     store.write(USER_TXN, _frame(USER_TXN, [(1,)], [[7, 0, 0]], event_ts=T0 + timedelta(1), created_ts=c1))
     assert _stored(store, USER_TXN, 1) == (7.0, T0 + timedelta(1), c1)
+
+
+def test_on_equal_times_a_batch_correction_wins_over_a_stream_row(store):
+    """D19: the order is (event_ts, created_ts, source) with batch > stream; a batch row with the
+    same triple but other values (a day recomputed after late events) replaces the stored one, a
+    stream row with the same triple never does (stream replays stay no-ops)."""
+    at = {"event_ts": T0, "created_ts": T0 + timedelta(seconds=5)}
+    stream = _frame(USER_TXN, [(1,)], [[3, 0, 0]], **at)
+    batch = _frame(USER_TXN, [(1,)], [[4, 0, 0]], **at)
+    assert store.write(USER_TXN, stream).applied == 1
+    assert store.write(USER_TXN, batch, source=SOURCE_BATCH).applied == 1  # skipped before the fix
+    (row,) = store.read([(USER_TXN, 1)])
+    assert row is not None and row.values["n_txn"] == 4.0 and row.source == SOURCE_BATCH
+    assert store.write(USER_TXN, stream).skipped == 1  # a stream row never beats batch on a tie
+    assert store.write(USER_TXN, batch, source=SOURCE_BATCH).skipped == 1  # identical: no-op
+    recomputed = _frame(USER_TXN, [(1,)], [[6, 0, 0]], **at)
+    assert store.write(USER_TXN, recomputed, source=SOURCE_BATCH).applied == 1
+    assert _stored(store, USER_TXN, 1)[0] == 6.0
+    assert store.write(USER_TXN, _frame(USER_TXN, [(1,)], [[1, 0, 0]], **at)).skipped == 1
+    # A newer created_ts still wins whatever the source.
+    newer = _frame(USER_TXN, [(1,)], [[2, 0, 0]], event_ts=T0, created_ts=T0 + timedelta(seconds=6))
+    assert store.write(USER_TXN, newer).applied == 1
+    assert store.read([(USER_TXN, 1)])[0].source == SOURCE_STREAM  # type: ignore[union-attr]
+
+
+def test_format_1_rows_are_read_as_stream_rows_and_ranked_as_such(store):
+    """Rows written before the source byte existed stay readable and lose ties to batch rows."""
+    e_ms, c_ms = int(T0.timestamp() * 1000), int(T0.timestamp() * 1000) + 5
+    v1 = struct.pack("<BqqqH3d", 1, e_ms, c_ms, e_ms, 3, 7.0, float("nan"), 2.0)
+    store.client.set(store.key(USER_TXN, 9), v1)
+    (row,) = store.read([(USER_TXN, 9)])
+    assert row is not None and row.values == {"n_txn": 7.0, "amount_sum": None, "amount_max": 2.0}
+    assert (row.event_ts_ms, row.created_ts_ms, row.source) == (e_ms, c_ms, SOURCE_STREAM)
+    frame = store.read_frame(USER_TXN, pl.DataFrame({"user": [9]}))
+    assert frame["n_txn"].to_list() == [7.0] and frame["present"].to_list() == [True]
+    at = {"event_ts": T0, "created_ts": T0 + timedelta(milliseconds=5)}
+    correction = _frame(USER_TXN, [(9,)], [[8, 0, 0]], **at)
+    assert store.write(USER_TXN, correction).skipped == 1
+    assert store.write(USER_TXN, correction, source=SOURCE_BATCH).applied == 1
+    assert store.client.get(store.key(USER_TXN, 9))[0] == FORMAT_VERSION
 
 
 def test_a_batch_is_reduced_to_its_newest_row_per_entity(store):

@@ -33,6 +33,7 @@ T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 @pytest.fixture
 def state(session_stack, key_prefix: str) -> Iterator[StreamState]:
     with StreamState.from_url(session_stack.redis_url, STREAM, namespace=key_prefix) as s:
+        s.mark_complete()  # a new deployment: no history before the test's events
         yield s
         s.delete_all()
 

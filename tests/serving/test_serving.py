@@ -149,7 +149,14 @@ class Service:
         return self.log_path.read_text(errors="replace")
 
 
-def start_service(tmp: Path, lake: Lake, redis_url: str, kafka: str, namespace: str, **env: str) -> Service:
+def start_service(
+    tmp: Path, lake: Lake, redis_url: str, kafka: str, namespace: str, *, synced: bool = True, **env: str
+) -> Service:
+    """risk-serve on a free port. With ``synced`` the namespace's online store is marked complete
+    first (its epoch marker, what the offline → online sync commits): rows are written by the tests."""
+    if synced:
+        with OnlineStore.from_url(redis_url, namespace=namespace) as store:
+            store.mark_complete()
     port = free_port()
     full_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("RISK_", "REDIS_", "KAFKA_"))},
@@ -599,11 +606,19 @@ def test_redis_outage_degrades_then_recovers(fresh_stack, tmp_path: Path) -> Non
         m = c.metrics()
         assert m["risk_serve_redis_degraded_total"] >= 32
         assert m["risk_serve_redis_breaker_opened_total"] >= 2
+        wait_for(lambda: "redis" not in launcher.pids(fresh_stack.config), what="redis-server gone")
         launcher.up(fresh_stack.config)  # restarts only the dead redis, on the same port
-        wait_for(lambda: c.score(ev)[1]["degraded"] is False, timeout=15, what="recovery after restart")
-        # The new server is empty: the user's row is gone, so the score falls back to allow.
-        assert c.score(ev)[1]["decision"] == "allow"
-        assert c.metrics()["risk_serve_redis_breaker_open"] == 0
+        wait_for(lambda: c.metrics()["risk_serve_redis_breaker_open"] == 0, timeout=15, what="breaker closed")
+        # 3) The new server answers but is empty (D18): the user's row is gone (allow), and that is
+        # not a healthy answer — degraded and not ready until the sync has resynced the store.
+        status, body = c.score(ev)
+        assert status == 200 and body["decision"] == "allow" and body["degraded"] is True
+        status, ready = c.request("GET", "/readyz")
+        assert (status, ready["redis"]) == (503, "no_epoch")
+        assert c.metrics()["risk_serve_online_store_epoch_ok"] == 0
+        store.mark_complete()  # what the sync commits after its full resync
+        wait_for(lambda: c.score(ev)[1]["degraded"] is False, timeout=15, what="recovery after resync")
+        assert c.request("GET", "/readyz")[0] == 200 and c.metrics()["risk_serve_online_store_epoch_ok"] == 1
     finally:
         store.close()
         stop_service(svc)
