@@ -46,7 +46,6 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
-from risk_assets.events.schema import EVENTS_TOPIC
 from risk_assets.features.spec import FeatureGroup
 from risk_assets.features.stream import process_events
 from risk_assets.features.stream_state import StreamState, StreamStateCold, StreamStateError
@@ -55,6 +54,7 @@ from risk_assets.ingest.archive_format import RAW_EVENTS, archive_part_path
 from risk_assets.ingest.kafka_reader import TIMESTAMP_SLACK, KafkaRangeReader, OffsetRange
 from risk_assets.ingest.partitioning import HOUR, MAX_FUTURE_SKEW, hour_floor
 from risk_assets.lake import Lake
+from risk_assets.names import EVENTS_TOPIC
 
 __all__ = [
     "WarmStartIncomplete",
