@@ -76,6 +76,7 @@ JOBS = sorted(
         "retraining_job",
         "service_health_job",
         "stream_features_job",
+        "stream_state_warm_start_job",
     ]
 )
 SCHEDULES = {
@@ -88,6 +89,7 @@ SENSORS = [
     "data_automation_sensor",
     "feature_ingestion_sensor",
     "monitoring_automation_sensor",
+    "online_store_emptied_sensor",
     "retraining_sensor",
     "stream_features_sensor",
 ]
