@@ -39,6 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
             "--drift-day", type=int, default=None, help="day (0-based from --start) attackers change tactics"
         )
         p.add_argument("--unlabelled-fraction", type=float, default=0.25)
+        p.add_argument(
+            "--chargeback-median-days", type=float, default=12.0, help="card-testing chargeback delay"
+        )
+        p.add_argument(
+            "--case-review-median-hours",
+            type=float,
+            default=24.0,
+            help="from a card-testing case's first chargeback to fraud_attempt labels on its declines",
+        )
 
     h = sub.add_parser("history", help="write N simulated days into the lake's archive layout")
     common(h)
@@ -90,6 +99,8 @@ def _config(args: argparse.Namespace, hours: int) -> SimConfig:
         users=args.users,
         drift_day=args.drift_day,
         unlabelled_fraction=args.unlabelled_fraction,
+        chargeback_median_days=args.chargeback_median_days,
+        case_review_median_hours=args.case_review_median_hours,
     )
 
 

@@ -31,6 +31,11 @@ class SimConfig:
     scam_counterparties: int = 24
     # Share of fraud cases whose labels never arrive.
     unlabelled_fraction: float = 0.25
+    # Card testing: a chargeback arrives ~``chargeback_median_days`` after each approved payment
+    # (lognormal, 3–45 days); the case is confirmed ``case_review_median_hours`` after its first
+    # chargeback (lognormal, 1 h – 7 days) and its declined attempts are labelled ``fraud_attempt`` then.
+    chargeback_median_days: float = 12.0
+    case_review_median_hours: float = 24.0
     # From this day (0-based, counted from ``start``) attackers change tactics; None: never.
     drift_day: int | None = None
     # Ingestion delay mixture: most within seconds, ``late_fraction`` minutes..hours (lognormal,
@@ -54,6 +59,10 @@ class SimConfig:
             raise ValueError("hours >= 0, users >= 10 and events_per_day >= 0 are required")
         if self.fraud_rings < 1 or self.scam_counterparties < 1:
             raise ValueError("fraud_rings and scam_counterparties must be >= 1")
+        if not 3.0 <= self.chargeback_median_days <= 45.0:
+            raise ValueError("chargeback_median_days must be within [3, 45] (the delay's clip range)")
+        if not 1.0 <= self.case_review_median_hours <= 168.0:
+            raise ValueError("case_review_median_hours must be within [1, 168] (the delay's clip range)")
         for name in ("unlabelled_fraction", "late_fraction", "very_late_fraction", "vpn_user_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1]")

@@ -1,9 +1,10 @@
 """The pure generation API: config → events, labels and ground truth, chunk by chunk.
 
 Each chunk (``cfg.chunk_minutes`` of simulated time) draws from its own PCG64 stream seeded by
-``SeedSequence([seed, chunk start minute, chunk length])``, split into a legit and a fraud sub-stream;
-the population comes from its own stream. So a chunk is reproducible on its own, chunks can be
-generated in any order or in parallel, and the fraud configuration never changes legit traffic.
+``SeedSequence([seed, chunk start minute, chunk length])``, split into legit, fraud and label
+sub-streams; the population comes from its own stream. So a chunk is reproducible on its own, chunks
+can be generated in any order or in parallel, the fraud configuration never changes legit traffic,
+and label-only draws never change events.
 
 Every record produced by the chunk starting at ``t`` has its time keys (event_ts, ingest_ts,
 label_ts, archive hour) ``>= t`` — fraud cases started in a chunk may spill into later hours, never
@@ -109,11 +110,20 @@ def _stable_sort(frame: pl.DataFrame, column: str) -> pl.DataFrame:
     return frame[order]
 
 
-def chunk_rngs(cfg: SimConfig, chunk_start_ms: int) -> tuple[np.random.Generator, np.random.Generator]:
-    """(legit, fraud) generators of the chunk starting at ``chunk_start_ms``."""
+@dataclass(frozen=True)
+class ChunkRngs:
+    """The independent random streams of one chunk."""
+
+    legit: np.random.Generator
+    fraud: np.random.Generator
+    label: np.random.Generator  # label-only draws (e.g. case review delays)
+
+
+def chunk_rngs(cfg: SimConfig, chunk_start_ms: int) -> ChunkRngs:
+    """The generators of the chunk starting at ``chunk_start_ms``. Spawned children are numbered, so
+    adding streams after the first two left the legit and fraud streams as they were."""
     ss = np.random.SeedSequence([cfg.seed, _CHUNK_STREAM, chunk_start_ms // 60_000, cfg.chunk_minutes])
-    legit_ss, fraud_ss = ss.spawn(2)
-    return np.random.Generator(np.random.PCG64(legit_ss)), np.random.Generator(np.random.PCG64(fraud_ss))
+    return ChunkRngs(*(np.random.Generator(np.random.PCG64(child)) for child in ss.spawn(3)))
 
 
 def expected_legit_events(cfg: SimConfig, pop: Population, chunk_start_ms: int) -> float:
@@ -127,11 +137,12 @@ def fraud_rows(
     pop: Population,
     chunk_start_ms: int,
     legit_mean: float,
-    rng: np.random.Generator,
+    rngs: ChunkRngs,
     fresh: ids.FreshIds,
 ) -> list[Row]:
     """All fraud-case rows started in the chunk (cases in order of scenario, then start time)."""
-    ctx = CaseContext(cfg, pop, rng, fresh, chunk_start_ms, cfg.is_drifted(chunk_start_ms))
+    rng = rngs.fraud
+    ctx = CaseContext(cfg, pop, rng, fresh, chunk_start_ms, cfg.is_drifted(chunk_start_ms), rngs.label)
     rows: list[Row] = []
     k = 0
     for scenario, rate, builder in scenario_rates(cfg):
@@ -146,7 +157,8 @@ def generate_chunk(
     cfg: SimConfig, pop: Population, chunk_start_ms: int, expected_events: float | None = None
 ) -> SimulatedData:
     """Generate the chunk starting at ``chunk_start_ms`` (``expected_events`` overrides the volume)."""
-    legit_rng, fraud_rng = chunk_rngs(cfg, chunk_start_ms)
+    rngs = chunk_rngs(cfg, chunk_start_ms)
+    legit_rng, fraud_rng = rngs.legit, rngs.fraud
     fresh = ids.FreshIds(chunk_start_ms)
     mean = expected_legit_events(cfg, pop, chunk_start_ms) if expected_events is None else expected_events
     n = int(legit_rng.poisson(mean))
@@ -157,7 +169,7 @@ def generate_chunk(
         pl.lit(None, pl.Int64).alias("label_ts"),
         pl.Series("_delay", event_ingest_delays(legit_rng, n, cfg)),
     )
-    rows = fraud_rows(cfg, pop, chunk_start_ms, mean, fraud_rng, fresh)
+    rows = fraud_rows(cfg, pop, chunk_start_ms, mean, rngs, fresh)
     fraud = pl.DataFrame(rows, schema={c: _WORK_SCHEMA[c] for c in _WORK_COLUMNS if c != "_delay"})
     fraud = fraud.with_columns(pl.Series("_delay", event_ingest_delays(fraud_rng, fraud.height, cfg)))
     work = pl.concat([legit.select(_WORK_COLUMNS), fraud.select(_WORK_COLUMNS)]).sort(

@@ -35,6 +35,7 @@ class CaseContext:
     fresh: ids.FreshIds
     chunk_start_ms: int
     drifted: bool
+    label_rng: np.random.Generator  # label-only draws: they never shift the events' random stream
 
     # -- choices --------------------------------------------------------------------------------
     def pick_cdf(self, cdf: np.ndarray) -> int:
@@ -56,6 +57,10 @@ class CaseContext:
     def delay_ms(self, median_ms: float, sigma: float, lo_ms: float, hi_ms: float) -> int:
         """A lognormal delay clipped to ``[lo, hi]``."""
         return int(np.clip(self.rng.lognormal(np.log(median_ms), sigma), lo_ms, hi_ms))
+
+    def label_delay_ms(self, median_ms: float, sigma: float, lo_ms: float, hi_ms: float) -> int:
+        """:meth:`delay_ms` drawn from the label stream."""
+        return int(np.clip(self.label_rng.lognormal(np.log(median_ms), sigma), lo_ms, hi_ms))
 
     # -- fresh entities -------------------------------------------------------------------------
     def new_device(self) -> str:
