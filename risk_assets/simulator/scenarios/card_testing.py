@@ -10,6 +10,8 @@ makes the exchange review the case; ``case_review_median_hours`` (24 h; 1 h – 
 is confirmed and every declined attempt of the burst gets a ``fraud_attempt`` label. A case with no
 approved payment gets no chargeback, so it is never confirmed. The cash-out withdrawal and the login
 are never labelled.
+Drift scenarios (``ctx.effects``): a new network replaces the ring's devices and IPs by fresh devices
+and IPs of the new network; an amount factor scales the test payments (not the cash-out purchases).
 """
 
 from __future__ import annotations
@@ -41,9 +43,15 @@ def card_testing_case(ctx: CaseContext, t0: int, case: str) -> list[Row]:
     rng = ctx.rng
     ring = ctx.ring()
     account = ctx.choice(ring.accounts)
-    devices = [ctx.choice(ring.devices) for _ in range(int(rng.integers(1, 3)))]
-    nets = [ctx.choice(ring.ips) for _ in range(int(rng.integers(1, 4)))]
+    eff = ctx.effects
+    if eff.network_asns:  # new_attack_network: fresh devices (a new device family) on a new network
+        devices = [ctx.new_device() for _ in range(int(rng.integers(1, 3)))]
+        nets = [eff.network_address(rng) for _ in range(int(rng.integers(1, 4)))]
+    else:
+        devices = [ctx.choice(ring.devices) for _ in range(int(rng.integers(1, 3)))]
+        nets = [ctx.choice(ring.ips) for _ in range(int(rng.integers(1, 4)))]
     lo, hi, decline_p = (5.0, 30.0, 0.35) if ctx.drifted else (0.5, 3.0, 0.75)
+    lo, hi = lo * eff.amount_factor, hi * eff.amount_factor
     labelled = ctx.labelled()
 
     rows: list[Row] = []
