@@ -99,12 +99,13 @@ class Preset:
 
 # The supported (kind, target) pairs. Defaults are chosen so that, at the default fraud rates, the
 # observable lands in the ``drift`` category of ``monitoring.drift`` between a day before and a day
-# inside the window (``tests/simulator/test_simulator_drift.py`` checks every pair). Fraud alone is too rare to
-# move a whole event type: only card testing at campaign volume moves all card payments; an ATO surge
-# moves the withdrawals from hosting/VPN networks (the segment its rings live in); ATO on a new network
-# needs a 20× campaign to show in withdrawal countries. Amount shifts of ATO drains or P2P trades move
-# no observable at all (the fraud stays inside the legit range of a few per cent of a segment), so
-# they are not offered: the ``drift_day`` tactics change covers what only labels can reveal.
+# inside the window (``tests/simulator/test_simulator_drift.py`` checks every pair). Fraud alone is
+# too rare to move a whole event type: only card testing at campaign volume moves all card payments;
+# an ATO surge moves the withdrawals from hosting/VPN networks (the segment its rings live in); ATO
+# on a new network needs a 20× campaign to show in withdrawal countries. Amount shifts of ATO drains
+# or P2P trades move no observable at all (the fraud stays inside the legit range of a few per cent
+# of a segment), so they are not offered: the ``drift_day`` tactics change covers what only labels
+# can reveal.
 PRESETS: dict[tuple[str, str | None], Preset] = {
     ("attack_surge", "card_testing"): Preset(20.0, 1.0, Observable("card_payment", "amount_usd")),
     ("attack_surge", "ato"): Preset(20.0, 1.0, Observable("withdrawal", "amount_usd", "hosting_asn")),
