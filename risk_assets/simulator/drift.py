@@ -64,7 +64,6 @@ DRIFT_KINDS: tuple[str, ...] = get_args(DriftKind)
 ATTACK_KINDS = ("attack_surge", "new_attack_network", "attack_amount_shift")
 Segment = Literal["all", "hosting_asn"]
 
-HOUR_MS = 3_600_000
 _NS_MARKET = 201
 # Event types of the extra market-event activity (login, deposit, withdrawal, p2p_trade).
 MARKET_TYPES = ("login", "deposit", "withdrawal", "p2p_trade")
@@ -125,17 +124,17 @@ def _utc(ts: datetime) -> datetime:
 
 @dataclass(frozen=True)
 class DriftScenario:
-    """One drift scenario (see the module docstring). ``None`` factors take the kind's default."""
+    """One drift scenario (see the module docstring), active over ``[start, end)``."""
 
     kind: DriftKind
-    start: datetime
+    start: datetime  # whole hours; naive times are taken as UTC
     end: datetime
-    name: str = ""
-    target: str | None = None
-    rate_factor: float | None = None
-    amount_factor: float | None = None
-    country: str = "ID"
-    users_fraction: float = 0.3
+    name: str = ""  # unique within a config; default: the kind (ground truth refers to it)
+    target: str | None = None  # the fraud scenario an attack changes (default card_testing)
+    rate_factor: float | None = None  # None: the preset's default for (kind, target)
+    amount_factor: float | None = None  # likewise
+    country: str = "ID"  # new_attack_network: a key of world.NEW_ATTACK_NETWORKS
+    users_fraction: float = 0.3  # legit_market_event: share of users affected
 
     def __post_init__(self) -> None:
         if self.kind not in DRIFT_KINDS:
