@@ -110,7 +110,9 @@ class P2PTrade(_Event, tag="p2p_trade"):
 
 RiskEvent = Login | SecurityChange | Deposit | Withdrawal | CardPayment | P2PTrade
 
-LabelType = Literal["chargeback", "ato_report", "scam_report"]
+# ``fraud_attempt``: an event of a confirmed fraud case that moved no money (e.g. the declined payments
+# of a card-testing burst), labelled when the case is confirmed.
+LabelType = Literal["chargeback", "ato_report", "scam_report", "fraud_attempt"]
 FraudScenario = Literal["ato", "p2p_scam", "card_testing"]
 SCENARIOS: tuple[str, ...] = get_args(FraudScenario)
 """Every fraud scenario a label can name (per-scenario metrics and monitoring iterate over it)."""

@@ -6,16 +6,20 @@ payloads. Writers for the lake and Kafka live in :mod:`risk_assets.simulator.wri
 """
 
 from risk_assets.simulator.config import SimConfig
+from risk_assets.simulator.drift import DriftScenario, drift_manifest, drift_population
 from risk_assets.simulator.encoding import BAD_KINDS, encode_events, encode_labels, event_batch
 from risk_assets.simulator.generator import SimulatedData, generate, generate_chunk, iter_chunks
 from risk_assets.simulator.population import Population, build_population
 
 __all__ = [
     "BAD_KINDS",
+    "DriftScenario",
     "Population",
     "SimConfig",
     "SimulatedData",
     "build_population",
+    "drift_manifest",
+    "drift_population",
     "encode_events",
     "encode_labels",
     "event_batch",

@@ -12,6 +12,7 @@ import sys
 from datetime import UTC, datetime
 
 from risk_assets.simulator.config import DEFAULT_START, SimConfig
+from risk_assets.simulator.drift import parse_scenario
 
 
 def _day(text: str) -> datetime:
@@ -39,6 +40,24 @@ def build_parser() -> argparse.ArgumentParser:
             "--drift-day", type=int, default=None, help="day (0-based from --start) attackers change tactics"
         )
         p.add_argument("--unlabelled-fraction", type=float, default=0.25)
+        p.add_argument(
+            "--chargeback-median-days", type=float, default=12.0, help="card-testing chargeback delay"
+        )
+        p.add_argument(
+            "--case-review-median-hours",
+            type=float,
+            default=24.0,
+            help="from a card-testing case's first chargeback to fraud_attempt labels on its declines",
+        )
+        p.add_argument(
+            "--drift-scenario",
+            action="append",
+            default=[],
+            metavar="KIND[:k=v,...]",
+            help="a drift scenario (repeatable): attack_surge, new_attack_network, attack_amount_shift or "
+            "legit_market_event, e.g. attack_surge:start=2,days=1,target=card_testing,rate_factor=20 "
+            "(start/end: days after --start or ISO times; see docs/simulator.md)",
+        )
 
     h = sub.add_parser("history", help="write N simulated days into the lake's archive layout")
     common(h)
@@ -89,7 +108,10 @@ def _config(args: argparse.Namespace, hours: int) -> SimConfig:
         events_per_day=args.events_per_day,
         users=args.users,
         drift_day=args.drift_day,
+        drift_scenarios=tuple(parse_scenario(spec, args.start) for spec in args.drift_scenario),
         unlabelled_fraction=args.unlabelled_fraction,
+        chargeback_median_days=args.chargeback_median_days,
+        case_review_median_hours=args.case_review_median_hours,
     )
 
 
@@ -99,10 +121,18 @@ def main(argv: list[str] | None = None) -> int:
     from risk_assets.names import EVENTS_TOPIC, LABELS_TOPIC
     from risk_assets.simulator import writers
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    def config(hours: int) -> SimConfig:
+        try:
+            return _config(args, hours)
+        except ValueError as exc:  # a bad drift scenario or knob: usage error, nothing generated
+            parser.error(str(exc))
+
     if args.mode == "history":
         lake = Lake(args.lake or os.environ.get("RISK_LAKE_URL") or ".state/lake")
-        cfg = _config(args, args.hours if args.hours is not None else args.days * 24)
+        cfg = config(args.hours if args.hours is not None else args.days * 24)
         _progress(f"history: {cfg.hours} h from {cfg.start:%Y-%m-%d %H:%M} into {lake.url} (seed {cfg.seed})")
         stats = writers.write_history(
             cfg, lake, beyond_end=args.beyond_end, workers=args.workers, progress=_progress
@@ -116,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
+    cfg = config(args.hours if args.mode == "replay" else 24)
     servers = args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092"
     producer = writers.make_producer(servers)
     topics = {
@@ -123,10 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         "labels_topic": args.labels_topic or LABELS_TOPIC,
     }
     if args.mode == "replay":
-        cfg = _config(args, args.hours)
         stats = writers.replay(cfg, producer, bad_rate=args.bad_rate, progress=_progress, **topics)
     else:
-        cfg = _config(args, 24)
         stats = writers.live(
             cfg,
             producer,

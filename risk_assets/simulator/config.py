@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
+from risk_assets.simulator.drift import DriftScenario, validate_scenarios
+
 DEFAULT_START = datetime(2026, 11, 1, tzinfo=UTC)
 
 
@@ -31,8 +33,16 @@ class SimConfig:
     scam_counterparties: int = 24
     # Share of fraud cases whose labels never arrive.
     unlabelled_fraction: float = 0.25
+    # Card testing: a chargeback arrives ~``chargeback_median_days`` after each approved payment
+    # (lognormal, 3–45 days); the case is confirmed ``case_review_median_hours`` after its first
+    # chargeback (lognormal, 1 h – 7 days) and its declined attempts are labelled ``fraud_attempt`` then.
+    chargeback_median_days: float = 12.0
+    case_review_median_hours: float = 24.0
     # From this day (0-based, counted from ``start``) attackers change tactics; None: never.
     drift_day: int | None = None
+    # Windows in which attacks or legit traffic change what monitors see (see ``drift.py``); none by
+    # default.
+    drift_scenarios: tuple[DriftScenario, ...] = ()
     # Ingestion delay mixture: most within seconds, ``late_fraction`` minutes..hours (lognormal,
     # median ``late_median_s``), ``very_late_fraction`` 1–36 h (mobile clients offline for long).
     late_fraction: float = 0.05
@@ -54,6 +64,12 @@ class SimConfig:
             raise ValueError("hours >= 0, users >= 10 and events_per_day >= 0 are required")
         if self.fraud_rings < 1 or self.scam_counterparties < 1:
             raise ValueError("fraud_rings and scam_counterparties must be >= 1")
+        if not 3.0 <= self.chargeback_median_days <= 45.0:
+            raise ValueError("chargeback_median_days must be within [3, 45] (the delay's clip range)")
+        if not 1.0 <= self.case_review_median_hours <= 168.0:
+            raise ValueError("case_review_median_hours must be within [1, 168] (the delay's clip range)")
+        object.__setattr__(self, "drift_scenarios", tuple(self.drift_scenarios))
+        validate_scenarios(self.drift_scenarios)
         for name in ("unlabelled_fraction", "late_fraction", "very_late_fraction", "vpn_user_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1]")

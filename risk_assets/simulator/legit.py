@@ -6,6 +6,8 @@ cards and withdrawal addresses. Legit users also do things that look like fraud,
 separates the classes: whole days abroad (travel, decided per user and day), a new phone for a day,
 VPN/hosting IPs (a few users always), brand-new devices, password/2FA changes, withdrawals 5–20× the
 usual size and to new addresses, declined cards, gift-card P2P trades and disputes.
+A market event (``drift.py``) adds events of its users through the same per-user habits, drawn by
+activity alone (no diurnal weight) with larger amounts: :func:`market_event_events`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import polars as pl
 
 from risk_assets.simulator import ids
 from risk_assets.simulator.config import SimConfig
+from risk_assets.simulator.drift import MARKET_TYPE_P, MARKET_TYPES, MarketPlan
 from risk_assets.simulator.population import AUTH_METHODS, MAX_CARDS, MAX_DEVICES, MAX_WALLETS, Population
 from risk_assets.simulator.world import (
     ASSET_CHAIN,
@@ -133,6 +136,44 @@ def legit_events(
     user = np.searchsorted(pop.hour_cdf[utc_hour], np.sort(rng.random(n)), side="right").clip(0, pop.n - 1)
     etype = (rng.random(n)[:, None] > pop.type_cdf[user]).sum(axis=1).clip(0, 5)
     ts = chunk_start_ms + rng.integers(0, cfg.chunk_ms, n)
+    return legit_frame(cfg, pop, chunk_start_ms, user, etype, ts, rng, fresh)
+
+
+def market_event_events(
+    cfg: SimConfig,
+    pop: Population,
+    chunk_start_ms: int,
+    n: int,
+    plan: MarketPlan,
+    rng: np.random.Generator,
+    fresh: ids.FreshIds,
+) -> pl.DataFrame:
+    """``n`` extra legit events of a market event's users (``plan``): drawn by activity alone (no
+    diurnal weight: nights as busy as days), mostly money moves, amounts × a lognormal factor around
+    ``plan.amount_median``. Otherwise the users' own habits (devices, networks, addresses)."""
+    user = plan.users[
+        np.searchsorted(plan.cdf, np.sort(rng.random(n)), side="right").clip(0, plan.users.size - 1)
+    ]
+    etype = np.array([EVENT_TYPES.index(t) for t in MARKET_TYPES])[_pick(rng, MARKET_TYPE_P, n)]
+    ts = chunk_start_ms + rng.integers(0, cfg.chunk_ms, n)
+    scale = rng.lognormal(np.log(plan.amount_median), 0.5, n)
+    return legit_frame(cfg, pop, chunk_start_ms, user, etype, ts, rng, fresh, amount_scale=scale)
+
+
+def legit_frame(
+    cfg: SimConfig,
+    pop: Population,
+    chunk_start_ms: int,
+    user: np.ndarray,
+    etype: np.ndarray,
+    ts: np.ndarray,
+    rng: np.random.Generator,
+    fresh: ids.FreshIds,
+    amount_scale: np.ndarray | None = None,
+) -> pl.DataFrame:
+    """The events of the given users, types and times (int ms), each sampling the user's habits."""
+    n = user.size
+    utc_hour = (chunk_start_ms // 3_600_000) % 24
     home = pop.country[user]
 
     # -- device: usual ones (primary most often), a new phone for a day, rarely a brand-new one.
@@ -183,6 +224,8 @@ def legit_events(
     success = rng.random(n) >= fail_p
     change = _pick(rng, LEGIT_CHANGE_P, n)
     usd = np.exp(pop.amount_mu[user] + pop.amount_sigma[user] * rng.standard_normal(n)) * AMOUNT_MULT[etype]
+    if amount_scale is not None:
+        usd = usd * amount_scale
     big = (etype == WITHDRAWAL) & (rng.random(n) < 0.01)
     usd = np.where(big, usd * rng.uniform(5.0, 20.0, n), usd).clip(0.5, 2_000_000.0)
 

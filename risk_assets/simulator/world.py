@@ -68,6 +68,15 @@ HOSTING_ASNS: tuple[tuple[int, str], ...] = (
     (63949, "NL"),  # Akamai/Linode
 )
 
+# Networks attackers move to in a ``new_attack_network`` drift scenario: residential / mobile ISPs of
+# countries where the exchange has no customers (residential proxies). Kept apart from ``NETWORKS``
+# so that adding one never changes the population's draws.
+NEW_ATTACK_NETWORKS: dict[str, tuple[int, ...]] = {
+    "ID": (7713, 23693, 17974),  # Telkom Indonesia, Telkomsel, Telkomnet
+    "RU": (8402, 12389, 31133),  # Beeline, Rostelecom, MegaFon
+    "EG": (8452, 24863),  # TE Data, Link Egypt
+}
+
 FIAT_USD: dict[str, float] = {
     "USD": 1.0,
     "GBP": 1.27,
@@ -155,7 +164,7 @@ class Networks:
     hosting_idx: np.ndarray  # ASN indices of hosting networks
 
 
-def _block_of(asn: int) -> int:
+def asn_block(asn: int) -> int:
     """A stable pseudo /16 block for an ASN: first octet in 11..223 (not 127), second 0..255."""
     h = (asn * 2_654_435_761) & 0xFFFFFFFF
     a = 11 + h % 213
@@ -186,7 +195,7 @@ def _build_networks() -> Networks:
         asn=np.array(asn, dtype=np.int64),
         country=np.array(country, dtype=np.int64),
         hosting=np.array(hosting, dtype=bool),
-        block=np.array([_block_of(a) for a in asn], dtype=np.int64),
+        block=np.array([asn_block(a) for a in asn], dtype=np.int64),
         country_codes=tuple(codes),
         residential_by_country=residential,
         hosting_idx=np.arange(hstart, len(asn)),

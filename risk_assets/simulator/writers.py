@@ -32,11 +32,20 @@ from risk_assets.ingest.partitioning import archive_hour_expr
 from risk_assets.lake import Lake, hive_day_path
 from risk_assets.names import EVENTS_TOPIC, LABELS_TOPIC, RAW_EVENTS, RAW_LABELS
 from risk_assets.simulator.config import SimConfig
+from risk_assets.simulator.drift import (
+    assigned_population,
+    drift_manifest,
+    merge_population,
+    observed_population,
+)
 from risk_assets.simulator.encoding import MANIFEST_SCHEMA, MessageBatch, event_batch, label_batch
 from risk_assets.simulator.generator import SimulatedData, generate_chunk, iter_chunks
 from risk_assets.simulator.population import build_population
 
 GROUND_TRUTH = "sim_ground_truth"
+# Ground truth of the drift scenarios (drift.py): one file each per history run, replaced by the next.
+DRIFT_SCENARIOS_PATH = "sim_drift/scenarios.parquet"
+DRIFT_POPULATION_PATH = "sim_drift/population.parquet"
 Progress = Callable[[str], None]
 _HOUR = "_archive_hour"
 
@@ -125,7 +134,9 @@ def write_history(
     workers: int = 2,
     progress: Progress = _quiet,
 ) -> HistoryStats:
-    """Generate ``cfg``'s range and write ``raw_events``, ``raw_labels`` and the ground truth."""
+    """Generate ``cfg``'s range and write ``raw_events``, ``raw_labels`` and the ground truth
+    (``sim_ground_truth/`` by event day; ``sim_drift/`` scenarios and population, empty without
+    drift scenarios, so that a lake never keeps the drift ground truth of an earlier run)."""
     stats = HistoryStats()
     end = cfg.end if beyond_end == "drop" else None
     events = _HourlyPartitioner(lake, RAW_EVENTS, stats, end)
@@ -135,7 +146,10 @@ def write_history(
     t0 = time.perf_counter()
     last = t0
     chunks = iter_chunks(cfg, pop, workers)
+    drift_entities = [assigned_population(cfg.seed, cfg.drift_scenarios, pop)]
     for start_ms, data in chunks:
+        if cfg.drift_scenarios:
+            drift_entities.append(observed_population(data.events, data.ground_truth))
         stats.events += data.events.height
         stats.labels += data.labels.height
         stats.ground_truth += data.ground_truth.height
@@ -162,6 +176,8 @@ def write_history(
     events.flush(None)
     labels.flush(None)
     truth.flush(None)
+    stats.bytes += lake.write_parquet(drift_manifest(cfg.drift_scenarios), DRIFT_SCENARIOS_PATH)
+    stats.bytes += lake.write_parquet(merge_population(drift_entities), DRIFT_POPULATION_PATH)
     stats.write_seconds += time.perf_counter() - w0
     stats.seconds = time.perf_counter() - t0
     return stats
@@ -312,7 +328,8 @@ def live(
     Simulated time is wall time: one-minute chunks (volume ``rate * 60`` legit events each) are
     generated one minute ahead on a background thread, and every message is produced when the clock
     reaches its simulated ``ingest_ts``; Kafka stamps it at produce time. Messages due before the
-    start are skipped. ``cfg.start`` only anchors ``drift_day``.
+    start are skipped. ``cfg.start`` only anchors ``drift_day``; drift-scenario windows are absolute
+    times, so give them in wall-clock time to see them live.
     """
     cfg = cfg.with_(chunk_minutes=1)
     pop = build_population(cfg)

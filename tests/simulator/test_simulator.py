@@ -171,7 +171,12 @@ def test_labels_delays_and_coverage(fraudy):
     labels = fraudy.labels.with_columns(delay=pl.col("label_ts") - pl.col("event_ts"))
     assert (labels["label_ts"] >= labels["event_ts"]).all()
     assert (labels["ingest_ts"] >= labels["label_ts"]).all()
-    ranges = {"chargeback": (3, 46), "ato_report": (1 / 24, 15), "scam_report": (1, 21)}
+    ranges = {
+        "chargeback": (3, 46),
+        "fraud_attempt": (3, 53),  # the case's first chargeback (3–45 d) + 1 h – 7 d of review
+        "ato_report": (1 / 24, 15),
+        "scam_report": (1, 21),
+    }
     for label_type, (lo, hi) in ranges.items():
         d = labels.filter(pl.col("label_type") == label_type)["delay"]
         assert d.len() > 0, label_type
@@ -185,8 +190,92 @@ def test_labels_delays_and_coverage(fraudy):
     )
     unlabelled = 1 - cases["labelled"].mean()
     assert 0.1 < unlabelled < 0.45  # configured 25% of cases never labelled
-    ct = _fraud(fraudy, "card_testing").filter(pl.col("status") == "declined")
-    assert not ct["event_id"].is_in(labels["event_id"].implode()).any()  # no chargeback for declines
+    ct = _fraud(fraudy, "card_testing").filter(pl.col("event_type") == "card_payment")
+    ct = ct.join(labels.select("event_id", "label_type"), on="event_id", how="left")
+    by_status = dict(ct.group_by("status").agg(pl.col("label_type").unique().sort()).iter_rows())
+    assert by_status["approved"] == [None, "chargeback"]  # None: cases never labelled
+    assert by_status["declined"] == [None, "fraud_attempt"]
+
+
+# --- card-testing burst labels -------------------------------------------------------------------
+CARD_TESTING = SimConfig(
+    seed=21,
+    hours=48,
+    users=2_000,
+    events_per_day=40_000,
+    card_testing_cases_per_m=3_000,
+    ato_cases_per_m=0,
+    p2p_scam_victims_per_m=0,
+)
+
+
+def _card_testing_labels(data):
+    """Card-testing payments with their label (if any), their case's first chargeback and status."""
+    ct = _fraud(data, "card_testing")
+    labelled = ct.join(data.labels.select("event_id", "label_type", "label_ts"), on="event_id", how="left")
+    first = (
+        labelled.filter(pl.col("label_type") == "chargeback")
+        .group_by("case_id")
+        .agg(pl.col("label_ts").min().alias("first_chargeback"))
+    )
+    return labelled.join(first, on="case_id", how="left")
+
+
+@pytest.mark.parametrize(("chargeback_days", "review_hours"), [(12.0, 24.0), (20.0, 6.0)])
+def test_card_testing_bursts_are_labelled_when_the_case_is_confirmed(chargeback_days, review_hours):
+    cfg = CARD_TESTING.with_(chargeback_median_days=chargeback_days, case_review_median_hours=review_hours)
+    data = generate(cfg)
+    ct = _card_testing_labels(data)
+    payments = ct.filter(pl.col("event_type") == "card_payment")
+    # Confirmed case (it has a chargeback): every declined attempt is labelled, once, as fraud_attempt.
+    confirmed = payments.filter(pl.col("first_chargeback").is_not_null())
+    assert confirmed["case_id"].n_unique() > 100
+    declined = confirmed.filter(pl.col("status") == "declined")
+    assert declined.height > 2_000 and (declined["label_type"] == "fraud_attempt").all()
+    assert declined["event_id"].n_unique() == declined.height
+    assert (confirmed.filter(pl.col("status") == "approved")["label_type"] == "chargeback").all()
+    # Cases never confirmed (no chargeback: unlabelled) have no labels at all; logins and cash-out
+    # withdrawals are never labelled.
+    assert payments.filter(pl.col("first_chargeback").is_null())["label_type"].null_count() == (
+        payments.filter(pl.col("first_chargeback").is_null()).height
+    )
+    assert ct.filter(pl.col("event_type") != "card_payment")["label_type"].is_null().all()
+
+    # Delays: chargebacks at the configured median after their payment; attempts all labelled at the
+    # same instant per case, the configured review delay after the case's first chargeback.
+    cb = payments.filter(pl.col("label_type") == "chargeback")
+    cb_days = (cb["label_ts"] - cb["event_ts"]).dt.total_seconds() / 86_400
+    assert cb_days.median() == pytest.approx(chargeback_days, rel=0.05)
+    assert cb_days.min() >= 3 and cb_days.max() <= 45
+    review = declined.group_by("case_id").agg(
+        pl.col("label_ts").n_unique().alias("instants"),
+        ((pl.col("label_ts").first() - pl.col("first_chargeback").first()).dt.total_seconds() / 3_600).alias(
+            "hours"
+        ),
+    )
+    assert (review["instants"] == 1).all()
+    assert review["hours"].median() == pytest.approx(review_hours, rel=0.2)
+    assert review["hours"].min() >= 1 and review["hours"].max() <= 7 * 24
+    # Label-only draws come from their own stream: events never depend on the label settings.
+    assert generate(cfg.with_(case_review_median_hours=48.0)).events.equals(data.events)
+
+
+def test_training_sets_count_burst_labels_as_positives_once_known():
+    from risk_assets.models.training_set import TrainingSetSpec, spine_and_labels
+
+    data = generate(CARD_TESTING)
+    attempts = data.labels.filter(pl.col("label_type") == "fraud_attempt")
+    as_of = attempts["label_ts"].sort()[attempts.height // 2]  # half of them known at the cutoff
+    spec = TrainingSetSpec(as_of=as_of, window=timedelta(days=2), maturity=as_of - CARD_TESTING.end)
+    spine = spine_and_labels(spec, data.events, data.labels)
+    declined = spine.filter(pl.col("status") == "declined").join(
+        attempts.select("event_id", "label_ts"), on="event_id", how="left"
+    )
+    known = declined["label_ts"] < as_of
+    assert known.sum() > 1_000 and (~known.fill_null(False)).sum() > 1_000
+    assert declined.filter(known)["is_fraud"].all()
+    assert declined.filter(known)["scenario"].eq("card_testing").all()
+    assert not declined.filter(~known.fill_null(False))["is_fraud"].any()
 
 
 # --- drift -------------------------------------------------------------------------------------

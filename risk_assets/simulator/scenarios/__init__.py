@@ -3,7 +3,9 @@
 Fraud cases are rare (tens per simulated hour at 1M events/day), so each case is built by a plain
 Python function that returns its event rows in time order. Every row carries, besides the event
 fields, the ground truth (``scenario``, ``case_id``) and its label plan (``label_type``, ``label_ts``,
-null when the row is never labelled). :class:`CaseContext` holds what the builders share.
+null when the row is never labelled). :class:`CaseContext` holds what the builders share, including
+the effects of an active attack drift scenario (``ctx.effects``: a new network and device family,
+an amount factor; see ``drift.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 
 from risk_assets.simulator import ids
 from risk_assets.simulator.config import SimConfig
+from risk_assets.simulator.drift import NO_EFFECTS, AttackEffects
 from risk_assets.simulator.population import MAX_DEVICES, FraudRing, NetAddress, Population
 from risk_assets.simulator.world import COUNTRIES, CRYPTO_ASSETS, FIAT_USD
 
@@ -35,6 +38,8 @@ class CaseContext:
     fresh: ids.FreshIds
     chunk_start_ms: int
     drifted: bool
+    label_rng: np.random.Generator  # label-only draws: they never shift the events' random stream
+    effects: AttackEffects = NO_EFFECTS  # of the drift scenario active on the cases being built
 
     # -- choices --------------------------------------------------------------------------------
     def pick_cdf(self, cdf: np.ndarray) -> int:
@@ -56,6 +61,10 @@ class CaseContext:
     def delay_ms(self, median_ms: float, sigma: float, lo_ms: float, hi_ms: float) -> int:
         """A lognormal delay clipped to ``[lo, hi]``."""
         return int(np.clip(self.rng.lognormal(np.log(median_ms), sigma), lo_ms, hi_ms))
+
+    def label_delay_ms(self, median_ms: float, sigma: float, lo_ms: float, hi_ms: float) -> int:
+        """:meth:`delay_ms` drawn from the label stream."""
+        return int(np.clip(self.label_rng.lognormal(np.log(median_ms), sigma), lo_ms, hi_ms))
 
     # -- fresh entities -------------------------------------------------------------------------
     def new_device(self) -> str:

@@ -7,6 +7,8 @@ mule addresses (shared across the ring's cases).
 After drift: a brand-new device on a residential IP in the victim's own country (residential proxy),
 rarely a failed login, and 2–5 smaller withdrawals spaced 30 min – 4 h apart.
 Labels: one ``ato_report`` per case event, 1 h – 14 days (median ~20 h) after the last event.
+Drift scenarios (``ctx.effects``): a new network puts each case on a fresh device and an IP of the
+new network; an amount factor scales the drain.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ def ato_case(ctx: CaseContext, t0: int, case: str) -> list[Row]:
         n_fail = int(rng.choice(5, p=[0.4, 0.2, 0.2, 0.1, 0.1]))
         n_withdrawals, gap = int(rng.integers(1, 4)), (1 * MIN_MS, 5 * MIN_MS)
         drain = np.exp(pop.amount_mu[victim]) * rng.uniform(5.0, 40.0)
+    eff = ctx.effects
+    if eff.network_asns:  # new_attack_network: a new device family on a new network
+        device, net = ctx.new_device(), eff.network_address(rng)
+    if eff.amount_factor != 1.0:
+        drain *= eff.amount_factor
 
     rows: list[Row] = []
     t = t0

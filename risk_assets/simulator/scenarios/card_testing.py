@@ -4,8 +4,14 @@ A ring account on 1–2 ring devices and 1–3 hosting IPs tries 15–60 stolen 
 countries) with 1–2 small purchases each, seconds apart: before drift $0.50–3 with ~75% declines
 (invalid_cvv, do_not_honor, expired_card, insufficient_funds); after drift $5–30 with ~35% declines.
 Cards that worked then buy 2–5 times $150–900, and the crypto is withdrawn to a mule address.
-Labels: a ``chargeback`` per approved payment, 3–45 days (median 12 days) after it; declined
-attempts and the withdrawal are never labelled.
+Labels (for the ``1 − unlabelled_fraction`` of cases that are ever labelled): a ``chargeback`` per
+approved payment, 3–45 days (median ``chargeback_median_days``, 12) after it. The first chargeback
+makes the exchange review the case; ``case_review_median_hours`` (24 h; 1 h – 7 days) later the case
+is confirmed and every declined attempt of the burst gets a ``fraud_attempt`` label. A case with no
+approved payment gets no chargeback, so it is never confirmed. The cash-out withdrawal and the login
+are never labelled.
+Drift scenarios (``ctx.effects``): a new network replaces the ring's devices and IPs by fresh devices
+and IPs of the new network; an amount factor scales the test payments (not the cash-out purchases).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import numpy as np
 
 from risk_assets.simulator.scenarios import (
     DAY_MS,
+    HOUR_MS,
     MIN_MS,
     CaseContext,
     Row,
@@ -36,9 +43,15 @@ def card_testing_case(ctx: CaseContext, t0: int, case: str) -> list[Row]:
     rng = ctx.rng
     ring = ctx.ring()
     account = ctx.choice(ring.accounts)
-    devices = [ctx.choice(ring.devices) for _ in range(int(rng.integers(1, 3)))]
-    nets = [ctx.choice(ring.ips) for _ in range(int(rng.integers(1, 4)))]
+    eff = ctx.effects
+    if eff.network_asns:  # new_attack_network: fresh devices (a new device family) on a new network
+        devices = [ctx.new_device() for _ in range(int(rng.integers(1, 3)))]
+        nets = [eff.network_address(rng) for _ in range(int(rng.integers(1, 4)))]
+    else:
+        devices = [ctx.choice(ring.devices) for _ in range(int(rng.integers(1, 3)))]
+        nets = [ctx.choice(ring.ips) for _ in range(int(rng.integers(1, 4)))]
     lo, hi, decline_p = (5.0, 30.0, 0.35) if ctx.drifted else (0.5, 3.0, 0.75)
+    lo, hi = lo * eff.amount_factor, hi * eff.amount_factor
     labelled = ctx.labelled()
 
     rows: list[Row] = []
@@ -63,7 +76,7 @@ def card_testing_case(ctx: CaseContext, t0: int, case: str) -> list[Row]:
         if approved and labelled:
             row["label_type"], row["label_ts"] = (
                 "chargeback",
-                ts + ctx.delay_ms(12 * DAY_MS, 0.5, 3 * DAY_MS, 45 * DAY_MS),
+                ts + ctx.delay_ms(ctx.cfg.chargeback_median_days * DAY_MS, 0.5, 3 * DAY_MS, 45 * DAY_MS),
             )
         return row
 
@@ -108,4 +121,19 @@ def card_testing_case(ctx: CaseContext, t0: int, case: str) -> list[Row]:
                 "wallet_address": ctx.choice(ring.mule_addresses[chain]),
             }
         )
+    label_burst(ctx, rows)
     return rows
+
+
+def label_burst(ctx: CaseContext, rows: list[Row]) -> None:
+    """Label the declined attempts ``fraud_attempt`` when the case is confirmed: a review delay after
+    its first chargeback (none: the case is never confirmed). The delay comes from the chunk's label
+    stream, so the case's events are the same as without burst labels."""
+    chargebacks = [r["label_ts"] for r in rows if r["label_type"] == "chargeback"]
+    if not chargebacks:
+        return
+    review = ctx.label_delay_ms(ctx.cfg.case_review_median_hours * HOUR_MS, 0.8, HOUR_MS, 7 * DAY_MS)
+    confirmed = min(chargebacks) + review
+    for row in rows:
+        if row["event_type"] == "card_payment" and row["status"] == "declined":
+            row["label_type"], row["label_ts"] = "fraud_attempt", confirmed

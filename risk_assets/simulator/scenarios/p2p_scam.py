@@ -5,6 +5,7 @@ typical amount, 1–3 trades minutes to hours apart, paid by gift card or mobile
 (bank transfer and mobile money after drift), 40% of trades disputed. Half the time the scammer then
 withdraws to the ring's mule address from its own device (fraud rows of the same case, unlabelled).
 Labels: one ``scam_report`` per victim trade, 1–20 days (median 3 days) after the last trade.
+Drift scenarios (``ctx.effects``): an amount factor scales the victim's trades.
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ def p2p_scam_case(ctx: CaseContext, t0: int, case: str) -> list[Row]:
     for i in range(int(rng.choice(3, p=[0.6, 0.3, 0.1])) + 1):
         if i:
             t += int(rng.integers(5 * MIN_MS, 6 * 60 * MIN_MS))
-        amount, currency, usd = crypto_amount(
-            asset, float(np.exp(pop.amount_mu[victim]) * rng.uniform(3.0, 15.0))
-        )
+        usd = float(np.exp(pop.amount_mu[victim]) * rng.uniform(3.0, 15.0))
+        if ctx.effects.amount_factor != 1.0:  # attack_amount_shift
+            usd *= ctx.effects.amount_factor
+        amount, currency, usd = crypto_amount(asset, usd)
         total += usd
         rows.append(
             base_row("p2p_trade", t, uid, device, net, SCENARIO, case)
