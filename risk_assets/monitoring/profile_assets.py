@@ -30,11 +30,12 @@ from risk_assets.names import (
     RAW_EVENTS,
     RAW_EVENTS_DAILY_PROFILE,
     RAW_EVENTS_PROFILE,
+    ROW_COUNT,
     TRAINING_SET,
     TRAINING_SET_PROFILE,
     feature_asset_key,
 )
-from risk_assets.partitions import TimePartitions
+from risk_assets.partitions import TimePartitions, hour_key
 from risk_assets.resources import LakeResource
 
 OWNER = "team:risk-ml"
@@ -89,18 +90,24 @@ def profile_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
             frame = read_archive(store, EVENTS.dataset, [hour]).collect()
             data = profiles.serialize(profiles.profile_frame(frame, dataset_timestamp=hour))
             store.write_bytes(raw_events_profile_path(hour), data)
+            context.add_asset_metadata(
+                {
+                    ROW_COUNT: frame.height,
+                    "profile_bytes": len(data),
+                    "path": store.uri(raw_events_profile_path(hour)),
+                },
+                partition_key=hour_key(hour),
+            )
             rows, total_bytes, hours = rows + frame.height, total_bytes + len(data), hours + 1
             columns = max(columns, frame.width)
             hour += HOUR
         return dg.MaterializeResult(
             metadata={
-                "dagster/row_count": rows,
-                "rows": rows,
+                "run_rows": rows,
                 "columns": columns,
-                "profile_bytes": total_bytes,
-                "hours": hours,
+                "run_profile_bytes": total_bytes,
+                "run_hours": hours,
                 "seconds": round(time.perf_counter() - t0, 3),
-                "path": store.uri(raw_events_profile_path(window.start.astimezone(UTC))),
             }
         )
 

@@ -17,6 +17,7 @@ from risk_assets.names import (
     RAW_EVENTS_PROFILE,
     RETRAIN_REASON_TAG,
     RETRAIN_TRIGGER_TAG,
+    ROW_COUNT,
 )
 from risk_assets.resources import LakeResource
 from risk_assets.sensors.retraining import (
@@ -76,8 +77,12 @@ def test_hourly_profiles_merge_into_exact_daily_counts(tmp_path) -> None:
     meta = daily.asset_materializations_for_node("raw_events_daily_profile")[0].metadata
     assert meta["rows"].value == raw.height and meta["hours"].value == 24
     assert meta["profile_bytes"].value > 0
-    hourly_meta = hourly.asset_materializations_for_node("raw_events_profile")[0].metadata
-    assert hourly_meta["rows"].value == raw.height
+    # One ranged run, yet each hour carries its own row count.
+    per_hour = {
+        m.partition: m.metadata[ROW_COUNT].value
+        for m in hourly.asset_materializations_for_node("raw_events_profile")
+    }
+    assert [per_hour[h.strftime("%Y-%m-%d-%H:%M")] for h in hours] == hour_rows
 
 
 @pytest.mark.parametrize(
