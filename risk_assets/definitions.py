@@ -11,7 +11,7 @@ from __future__ import annotations
 import dagster as dg
 
 from risk_assets.automation import automation_sensors
-from risk_assets.features.assets import build_batch_features
+from risk_assets.features.assets import build_batch_features, feature_catalog
 from risk_assets.features.stream_assets import (
     events_topic,
     feature_ingestion_job,
@@ -83,6 +83,7 @@ def all_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition | dg.Asse
         *ingest_assets(partitions),
         # features: batch (daily), stream (offset ranges), offline → online sync
         build_batch_features(partitions),
+        feature_catalog,
         stream_feature_buffer,
         ingest_feature_buffer,
         online_store_sync,

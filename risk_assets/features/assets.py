@@ -13,6 +13,7 @@ Checks per group: ``feature_rows_per_day`` (ERROR, blocking: a day without rows 
 a feature's null share moved more than 10 points from the previous week's).
 """
 
+import hashlib
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -22,6 +23,7 @@ import polars as pl
 
 from risk_assets.automation import FEATURE_DAYS
 from risk_assets.features.batch import compute_feature_groups, required_event_columns
+from risk_assets.features.catalog import catalog_frame, describe
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.offline_store import (
     days_of,
@@ -41,6 +43,7 @@ from risk_assets.features.quality import (
 from risk_assets.features.spec import FeatureGroup
 from risk_assets.lake import Lake
 from risk_assets.names import (
+    FEATURE_CATALOG,
     FEATURE_NULL_SHARES_CHECK,
     FEATURE_ROWS_CHECK,
     FEATURE_SCHEMA_CHECK,
@@ -87,6 +90,9 @@ def _spec(group: FeatureGroup) -> dg.AssetSpec:
     if group.needs_labels:
         deps.append(dg.AssetDep(RAW_LABELS))
     schema = group.schema()
+    column_docs = {f.name: describe(f, group.source_event_types) for f in group.features}
+    column_docs |= {k: f"Entity key ({group.entity.name})." for k in group.entity.keys}
+    column_docs["event_ts"] = "The as-of time: the entity's event this row's values are as of."
     return dg.AssetSpec(
         feature_asset_key(group.name),
         description=(
@@ -103,8 +109,17 @@ def _spec(group: FeatureGroup) -> dg.AssetSpec:
         metadata={
             **{k: v for k, v in group.metadata().items() if k != "columns"},
             "dagster/column_schema": dg.TableSchema(
-                columns=[dg.TableColumn(name, str(dtype)) for name, dtype in schema.items()]
-                + [dg.TableColumn("created_ts", "Datetime(ms, UTC)")]
+                columns=[
+                    dg.TableColumn(name, str(dtype), description=column_docs.get(name, ""))
+                    for name, dtype in schema.items()
+                ]
+                + [
+                    dg.TableColumn(
+                        "created_ts",
+                        "Datetime(ms, UTC)",
+                        description="When the value could first be known (arrival of its latest event).",
+                    )
+                ]
             ),
         },
         code_version=group.version,
@@ -231,3 +246,38 @@ def _check_results(
                 f"{worst[0]}: null share {worst[1][0]:.1%} in history → {worst[1][1]:.1%}" if worst else None
             ),
         )
+
+
+CATALOG_PATH = "features/catalog.parquet"
+
+
+@dg.asset(
+    key=FEATURE_CATALOG,
+    group_name="features",
+    owners=["team:risk-data"],
+    kinds={"polars", "parquet"},
+    code_version=hashlib.sha256(",".join(g.version for g in FEATURE_GROUPS).encode()).hexdigest()[:12],
+    automation_condition=dg.AutomationCondition.missing() | dg.AutomationCondition.code_version_changed(),
+    description=(
+        "Every feature of every group: group, version, entity, kind, window, dtype, owner and a "
+        "description generated from its definition (prefixed by the author's own). Written to "
+        f"`{CATALOG_PATH}`; rematerialized whenever a group's version changes."
+    ),
+)
+def feature_catalog(lake: LakeResource) -> dg.MaterializeResult:
+    """Write the catalog and show it as a table."""
+    frame = catalog_frame(FEATURE_GROUPS)
+    store = lake.lake()
+    store.write_parquet(frame, CATALOG_PATH)
+    shown = ["feature", "version", "kind", "window", "description"]
+    return dg.MaterializeResult(
+        metadata={
+            ROW_COUNT: frame.height,
+            "groups": len(FEATURE_GROUPS),
+            "catalog": dg.MetadataValue.table(
+                records=[dg.TableRecord(r) for r in frame.select(shown).iter_rows(named=True)],
+                schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in shown]),
+            ),
+            "path": store.uri(CATALOG_PATH),
+        }
+    )

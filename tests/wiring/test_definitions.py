@@ -19,6 +19,7 @@ ASSETS = sorted(
         "challenger_model",
         "deployed_model",
         "drift_report",
+        "feature_catalog",
         "feature_log",
         "feature_profiles",
         "model_promotion",
@@ -94,6 +95,7 @@ SENSORS = [
     "stream_features_sensor",
 ]
 AUTOMATED = {f"features/{g.name}" for g in FEATURE_GROUPS} | {"training_set", "raw_events_daily_profile"}
+AUTOMATED |= {"feature_catalog"}
 AUTOMATED |= {"feature_profiles", "drift_report", "realized_performance"}
 FRESHNESS = {"raw_events", "raw_labels", "feature_log", "online_store_sync"}
 HOURLY = {"raw_events", "raw_labels", "raw_event_dead_letters", "raw_label_dead_letters"}

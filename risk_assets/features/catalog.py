@@ -1,0 +1,146 @@
+"""The feature catalog: every feature described in words generated from its definition.
+
+Pure (Polars, no Dagster). A definition already says exactly what a feature is (aggregation, column,
+window, filters, label delay); :func:`describe` turns that into a sentence, prefixed by the author's
+own description when there is one, so no feature is ever undocumented in the UI. The catalog frame
+(:func:`catalog_frame`) lists every feature with its group, version, entity, kind and window — what
+the ``feature_catalog`` asset shows and writes to the lake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import polars as pl
+
+from risk_assets.features.spec import (
+    Aggregate,
+    Feature,
+    FeatureGroup,
+    LabelAggregate,
+    Ratio,
+    Where,
+    format_window,
+)
+
+_OPS = {
+    "eq": "=",
+    "ne": "≠",
+    "gt": ">",
+    "ge": "≥",
+    "lt": "<",
+    "le": "≤",
+    "in": "in",
+    "not_in": "not in",
+}
+
+
+def _value(v: object) -> str:
+    if isinstance(v, tuple):
+        return "(" + ", ".join(_value(x) for x in v) + ")"
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def describe_filter(w: Where) -> str:
+    """``status = 'declined'``, ``amount_usd ≥ 1000``, ``card_id is null``."""
+    if w.op == "is_null":
+        return f"{w.column} is null"
+    if w.op == "not_null":
+        return f"{w.column} is not null"
+    return f"{w.column} {_OPS[w.op]} {_value(w.value)}"
+
+
+def _where(filters: Sequence[Where]) -> str:
+    return f" where {' and '.join(describe_filter(w) for w in filters)}" if filters else ""
+
+
+def _events(event_types: Sequence[str], filters: Sequence[Where]) -> tuple[str, list[Where]]:
+    """("withdrawal events", other filters): an event-type filter names the events instead."""
+    typed = [w for w in filters if w.column == "event_type" and w.op in ("eq", "in")]
+    rest = [w for w in filters if w not in typed]
+    if typed:
+        values = typed[0].value if isinstance(typed[0].value, tuple) else (typed[0].value,)
+        event_types = [str(v) for v in values]
+    return f"{'/'.join(event_types)} events", rest
+
+
+def generated_description(feature: Feature, event_types: Sequence[str] = ()) -> str:
+    """What the definition computes, in one sentence (the semantics are those of ``spec.py``);
+    ``event_types``: the group's source event types, named when the feature does not narrow them."""
+    if isinstance(feature, Ratio):
+        return f"{feature.numerator} / {feature.denominator} (null when the denominator is 0 or null)."
+    window = format_window(feature.window)
+    events, filters = _events(event_types, feature.where)
+    where = _where(filters)
+    if isinstance(feature, LabelAggregate):
+        delay = format_window(feature.availability_delay)
+        labels = _where(feature.label_where).replace(" where ", " (labels where ", 1)
+        labels = f"{labels})" if labels else ""
+        if feature.kind == "label_count":
+            return (
+                f"{events.capitalize()} of the last {window}{where} with a fraud label{labels} known at "
+                f"least {delay} before the as-of time."
+            )
+        return (
+            f"Share of the last {window}'s {events}{where} with a fraud label{labels} known at least "
+            f"{delay} before the as-of time (null without events)."
+        )
+    assert isinstance(feature, Aggregate)
+    col = feature.column
+    match feature.kind:
+        case "count":
+            return f"Number of {events} in the last {window}{where}."
+        case "sum":
+            return f"Sum of {col} over the {events} of the last {window}{where} (0 without events)."
+        case "mean":
+            return f"Mean of {col} over the {events} of the last {window}{where} (null without values)."
+        case "min":
+            return f"Smallest {col} of the {events} of the last {window}{where}."
+        case "max":
+            return f"Largest {col} of the {events} of the last {window}{where}."
+        case "distinct_count":
+            return f"Number of distinct {col} values over the {events} of the last {window}{where}."
+        case "last":
+            return f"Latest non-null {col} of the {events} of the last {window}{where}."
+        case "time_since_last":
+            return f"Seconds since the previous of the {events}{where}, if within {window}."
+    raise AssertionError(feature.kind)
+
+
+def describe(feature: Feature, event_types: Sequence[str] = ()) -> str:
+    """The author's description (if any) followed by the generated one."""
+    generated = generated_description(feature, event_types)
+    own = feature.description.strip()
+    if not own:
+        return generated
+    return f"{own.rstrip('.')}. {generated}"
+
+
+def _kind(feature: Feature) -> str:
+    return "ratio" if isinstance(feature, Ratio) else feature.kind
+
+
+def _window(feature: Feature) -> str:
+    return "" if isinstance(feature, Ratio) else format_window(feature.window)
+
+
+def catalog_frame(groups: Sequence[FeatureGroup]) -> pl.DataFrame:
+    """One row per feature of ``groups``: where it lives, what it is and what it means."""
+    rows = [
+        {
+            "feature": f"{g.name}__{f.name}",
+            "group": g.name,
+            "version": g.version,
+            "entity": g.entity.name,
+            "keys": ", ".join(g.entity.keys),
+            "source_event_types": ", ".join(g.source_event_types),
+            "kind": _kind(f),
+            "window": _window(f),
+            "dtype": str(f.dtype()),
+            "owner": g.owner,
+            "description": describe(f, g.source_event_types),
+        }
+        for g in groups
+        for f in g.features
+    ]
+    return pl.DataFrame(rows, schema={k: pl.String for k in rows[0]} if rows else None)
