@@ -13,7 +13,6 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from risk_assets.events.schema import EVENTS_TOPIC
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.spec import EVENT_TS
 from risk_assets.features.stream import process_events
@@ -29,6 +28,7 @@ from risk_assets.ingest.archive import EVENTS, build_archive, decode_messages, w
 from risk_assets.ingest.kafka_reader import KafkaRangeReader, OffsetRange
 from risk_assets.ingest.partitioning import HOUR, ingest_window
 from risk_assets.lake import Lake
+from risk_assets.names import EVENTS_TOPIC
 from risk_assets.resources import KafkaResource, LakeResource, RedisResource
 from risk_assets.simulator.config import SimConfig
 from risk_assets.simulator.writers import make_producer, replay
