@@ -10,9 +10,15 @@
 5. catch up the stream path as the sensors would: micro-batches over exact offset ranges of
    ``risk.events`` → ``risk.features`` → online store (Redis) + feature log, then read one entity's
    features back from Redis;
-6. training set, challenger, promotion gate; offline → online sync with its audit; a drift report;
-7. start ``risk-serve`` on the champion and score a few live events (frauds and legit ones);
-8. print what was produced and where.
+6. training set, challenger, promotion gate; offline → online sync with its audit; a drift report,
+   realized performance and the profiles of the last day; the feature catalog;
+7. start ``risk-serve`` on the champion, score a few live events (frauds and legit ones), then
+   confirm the deployed model against it, copy its prediction log to the lake and scrape its health;
+8. print what was produced and where, and every asset check's verdict (a red one says why).
+
+The history hours the simulator writes straight into the archive are reported to the instance as
+materializations (runless events), so the UI shows the simulated days as materialized and nothing
+before them (the partitions start at the first simulated day, ``RISK_DATA_START``).
 
 Re-running is safe: if the broker already holds the demo's traffic it is not produced again, and
 archiving an hour again replaces it with the same bytes.
@@ -21,6 +27,7 @@ archiving an hour again replaces it with the same bytes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -29,7 +36,9 @@ import sys
 import time
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 import numpy as np
@@ -46,7 +55,24 @@ from risk_assets.ingest.partitioning import archive_hours
 from risk_assets.lake import Lake
 from risk_assets.models.artifacts import training_set_paths
 from risk_assets.models.scoring import champion_scorer
-from risk_assets.names import DRIFT_REPORT, EVENTS_TOPIC, ONLINE_STORE_SYNC, ROW_COUNT, feature_asset_key
+from risk_assets.names import (
+    DEPLOYED_MODEL,
+    DRIFT_REPORT,
+    EVENTS_TOPIC,
+    FEATURE_CATALOG,
+    FEATURE_PROFILES,
+    ONLINE_STORE_SYNC,
+    PREDICTION_LOG,
+    RAW_EVENTS,
+    RAW_EVENTS_DAILY_PROFILE,
+    RAW_EVENTS_PROFILE,
+    RAW_LABELS,
+    REALIZED_PERFORMANCE,
+    ROW_COUNT,
+    SERVICE_HEALTH,
+    TRAINING_SET_PROFILE,
+    feature_asset_key,
+)
 from risk_assets.partitions import DATA_START_ENV, TimePartitions
 from risk_assets.resources import LakeResource
 from risk_assets.sensors.catch_up import catch_up
@@ -177,6 +203,10 @@ def run(
     defs = build_definitions(TimePartitions(history_start.date()))
 
     instance = dg.DagsterInstance.get()
+    demo_started = datetime.now(UTC)
+    reported = _report_history(instance, lake, history_start, DEMO_START)
+    if reported:
+        info(f"reported {reported} history hours of raw_events/raw_labels to the instance (UI partitions)")
     step(
         f"archiving the live hours {live.start:%Y-%m-%d %H}:00 .. "
         f"{live.end - timedelta(hours=1):%H}:00 from the broker"
@@ -263,6 +293,30 @@ def run(
         f"in {time.perf_counter() - t0:.1f}s"
     )
 
+    step(f"daily monitoring of {as_of_day}: profiles, feature catalog, realized performance")
+    t0 = time.perf_counter()
+    day_start = DEMO_START - timedelta(days=1)
+    _materialize(
+        defs,
+        instance,
+        {dg.AssetKey(RAW_EVENTS_PROFILE)},
+        partition_range=(
+            day_start.strftime(PARTITION_FMT),
+            (DEMO_START - timedelta(hours=1)).strftime(PARTITION_FMT),
+        ),
+    )
+    _materialize(
+        defs,
+        instance,
+        {
+            dg.AssetKey(k)
+            for k in (RAW_EVENTS_DAILY_PROFILE, FEATURE_PROFILES, TRAINING_SET_PROFILE, REALIZED_PERFORMANCE)
+        },
+        partition_key=as_of_day,
+    )
+    _materialize(defs, instance, {dg.AssetKey(FEATURE_CATALOG)})
+    info(f"done in {time.perf_counter() - t0:.1f}s")
+
     step(f"drift report for {as_of_day}: that day's decisions vs the champion's training reference")
     t0 = time.perf_counter()
     drift = _materialize(defs, instance, {dg.AssetKey(DRIFT_REPORT)}, partition_key=as_of_day)
@@ -278,9 +332,27 @@ def run(
     step("scoring service: risk-serve with the champion and the online store, scoring live events")
     review, block = _operating_points(lake, as_of_day)
     info(f"thresholds: review ≥ {review:.4f} (1% FPR on training negatives), block ≥ {block:.4f} (0.1%)")
-    scored = _score_sample(live, endpoints, lake.url, review, block)
-    for line in scored:
-        info(line)
+    with _risk_serve(endpoints, lake.url, review, block) as (base, token):
+        for line in _score_sample(live, base, token):
+            info(line)
+        step("what serves: deployed model, prediction log, service health (against the running service)")
+        t0 = time.perf_counter()
+        os.environ["RISK_SERVE_URL"] = base
+        try:
+            serving = _materialize(
+                defs, instance, {dg.AssetKey(k) for k in (DEPLOYED_MODEL, PREDICTION_LOG, SERVICE_HEALTH)}
+            )
+        finally:
+            os.environ["RISK_SERVE_URL"] = ""
+        smeta = {
+            e.asset_key.path[-1]: e.materialization.metadata
+            for e in serving.get_asset_materialization_events()
+        }
+        deployed = smeta[DEPLOYED_MODEL]
+        info(
+            f"deployed {deployed['champion'].value} (served: {deployed['served_version'].value}); "
+            f"{smeta[PREDICTION_LOG][ROW_COUNT].value} predictions logged; in {time.perf_counter() - t0:.1f}s"
+        )
 
     live_hours = archive_hours(live.start, live.end)
     events = pl.concat(
@@ -306,6 +378,8 @@ def run(
     if sample:
         info(f"online store: Redis {endpoints['REDIS_URL']} — e.g. {sample}")
     info(f"Dagster home: {os.environ.get('DAGSTER_HOME', '(ephemeral)')}")
+    for line in _check_summary(instance, demo_started):
+        info(line)
     info("UI:           make dev  →  http://127.0.0.1:3000  (asset graph, the runs above, their metadata)")
     info(f"done in {time.perf_counter() - t_all:.1f}s; stop the stack with `make stack-down`")
     return 0
@@ -324,21 +398,11 @@ def _operating_points(lake: Lake, as_of_day: str) -> tuple[float, float]:
     return float(np.quantile(scores, 0.99)), float(np.quantile(scores, 0.999))
 
 
-def _score_sample(
-    live: SimConfig, endpoints: dict[str, str], lake_url: str, review: float, block: float, per_class: int = 3
-) -> list[str]:
-    """Start risk-serve, score a few frauds and legit decisions of the live hours, stop it."""
-    data = generate(live)
-    decisions = data.events.filter(pl.col("event_type").is_in(["withdrawal", "card_payment", "p2p_trade"]))
-    truth = data.ground_truth.select("event_id", "is_fraud", "scenario")
-    picked = decisions.join(truth, on="event_id").sort("event_ts", "event_id")
-    sample = pl.concat(
-        [
-            picked.filter(pl.col("is_fraud")).head(per_class),
-            picked.filter(~pl.col("is_fraud")).head(per_class),
-        ]
-    )
-    bodies = encode_events(sample.drop("is_fraud", "scenario"))
+@contextlib.contextmanager
+def _risk_serve(
+    endpoints: dict[str, str], lake_url: str, review: float, block: float
+) -> Iterator[tuple[str, str]]:
+    """Run risk-serve on the champion while the block runs: yields (base URL, bearer token)."""
     token, port = secrets.token_urlsafe(24), launcher.free_port()
     env = {
         **os.environ,
@@ -373,24 +437,7 @@ def _score_sample(
             if time.monotonic() > deadline:
                 raise DemoFailure(f"risk-serve was not ready within 60 s; see {log.name}")
             time.sleep(0.5)
-        lines = [f"risk-serve on {base} (POST /v1/score, bearer token; GET /metrics)"]
-        for body, row in zip(bodies, sample.iter_rows(named=True), strict=True):
-            req = urllib.request.Request(
-                f"{base}/v1/score",
-                data=body,
-                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-            )
-            t0 = time.perf_counter()
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                out = json.load(resp)
-            ms = (time.perf_counter() - t0) * 1000
-            truth_s = f"fraud ({row['scenario']})" if row["is_fraud"] else "legit"
-            top = out["reasons"][0]["feature"] if out["reasons"] else "-"
-            verdict = f"score {out['score']:.4f} → {out['decision']:<6}"
-            lines.append(
-                f"{row['event_type']:<12} truth {truth_s:<20} {verdict} top reason {top} ({ms:.1f} ms)"
-            )
-        return lines
+        yield base, token
     finally:
         proc.terminate()
         try:
@@ -398,6 +445,83 @@ def _score_sample(
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def _score_sample(live: SimConfig, base: str, token: str, per_class: int = 3) -> list[str]:
+    """Score a few frauds and legit decisions of the live hours through the running risk-serve."""
+    data = generate(live)
+    decisions = data.events.filter(pl.col("event_type").is_in(["withdrawal", "card_payment", "p2p_trade"]))
+    truth = data.ground_truth.select("event_id", "is_fraud", "scenario")
+    picked = decisions.join(truth, on="event_id").sort("event_ts", "event_id")
+    sample = pl.concat(
+        [
+            picked.filter(pl.col("is_fraud")).head(per_class),
+            picked.filter(~pl.col("is_fraud")).head(per_class),
+        ]
+    )
+    bodies = encode_events(sample.drop("is_fraud", "scenario"))
+    lines = [f"risk-serve on {base} (POST /v1/score, bearer token; GET /metrics)"]
+    for body, row in zip(bodies, sample.iter_rows(named=True), strict=True):
+        req = urllib.request.Request(
+            f"{base}/v1/score",
+            data=body,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            out = json.load(resp)
+        ms = (time.perf_counter() - t0) * 1000
+        truth_s = f"fraud ({row['scenario']})" if row["is_fraud"] else "legit"
+        top = out["reasons"][0]["feature"] if out["reasons"] else "-"
+        verdict = f"score {out['score']:.4f} → {out['decision']:<6}"
+        lines.append(f"{row['event_type']:<12} truth {truth_s:<20} {verdict} top reason {top} ({ms:.1f} ms)")
+    return lines
+
+
+def _report_history(instance: dg.DagsterInstance, lake: Lake, start: datetime, end: datetime) -> int:
+    """Report the archive hours the simulator wrote directly as materializations of ``raw_events``
+    and ``raw_labels`` (runless events with each hour's row count), once per instance."""
+    first = start.strftime(PARTITION_FMT)
+    if instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(RAW_EVENTS), asset_partitions=[first]), limit=1
+    ).records:
+        return 0
+    hours = 0
+    for hour in archive_hours(start, end):
+        for dataset in (RAW_EVENTS, RAW_LABELS):
+            path = archive_part_path(dataset, hour)
+            if not lake.exists(path):
+                continue
+            rows = pl.read_parquet(lake.read_bytes(path)).height
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(
+                    asset_key=dataset,
+                    partition=hour.strftime(PARTITION_FMT),
+                    metadata={ROW_COUNT: rows, "source": "risk-sim history (written straight to the lake)"},
+                )
+            )
+        hours += 1
+    return hours
+
+
+def _check_summary(instance: dg.DagsterInstance, since: datetime) -> list[str]:
+    """Every asset check evaluated by this demo's runs: the latest verdict per check, reds explained."""
+    latest: dict[tuple[str, str], Any] = {}
+    records = instance.get_run_records(dg.RunsFilter(created_after=since), ascending=True)
+    for record in records:
+        for entry in instance.all_logs(
+            record.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        ):
+            ev = entry.dagster_event.event_specific_data
+            latest[(ev.asset_key.to_user_string(), ev.check_name)] = ev
+    failed = [(k, ev) for k, ev in sorted(latest.items()) if not ev.passed]
+    lines = [f"checks:       {len(latest) - len(failed)} of {len(latest)} passed"]
+    for (asset, check), ev in failed:
+        why = ev.description or ", ".join(
+            f"{k}={getattr(v, 'value', v)}" for k, v in list(ev.metadata.items())[:3]
+        )
+        lines.append(f"  {ev.severity.value:<5} {asset}:{check} — {why}")
+    return lines
 
 
 def _online_sample(redis_url: str, events: pl.DataFrame) -> str | None:
