@@ -151,7 +151,8 @@ def _training_set_checks(
             "feature_days": coverage.feature_days,
             "groups_missing_days": len(coverage.missing_feature_days),
             "feature_days_missing": sum(len(d) for d in coverage.missing_feature_days.values()),
-            "label_days_missing": len(coverage.missing_label_days),
+            "labels_through": coverage.labels_through or "-",
+            "labels_needed_through": coverage.labels_needed_through,
         },
         description=None
         if coverage.complete
@@ -221,8 +222,8 @@ def model_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
                 asset=TRAINING_SET,
                 blocking=True,
                 description=(
-                    "Every feature day (window + TTL) of every group and every label day up to the cutoff "
-                    "is in the lake; a set built over missing inputs never reaches training."
+                    "Every feature day of the window is in the offline store for every group and the label "
+                    "archive reaches the cutoff; a set built over missing inputs never reaches training."
                 ),
             ),
             dg.AssetCheckSpec(

@@ -1,4 +1,4 @@
-"""Is a training window fully covered by its inputs? Feature days and label days present in the lake.
+"""Is a training window fully covered by its inputs? Feature days present, labels archived to the cutoff.
 
 Pure (no Dagster). A training set built over a window whose feature days or label days were never
 materialized is silently wrong (its rows see no features, or no positives); the training-set asset
@@ -19,34 +19,43 @@ from risk_assets.names import RAW_LABELS
 DAY = timedelta(days=1)
 
 
+LABEL_SLACK = timedelta(days=1)
+"""The label archive must reach this close to the cutoff (a quiet last day may have no label)."""
+
+
 @dataclass(frozen=True)
 class WindowCoverage:
-    """Which input days of a training window are present."""
+    """Which inputs of a training window are present."""
 
     feature_days: int
-    """Days each feature group must have (the window, plus its TTL of lookback)."""
+    """Days of the window each feature group must have."""
     missing_feature_days: dict[str, list[str]] = field(default_factory=dict)
-    """Per group: the days missing from the offline store."""
-    label_days: int = 0
-    missing_label_days: list[str] = field(default_factory=list)
-    """Days from the window start to the cutoff without any archived label hour."""
+    """Per group: the window's days missing from the offline store."""
+    labels_through: str | None = None
+    """The newest archived label hour (``YYYY-MM-DD HH:00``), or None when no label was archived."""
+    labels_needed_through: str = ""
+    """How far the label archive must reach: the cutoff minus ``LABEL_SLACK``."""
+
+    @property
+    def labels_complete(self) -> bool:
+        return self.labels_through is not None and self.labels_through >= self.labels_needed_through
 
     @property
     def complete(self) -> bool:
-        return not self.missing_feature_days and not self.missing_label_days
+        return not self.missing_feature_days and self.labels_complete
 
     def summary(self) -> str:
         """One line an analyst can act on."""
         if self.complete:
-            return "every feature day and label day of the window is present"
+            return "every feature day of the window is present and the label archive reaches the cutoff"
         parts = [
             f"{g}: {len(days)} of {self.feature_days} days missing (first {days[0]})"
             for g, days in sorted(self.missing_feature_days.items())
         ]
-        if self.missing_label_days:
+        if not self.labels_complete:
             parts.append(
-                f"raw_labels: {len(self.missing_label_days)} of {self.label_days} days without labels "
-                f"(first {self.missing_label_days[0]})"
+                f"raw_labels archived through {self.labels_through or 'nothing'}, "
+                f"needed through {self.labels_needed_through}"
             )
         return "; ".join(parts)
 
@@ -67,22 +76,24 @@ def window_coverage(
     window_end: datetime,
     as_of: datetime,
 ) -> WindowCoverage:
-    """Feature days ``[window_start − ttl, window_end)`` of every group and label days
-    ``[window_start, as_of)`` that are missing from the lake (one listing per group)."""
+    """The feature days of ``[window_start, window_end)`` missing from the offline store (one
+    listing per group), and how far the label archive reaches towards ``as_of``."""
+    days = _days(window_start, window_end)
     missing: dict[str, list[str]] = {}
-    expected_features = 0
     for g in groups:
-        days = _days(window_start - g.ttl, window_end)
-        expected_features = max(expected_features, len(days))
         present = {p.split("dt=")[1][:10] for p in lake.list(group_prefix(g)) if p.endswith(PART)}
         gone = [d for d in days if d not in present]
         if gone:
             missing[g.name] = gone
-    label_days = _days(window_start, as_of)
-    labelled = {p.split("dt=")[1][:10] for p in lake.list(f"{RAW_LABELS}/") if "dt=" in p}
+    hours = sorted(
+        f"{p.split('dt=')[1][:10]} {p.split('hour=')[1][:2]}:00"
+        for p in lake.list(f"{RAW_LABELS}/")
+        if "dt=" in p and "hour=" in p
+    )
+    needed = (as_of - LABEL_SLACK).astimezone(UTC).strftime("%Y-%m-%d %H:00")
     return WindowCoverage(
-        feature_days=expected_features,
+        feature_days=len(days),
         missing_feature_days=missing,
-        label_days=len(label_days),
-        missing_label_days=[d for d in label_days if d not in labelled],
+        labels_through=hours[-1] if hours else None,
+        labels_needed_through=needed,
     )

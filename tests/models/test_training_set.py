@@ -12,10 +12,13 @@ import pytest
 
 from risk_assets.features.batch import compute_feature_groups
 from risk_assets.features.groups import FEATURE_GROUPS, GROUPS_BY_NAME
-from risk_assets.features.offline_store import with_created_ts, write_days
+from risk_assets.features.offline_store import day_part_path, offline_schema, with_created_ts, write_days
+from risk_assets.ingest.archive_format import archive_part_path
 from risk_assets.lake import Lake
-from risk_assets.models.artifacts import training_set_paths
+from risk_assets.models.artifacts import challenger_pointer_path, training_set_paths
+from risk_assets.models.coverage import window_coverage
 from risk_assets.models.training_set import TrainingSetSpec, build_training_set, parquet_bytes
+from risk_assets.names import CHALLENGER_MODEL, RAW_LABELS, TRAINING_WINDOW_COVERAGE_CHECK
 from risk_assets.resources import LakeResource, RawEventSource
 from risk_assets.simulator.config import SimConfig
 from risk_assets.simulator.generator import generate
@@ -117,3 +120,53 @@ def test_training_set_asset_writes_data_and_manifest(world):
     assert manifest["rows"] == pl.read_parquet(first).height > 0
     assert run().success
     assert lake.read_bytes(data_path) == first
+
+
+def test_an_uncovered_window_fails_its_blocking_checks_and_training_does_not_run(world):
+    """Feature days missing from the offline store: the set is written, its blocking coverage check
+    fails with a line naming the groups and days, and the challenger in the same run is skipped."""
+    _, offline, tmp = world
+    lake = Lake(str(tmp.mktemp("lake")))
+    write_history(SIM, lake)
+    days = [START + timedelta(days=d) for d in range(8)]
+    for name, rows in offline.items():  # the window's last feature day is never materialized
+        write_days(lake, GROUPS_BY_NAME[name], rows, days[:-3])
+    day = (AS_OF - timedelta(days=1)).strftime("%Y-%m-%d")
+    result = dg.materialize(
+        [training_set, asset_def(CHALLENGER_MODEL)],
+        resources={"lake": LakeResource(url=lake.url), "raw_event_source": RawEventSource()},
+        partition_key=day,
+        run_config={"ops": {"training_set": {"config": {"window_days": 4, "maturity_days": 2}}}},
+        raise_on_error=False,
+    )
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    coverage = checks[TRAINING_WINDOW_COVERAGE_CHECK]
+    assert not coverage.passed
+    assert "days missing" in coverage.description and day in coverage.description
+    assert coverage.metadata["groups_missing_days"].value == len(offline)
+    assert not result.asset_materializations_for_node(CHALLENGER_MODEL)
+    assert not lake.exists(challenger_pointer_path(day))
+
+
+def test_window_coverage_reports_missing_feature_days_and_a_short_label_archive(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    group = FEATURE_GROUPS[0]
+    frame = pl.DataFrame(schema=offline_schema(group))
+    for d in (1, 2, 4):
+        lake.write_parquet(frame, day_part_path(group, START + timedelta(days=d)))
+    label_hour = archive_part_path(RAW_LABELS, START + timedelta(days=3, hours=5))
+    lake.write_parquet(pl.DataFrame({"x": [1]}), label_hour)
+    cov = window_coverage(
+        lake, [group], START + timedelta(days=1), START + timedelta(days=5), START + timedelta(days=6)
+    )
+    assert cov.missing_feature_days == {group.name: [f"{START + timedelta(days=3):%Y-%m-%d}"]}
+    assert cov.labels_through == f"{START + timedelta(days=3):%Y-%m-%d} 05:00"
+    assert not cov.labels_complete and not cov.complete
+    assert "raw_labels archived through" in cov.summary()
+    lake.write_parquet(
+        pl.DataFrame({"x": [1]}), archive_part_path(RAW_LABELS, START + timedelta(days=5, hours=2))
+    )
+    lake.write_parquet(frame, day_part_path(group, START + timedelta(days=3)))
+    assert window_coverage(
+        lake, [group], START + timedelta(days=1), START + timedelta(days=5), START + timedelta(days=6)
+    ).complete
