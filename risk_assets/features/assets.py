@@ -12,6 +12,7 @@ import time
 import dagster as dg
 import polars as pl
 
+from risk_assets.backfills import DAILY_BACKFILL, POOL_LAKE_BATCH
 from risk_assets.features.batch import compute_feature_groups, required_event_columns
 from risk_assets.features.definitions import FEATURE_GROUPS
 from risk_assets.features.offline_store import day_part_path, days_of, with_created_ts, write_days
@@ -63,7 +64,8 @@ def _spec(group: FeatureGroup) -> dg.AssetSpec:
     specs=[_spec(g) for g in FEATURE_GROUPS],
     partitions_def=DAILY,
     can_subset=True,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    backfill_policy=DAILY_BACKFILL,
+    pool=POOL_LAKE_BATCH,
     retry_policy=dg.RetryPolicy(max_retries=1, delay=10),
 )
 def batch_features(context: dg.AssetExecutionContext, lake: LakeResource, raw_event_source: RawEventSource):

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from risk_assets.backfills import HOURLY_BACKFILL, POOL_KAFKA_ARCHIVE, POOL_WAREHOUSE
 from risk_assets.events.validation import REASONS
 from risk_assets.ingest import snowflake_mirror
 from risk_assets.ingest.archive import EVENTS, LABELS, ArchiveSpec, build_archive, write_archive
@@ -87,7 +88,8 @@ def build_archive_asset(spec: ArchiveSpec) -> dg.AssetsDefinition:
             )
         ],
         partitions_def=HOURLY,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=HOURLY_BACKFILL,
+        pool=POOL_KAFKA_ARCHIVE,
         retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
     )
     def _archive(
@@ -166,7 +168,8 @@ ARCHIVE_LAG = HOUR + GRACE + timedelta(minutes=5)
     key="snowflake_raw_events",
     deps=["raw_events"],
     partitions_def=HOURLY,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    backfill_policy=HOURLY_BACKFILL,
+    pool=POOL_WAREHOUSE,
     group_name="warehouse",
     owners=[OWNER],
     kinds={"snowflake"},
