@@ -7,6 +7,7 @@ PostgreSQL on :5432 is never touched. As root (CI), the server must run as an un
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import sqlalchemy
 
 from risk_assets.stack import StackConfig, StackError, down, pids, status, up
 from risk_assets.stack import postgres as pg
-from tests.conftest import free_port
+from tests.conftest import free_port, pg_state_dir
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,9 +33,10 @@ def _no_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def config(tmp_path: Path):
+def config():
+    root = pg_state_dir()  # outside pytest's basetemp (see tests/conftest.py)
     cfg = StackConfig(
-        state_dir=tmp_path / "stack",
+        state_dir=root / "stack",
         redis_port=free_port(),
         kafka_port=free_port(),
         postgres_port=free_port(),
@@ -44,6 +46,7 @@ def config(tmp_path: Path):
         yield cfg
     finally:
         down(cfg)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def listening(port: int) -> bool:
@@ -121,7 +124,8 @@ def test_missing_binaries_fail_in_one_line_and_stop_what_started(
     assert pids(config) == {} and not listening(config.redis_port)
 
 
-def test_cli_up_postgres_prints_the_url(tmp_path: Path) -> None:
+def test_cli_up_postgres_prints_the_url() -> None:
+    tmp_path = pg_state_dir()
     env = {k: v for k, v in os.environ.items() if k not in _OVERRIDES}
     port = free_port()
     args = ["--state-dir", str(tmp_path), "--redis-port", str(free_port()), "--kafka-port", str(free_port())]
@@ -150,3 +154,4 @@ def test_cli_up_postgres_prints_the_url(tmp_path: Path) -> None:
         down_cmd = [*cli, "down", "--state-dir", str(tmp_path)]
         subprocess.run(down_cmd, env=env, cwd=ROOT, timeout=60, check=True)
     assert not listening(port)
+    shutil.rmtree(tmp_path, ignore_errors=True)
