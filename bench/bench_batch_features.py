@@ -39,9 +39,9 @@ def main() -> None:
     import polars as pl
 
     from risk_assets.features.batch import compute_feature_groups
-    from risk_assets.features.definitions import FEATURE_GROUPS
+    from risk_assets.features.groups import FEATURE_GROUPS
     from risk_assets.simulator import SimConfig, generate
-    from tests.test_batch_features import oracle
+    from tests.features.test_batch_features import oracle
 
     cfg = SimConfig(hours=24, events_per_day=args.events_per_day)
     t = time.perf_counter()

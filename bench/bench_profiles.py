@@ -48,7 +48,7 @@ def main() -> None:
     import polars as pl
 
     from risk_assets.features.batch import compute_feature_groups
-    from risk_assets.features.definitions import FEATURE_GROUPS
+    from risk_assets.features.groups import FEATURE_GROUPS
     from risk_assets.monitoring import drift, profiles
     from risk_assets.simulator import SimConfig, generate
 

@@ -45,7 +45,6 @@ OPENLOOP = Path(os.environ.get("OPENLOOP", "/work/shared/tools/openloop.py"))
 TOKEN = "bench-token"
 
 
-
 # ------------------------------------------------------------------------------------------------
 # baseline server (runs in its own process)
 
@@ -94,8 +93,15 @@ def run_baseline_server(port: int) -> None:
 
     app_module.ScoringService.score_events = naive_score_events  # type: ignore[method-assign]
     app = app_module.create_app(ServeConfig.from_env())
-    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", access_log=False,
-                log_level="warning")
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -114,8 +120,15 @@ def train_champion(features: list[str], trees: int, depth: int, seed: int = 11) 
     margin = np.nan_to_num(x) @ w / np.sqrt(len(features)) + rng.normal(size=n)
     y = (margin > np.quantile(margin, 0.97)).astype(float)  # ~3% positives
     booster = xgb.train(
-        {"objective": "binary:logistic", "max_depth": depth, "eta": 0.05, "nthread": 2, "seed": seed,
-         "subsample": 0.8, "colsample_bytree": 0.8},
+        {
+            "objective": "binary:logistic",
+            "max_depth": depth,
+            "eta": 0.05,
+            "nthread": 2,
+            "seed": seed,
+            "subsample": 0.8,
+            "colsample_bytree": 0.8,
+        },
         xgb.DMatrix(x, label=y, missing=np.nan),
         num_boost_round=trees,
     )
@@ -128,8 +141,13 @@ def simulate_events(users: int, limit: int) -> tuple[pl.DataFrame, list[bytes]]:
     from risk_assets.simulator.encoding import encode_events
     from risk_assets.simulator.generator import generate
 
-    cfg = SimConfig(seed=5, start=datetime(2026, 8, 1, tzinfo=UTC), hours=6, users=users,
-                    events_per_day=max(100_000, users * 10))
+    cfg = SimConfig(
+        seed=5,
+        start=datetime(2026, 8, 1, tzinfo=UTC),
+        hours=6,
+        users=users,
+        events_per_day=max(100_000, users * 10),
+    )
     events = generate(cfg).events
     events = events.filter(
         pl.col("event_type").is_in(["login", "withdrawal", "card_payment", "p2p_trade", "deposit"])
@@ -139,7 +157,7 @@ def simulate_events(users: int, limit: int) -> tuple[pl.DataFrame, list[bytes]]:
 
 def preload_online(store: Any, events: pl.DataFrame) -> int:
     """Random online rows for every (group, entity) the events involve; returns rows written."""
-    from risk_assets.features.definitions import FEATURE_GROUPS
+    from risk_assets.features.groups import FEATURE_GROUPS
     from risk_assets.features.ingestion import group_layout
 
     rng = np.random.default_rng(3)
@@ -185,8 +203,18 @@ def scrape(port: int) -> dict[str, float]:
 
 def openloop(port: int, bodies: Path, rate: int, seconds: float) -> dict[str, Any]:
     cmd = [
-        sys.executable, str(OPENLOOP), "--url", f"http://127.0.0.1:{port}/v1/score", "--bodies", str(bodies),
-        "--header", f"Authorization: Bearer {TOKEN}", "--rate", str(rate), "--seconds", str(seconds),
+        sys.executable,
+        str(OPENLOOP),
+        "--url",
+        f"http://127.0.0.1:{port}/v1/score",
+        "--bodies",
+        str(bodies),
+        "--header",
+        f"Authorization: Bearer {TOKEN}",
+        "--rate",
+        str(rate),
+        "--seconds",
+        str(seconds),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -272,7 +300,7 @@ def main() -> None:
         run_baseline_server(args.port)
         return
 
-    from risk_assets.features.definitions import FEATURE_GROUPS
+    from risk_assets.features.groups import FEATURE_GROUPS
     from risk_assets.features.online_store import OnlineStore
     from risk_assets.lake import Lake
     from risk_assets.models import registry
@@ -280,11 +308,15 @@ def main() -> None:
     from risk_assets.stack import launcher
 
     load1 = os.getloadavg()[0]
-    print(f"machine: {os.cpu_count()} cores, load average {load1:.2f} at start "
-          "(other work on the machine inflates the tails; see 'machine busy' per step)", flush=True)
+    print(
+        f"machine: {os.cpu_count()} cores, load average {load1:.2f} at start "
+        "(other work on the machine inflates the tails; see 'machine busy' per step)",
+        flush=True,
+    )
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    config = launcher.StackConfig(state_dir=work / "stack", redis_port=launcher.free_port(),
-                                  kafka_port=launcher.free_port())
+    config = launcher.StackConfig(
+        state_dir=work / "stack", redis_port=launcher.free_port(), kafka_port=launcher.free_port()
+    )
     saved = {k: os.environ.pop(k) for k in ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS") if k in os.environ}
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -293,22 +325,32 @@ def main() -> None:
         features = model_feature_columns(FEATURE_GROUPS)
         t = time.perf_counter()
         model = train_champion(features, args.trees, args.depth)
-        print(f"trained {args.trees} trees of depth {args.depth} on {len(features)} features "
-              f"in {time.perf_counter() - t:.1f} s ({len(model) / 1e6:.1f} MB UBJ)", flush=True)
+        print(
+            f"trained {args.trees} trees of depth {args.depth} on {len(features)} features "
+            f"in {time.perf_counter() - t:.1f} s ({len(model) / 1e6:.1f} MB UBJ)",
+            flush=True,
+        )
         lake = Lake(str(work / "lake"))
-        version = registry.register(lake, model, {
-            "features": features,
-            "feature_groups": {g.name: g.version for g in FEATURE_GROUPS},
-            "params": {"objective": "binary:logistic", "max_depth": args.depth, "trees": args.trees},
-        })
+        version = registry.register(
+            lake,
+            model,
+            {
+                "features": features,
+                "feature_groups": {g.name: g.version for g in FEATURE_GROUPS},
+                "params": {"objective": "binary:logistic", "max_depth": args.depth, "trees": args.trees},
+            },
+        )
         registry.set_champion(lake, version, "bench")
 
         t = time.perf_counter()
         events, payloads = simulate_events(args.users, args.events)
         with OnlineStore.from_url(endpoints["REDIS_URL"], namespace="risk") as store:
             rows = preload_online(store, events)
-        print(f"{events.height} events ({dict(events['event_type'].value_counts().iter_rows())}); "
-              f"{rows} online rows preloaded in {time.perf_counter() - t:.1f} s", flush=True)
+        print(
+            f"{events.height} events ({dict(events['event_type'].value_counts().iter_rows())}); "
+            f"{rows} online rows preloaded in {time.perf_counter() - t:.1f} s",
+            flush=True,
+        )
         bodies = work / "bodies.jsonl"
         bodies.write_bytes(b"\n".join(payloads) + b"\n")
 
@@ -336,13 +378,19 @@ def main() -> None:
             print(f"{name}: {path}", flush=True)
             results[name] = run_series(name, port, bodies, [int(r) for r in rates.split(",")], args.seconds)
             m = scrape(port)
-            decisions = {k.split('"')[1]: int(v) for k, v in m.items()
-                         if k.startswith("risk_serve_events_scored_total")}
-            print(f"  {name}: decisions {decisions}; prediction log sent "
-                  f"{int(m['risk_serve_prediction_log_sent_total'])}, dropped "
-                  f"{int(m['risk_serve_prediction_log_dropped_total'])}; degraded "
-                  f"{int(m['risk_serve_redis_degraded_total'])}; RSS "
-                  f"{m['process_resident_memory_bytes'] / 1e6:.0f} MB", flush=True)
+            decisions = {
+                k.split('"')[1]: int(v)
+                for k, v in m.items()
+                if k.startswith("risk_serve_events_scored_total")
+            }
+            print(
+                f"  {name}: decisions {decisions}; prediction log sent "
+                f"{int(m['risk_serve_prediction_log_sent_total'])}, dropped "
+                f"{int(m['risk_serve_prediction_log_dropped_total'])}; degraded "
+                f"{int(m['risk_serve_redis_degraded_total'])}; RSS "
+                f"{m['process_resident_memory_bytes'] / 1e6:.0f} MB",
+                flush=True,
+            )
             stop_server(proc)
             procs.remove(proc)
 
@@ -353,9 +401,11 @@ def main() -> None:
         common = [r for r in results["risk-serve"] if r["rate"] in {b["rate"] for b in results["baseline"]}]
         for r in common:
             b = next(x for x in results["baseline"] if x["rate"] == r["rate"])
-            print(f"  at {r['rate']:.0f}/s: baseline p50 / p99 / server CPU per request are "
-                  f"{b['p50_ms'] / r['p50_ms']:.1f}x / {b['p99_ms'] / r['p99_ms']:.1f}x / "
-                  f"{b['server_cpu_ms_per_request'] / r['server_cpu_ms_per_request']:.1f}x risk-serve's")
+            print(
+                f"  at {r['rate']:.0f}/s: baseline p50 / p99 / server CPU per request are "
+                f"{b['p50_ms'] / r['p50_ms']:.1f}x / {b['p99_ms'] / r['p99_ms']:.1f}x / "
+                f"{b['server_cpu_ms_per_request'] / r['server_cpu_ms_per_request']:.1f}x risk-serve's"
+            )
         (work / "results.json").write_text(json.dumps(results, indent=1))
         print(f"\nraw results: {work / 'results.json'}")
     finally:

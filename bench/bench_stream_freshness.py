@@ -37,8 +37,8 @@ import polars as pl
 from confluent_kafka import Consumer, TopicPartition
 
 from risk_assets.events.schema import EVENTS_TOPIC
-from risk_assets.features.definitions import FEATURE_GROUPS
 from risk_assets.features.feature_buffer import FEATURES_TOPIC, publish
+from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.ingestion import group_layout, ingest_range
 from risk_assets.features.online_store import OnlineStore
 from risk_assets.features.stream import process_events

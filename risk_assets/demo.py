@@ -37,7 +37,7 @@ import polars as pl
 
 from risk_assets.events.schema import EVENTS_TOPIC
 from risk_assets.features.assets import feature_asset_key
-from risk_assets.features.definitions import FEATURE_GROUPS
+from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.ingestion import group_layout
 from risk_assets.features.online_store import OnlineStore
 from risk_assets.features.stream_assets import STREAM_GROUPS
@@ -46,7 +46,7 @@ from risk_assets.ingest.archive_format import archive_part_path
 from risk_assets.ingest.kafka_reader import KafkaRangeReader
 from risk_assets.lake import Lake
 from risk_assets.models.assets import training_set_paths
-from risk_assets.monitoring.scoring import champion_scorer
+from risk_assets.models.scoring import champion_scorer
 from risk_assets.resources import LakeResource, archive_hours
 from risk_assets.sensors.catch_up import catch_up
 from risk_assets.sensors.kafka_sensors import feature_ingestion_sensor, stream_features_sensor

@@ -14,7 +14,7 @@ import polars as pl
 
 from risk_assets.backfills import DAILY_BACKFILL, POOL_LAKE_BATCH
 from risk_assets.features.batch import compute_feature_groups, required_event_columns
-from risk_assets.features.definitions import FEATURE_GROUPS
+from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.offline_store import day_part_path, days_of, with_created_ts, write_days
 from risk_assets.features.spec import FeatureGroup
 from risk_assets.resources import LakeResource, RawEventSource

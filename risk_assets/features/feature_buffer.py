@@ -36,7 +36,7 @@ from typing import Any
 import msgspec
 import polars as pl
 
-from risk_assets.features.definitions import FEATURE_GROUPS
+from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.online_store import encode_entity_key
 from risk_assets.features.spec import EVENT_TS, FeatureGroup
 from risk_assets.features.stream import CREATED_TS, output_schema

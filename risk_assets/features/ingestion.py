@@ -42,8 +42,8 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import polars as pl
 
-from risk_assets.features.definitions import FEATURE_GROUPS
 from risk_assets.features.feature_buffer import DecodedBuffer, decode
+from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.online_store import GroupLayout, OnlineStore, WriteResult
 from risk_assets.features.spec import EVENT_TS, FeatureGroup
 from risk_assets.features.stream import CREATED_TS, output_schema

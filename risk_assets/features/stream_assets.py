@@ -20,8 +20,8 @@ import polars as pl
 
 from risk_assets.features.assets import feature_asset_key
 from risk_assets.features.consistency import compare
-from risk_assets.features.definitions import FEATURE_GROUPS
 from risk_assets.features.feature_buffer import FEATURES_TOPIC, publish
+from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.ingestion import ingest_range, read_feature_log
 from risk_assets.features.offline_store import read_offline
 from risk_assets.features.online_store import OnlineStore

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from risk_assets.features.assets import feature_asset_key
-from risk_assets.features.definitions import FEATURE_GROUPS
+from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.online_audit import audit
 from risk_assets.features.online_store import OnlineStore
 from risk_assets.features.online_sync import sync

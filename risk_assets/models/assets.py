@@ -13,7 +13,7 @@ import dagster as dg
 import polars as pl
 
 from risk_assets.features.assets import DAILY, feature_asset_key
-from risk_assets.features.definitions import FEATURE_GROUPS
+from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.offline_store import read_offline
 from risk_assets.lake import Lake
 from risk_assets.models import registry

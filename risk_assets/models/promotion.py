@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from risk_assets.features.definitions import FEATURE_GROUPS
+from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.spec import FeatureGroup
 from risk_assets.lake import Lake
 from risk_assets.models import metrics as mx

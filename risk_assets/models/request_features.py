@@ -2,7 +2,7 @@
 
 Two forms of one definition: ``REQUEST_FEATURES`` (Polars expressions, for training sets) and
 ``request_features(event)`` (plain Python on one event dict, for the service's hot path, where a
-one-row DataFrame would cost more than the model). ``tests/test_request_features.py`` checks that
+one-row DataFrame would cost more than the model). ``tests/models/test_request_features.py`` checks that
 both agree on simulated traffic; change them together.
 """
 

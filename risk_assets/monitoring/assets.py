@@ -1,7 +1,7 @@
 """Monitoring assets: whylogs profiles, the daily drift report and delayed-label performance.
 
 Thin wiring around :mod:`risk_assets.monitoring.profiles`, :mod:`risk_assets.monitoring.drift` and
-:mod:`risk_assets.monitoring.scoring`. Everything is written to the lake under ``profiles/`` and
+:mod:`risk_assets.models.scoring`. Everything is written to the lake under ``profiles/`` and
 ``monitoring/`` and summarised as stable numeric metadata, which the retraining sensor
 (:mod:`risk_assets.sensors.retraining`) reads from the instance.
 
@@ -32,13 +32,14 @@ import numpy as np
 import polars as pl
 
 from risk_assets.features.assets import DAILY, feature_asset_key
-from risk_assets.features.definitions import FEATURE_GROUPS
+from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.offline_store import group_prefix, read_offline
 from risk_assets.ingest.archive import EVENTS, read_archive
 from risk_assets.ingest.assets import HOURLY
 from risk_assets.lake import Lake
 from risk_assets.models import registry
 from risk_assets.models.assets import read_training_set, training_set_paths
+from risk_assets.models.scoring import Scorer, champion_at, load_scorer, realized_metrics
 from risk_assets.models.training_set import (
     SPINE_COLUMNS,
     TrainingSetSpec,
@@ -47,7 +48,6 @@ from risk_assets.models.training_set import (
 )
 from risk_assets.monitoring import profiles
 from risk_assets.monitoring.drift import DriftReport, drift_report, label_rate_drift, prediction_drift
-from risk_assets.monitoring.scoring import Scorer, champion_at, load_scorer, realized_metrics
 from risk_assets.resources import LakeResource, RawEventSource
 
 OWNER = "team:risk-ml"

@@ -27,7 +27,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from risk_assets.features.definitions import FEATURE_GROUPS, GROUPS_BY_NAME
+from risk_assets.features.groups import FEATURE_GROUPS, GROUPS_BY_NAME
 from risk_assets.features.offline_store import read_offline
 from risk_assets.features.point_in_time import point_in_time_join
 from risk_assets.ingest.kafka_reader import KafkaReadError, OffsetRange

@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from risk_assets.features.definitions import GROUPS_BY_NAME
+from risk_assets.features.groups import GROUPS_BY_NAME
 from risk_assets.features.ingestion import group_layout
 from risk_assets.features.online_store import (
     GroupLayout,

@@ -12,7 +12,7 @@ import pytest
 
 from risk_assets.features.assets import batch_features, feature_asset_key
 from risk_assets.features.batch import compute_feature_groups
-from risk_assets.features.definitions import FEATURE_GROUPS
+from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.offline_store import day_part_path, read_offline
 from risk_assets.ingest.assets import snowflake_raw_events
 from risk_assets.lake import Lake

@@ -27,7 +27,7 @@ from dagster_postgres import DagsterPostgresStorage
 from risk_assets import backfills
 from risk_assets.stack import postgres
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VALUES = yaml.safe_load((ROOT / "deploy" / "helm" / "values.yaml").read_text())
 NAMESPACE = "risk"
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from risk_assets.features.assets import batch_features, feature_asset_key
-from risk_assets.features.definitions import GROUPS_BY_NAME
+from risk_assets.features.groups import GROUPS_BY_NAME
 from risk_assets.features.ingestion import group_layout
 from risk_assets.features.offline_store import day_part_path
 from risk_assets.features.online_audit import audit

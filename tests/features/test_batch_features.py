@@ -14,7 +14,7 @@ import pytest
 
 from risk_assets.events.schema import ARCHIVE_EVENT_COLUMNS, ARCHIVE_LABEL_COLUMNS, EVENT_TYPES
 from risk_assets.features.batch import compute_feature_group, compute_feature_groups
-from risk_assets.features.definitions import FEATURE_GROUPS
+from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.spec import (
     DEVICE,
     USER,

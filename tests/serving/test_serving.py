@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from risk_assets.features.definitions import FEATURE_GROUPS, GROUPS_BY_NAME
+from risk_assets.features.groups import FEATURE_GROUPS, GROUPS_BY_NAME
 from risk_assets.features.ingestion import group_layout
 from risk_assets.features.online_store import OnlineStore
 from risk_assets.lake import Lake
@@ -36,7 +36,7 @@ from risk_assets.models.training_set import model_feature_columns
 from risk_assets.stack import launcher
 from tests.conftest import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "s3cr3t-token-for-tests"
 FEATURES = model_feature_columns(FEATURE_GROUPS)
 # The toy models below score high exactly when this online feature is high.
@@ -168,7 +168,10 @@ def start_service(tmp: Path, lake: Lake, redis_url: str, kafka: str, namespace: 
     with log_path.open("wb") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "risk_assets.serving.cli", "--port", str(port)],
-            cwd=ROOT, env=full_env, stdout=fh, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=full_env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
         )
     svc = Service(port, proc, log_path, full_env)
     deadline = time.monotonic() + 30
@@ -226,12 +229,20 @@ def event(kind: str = "withdrawal", n: int = 0, **over: Any) -> dict[str, Any]:
     typed = {
         "login": {"success": True, "auth_method": "password"},
         "withdrawal": {
-            "amount": 0.5, "currency": "BTC", "amount_usd": 30_000.0,
-            "wallet_address": f"bc1q{n}", "chain": "bitcoin",
+            "amount": 0.5,
+            "currency": "BTC",
+            "amount_usd": 30_000.0,
+            "wallet_address": f"bc1q{n}",
+            "chain": "bitcoin",
         },
         "card_payment": {
-            "amount": 50.0, "currency": "EUR", "amount_usd": 54.0, "card_id": f"c_{n}",
-            "card_bin": "411111", "card_country": "DE", "status": "declined",
+            "amount": 50.0,
+            "currency": "EUR",
+            "amount_usd": 54.0,
+            "card_id": f"c_{n}",
+            "card_bin": "411111",
+            "card_country": "DE",
+            "status": "declined",
             "decline_reason": "invalid_cvv",
         },
     }[kind]
@@ -312,7 +323,13 @@ def test_score_round_trip_reads_online_features(shared) -> None:
     status, before = c.score(ev)
     assert status == 200, before
     assert set(before) == {
-        "event_id", "score", "decision", "model_version", "reasons", "features_missing", "degraded"
+        "event_id",
+        "score",
+        "decision",
+        "model_version",
+        "reasons",
+        "features_missing",
+        "degraded",
     }
     assert before["model_version"] == version and before["degraded"] is False
     assert before["event_id"] == ev["event_id"]
@@ -434,9 +451,7 @@ def test_prediction_log_reaches_kafka(shared) -> None:
     c = svc.client()
     events = [event("card_payment", n=600 + i) for i in range(20)]
     results = [c.score(e)[1] for e in events]
-    wait_for(
-        lambda: c.metrics()["risk_serve_prediction_log_sent_total"] >= 20, what="prediction log acks"
-    )
+    wait_for(lambda: c.metrics()["risk_serve_prediction_log_sent_total"] >= 20, what="prediction log acks")
     ours = {e["event_id"] for e in events}
     messages = {m["event_id"]: m for m in read_predictions(kafka) if m["event_id"] in ours}
     assert set(messages) == ours
@@ -517,7 +532,9 @@ def test_hot_reload_under_load_and_refusals(session_stack, tmp_path: Path, key_p
         )
         # A model whose manifest asks for a feature the service cannot produce.
         register(
-            lake, train_model(seed=5), created=T0 + timedelta(seconds=4),
+            lake,
+            train_model(seed=5),
+            created=T0 + timedelta(seconds=4),
             manifest=manifest([*FEATURES[:-1], "mystery_group__x"]),
         )
         wait_for(
@@ -543,9 +560,7 @@ def test_redis_outage_degrades_then_recovers(fresh_stack, tmp_path: Path) -> Non
     lake = Lake(str(tmp_path / "lake"))
     version = register(lake, train_model(seed=1))
     ns = "risk"
-    svc = start_service(
-        tmp_path, lake, fresh_stack.redis_url, fresh_stack.kafka, ns, RISK_REDIS_FRESH_S="2"
-    )
+    svc = start_service(tmp_path, lake, fresh_stack.redis_url, fresh_stack.kafka, ns, RISK_REDIS_FRESH_S="2")
     store = OnlineStore.from_url(fresh_stack.redis_url, namespace=ns)
     try:
         c = svc.client()
@@ -599,8 +614,13 @@ def test_full_prediction_queue_drops_and_counts(session_stack, tmp_path: Path, k
     register(lake, train_model(seed=1))
     dead_broker = f"127.0.0.1:{free_port()}"
     svc = start_service(
-        tmp_path, lake, session_stack.redis_url, dead_broker, key_prefix,
-        RISK_PREDICTION_QUEUE="5", RISK_PREDICTION_BUFFER="3",
+        tmp_path,
+        lake,
+        session_stack.redis_url,
+        dead_broker,
+        key_prefix,
+        RISK_PREDICTION_QUEUE="5",
+        RISK_PREDICTION_BUFFER="3",
     )
     try:
         c = svc.client()
@@ -623,6 +643,10 @@ def test_refuses_to_start_without_token(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RISK_")}
     proc = subprocess.run(
         [sys.executable, "-m", "risk_assets.serving.cli", "--port", str(free_port())],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2 and "RISK_SERVE_TOKEN" in proc.stderr

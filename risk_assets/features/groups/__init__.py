@@ -6,9 +6,9 @@ iterates over; group names are unique across modules.
 
 from __future__ import annotations
 
-from risk_assets.features.definitions.account_takeover import ATO_GROUPS
-from risk_assets.features.definitions.card_testing import CARD_TESTING_GROUPS
-from risk_assets.features.definitions.p2p_scam import P2P_SCAM_GROUPS
+from risk_assets.features.groups.account_takeover import ATO_GROUPS
+from risk_assets.features.groups.card_testing import CARD_TESTING_GROUPS
+from risk_assets.features.groups.p2p_scam import P2P_SCAM_GROUPS
 from risk_assets.features.spec import FeatureGroup
 
 FEATURE_GROUPS: tuple[FeatureGroup, ...] = (*ATO_GROUPS, *CARD_TESTING_GROUPS, *P2P_SCAM_GROUPS)

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from risk_assets.features.batch import compute_feature_groups
-from risk_assets.features.definitions import FEATURE_GROUPS, GROUPS_BY_NAME
+from risk_assets.features.groups import FEATURE_GROUPS, GROUPS_BY_NAME
 from risk_assets.features.spec import Aggregate, FeatureGroup, Ratio, _ms
 from risk_assets.features.stream import CREATED_TS, output_schema, process_events
 from risk_assets.features.stream_state import (

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from risk_assets.features.definitions import GROUPS_BY_NAME
+from risk_assets.features.groups import GROUPS_BY_NAME
 from risk_assets.features.ingestion import group_layout
 from risk_assets.features.offline_store import offline_schema, write_days
 from risk_assets.features.online_store import OnlineStore
@@ -39,7 +39,7 @@ from risk_assets.monitoring.serving_assets import (
     serving_skew,
 )
 from risk_assets.resources import KafkaResource, LakeResource, RawEventSource
-from tests.test_serving import T0, event, register, start_service, stop_service, train_model, wait_for
+from tests.serving.test_serving import T0, event, register, start_service, stop_service, train_model, wait_for
 
 GROUPS = ("ato_user", "ato_device", "ato_ip", "withdrawal_wallet", "user_wallet")
 BUG_GROUP = "ato_user"

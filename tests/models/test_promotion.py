@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from risk_assets.features.definitions import FEATURE_GROUPS
+from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.lake import Lake
 from risk_assets.models import registry
 from risk_assets.models.promotion import (
@@ -25,7 +25,7 @@ from risk_assets.models.promotion import (
 )
 from risk_assets.models.request_features import REQUEST_FEATURE_NAMES
 from risk_assets.models.training import TrainedModel, TrainingParams, manifest_for, train
-from tests.test_model_training import FAST, simulated_training_set, trained_model
+from tests.models.test_model_training import FAST, simulated_training_set, trained_model
 
 AUX = replace(FAST, n_estimators=60, early_stopping_rounds=15)
 

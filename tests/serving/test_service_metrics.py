@@ -24,9 +24,9 @@ from risk_assets.lake import Lake
 from risk_assets.monitoring.service_health import health, merge_states, parse_prometheus, scrape_state
 from risk_assets.serving.service_metrics import ServiceMetrics, merge_expositions
 from tests.conftest import free_port
-from tests.test_serving import TOKEN, Client, event, register, train_model
+from tests.serving.test_serving import TOKEN, Client, event, register, train_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCORED = 'risk_serve_requests_total{endpoint="score",code="200"}'
 LATENCY_COUNT = 'risk_serve_request_duration_seconds_count{endpoint="score"}'
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from risk_assets.features.definitions import FEATURE_GROUPS, GROUPS_BY_NAME
+from risk_assets.features.groups import FEATURE_GROUPS, GROUPS_BY_NAME
 from risk_assets.features.spec import (
     DEVICE,
     USER,

@@ -18,7 +18,7 @@ from risk_assets.monitoring import drift as D
 from risk_assets.monitoring import profiles as P
 from risk_assets.monitoring.skew import row_level_skew
 
-PACKAGE = Path(__file__).resolve().parents[1] / "risk_assets"
+PACKAGE = Path(__file__).resolve().parents[2] / "risk_assets"
 
 
 def mixed_frame(n: int = 2000, seed: int = 0) -> pl.DataFrame:

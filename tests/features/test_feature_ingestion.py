@@ -15,7 +15,6 @@ import polars as pl
 import pytest
 from confluent_kafka import Producer
 
-from risk_assets.features.definitions import FEATURE_GROUPS, GROUPS_BY_NAME
 from risk_assets.features.feature_buffer import (
     BAD_VALUES,
     BUFFER_FORMAT_VERSION,
@@ -28,6 +27,7 @@ from risk_assets.features.feature_buffer import (
     encode_rows,
     publish,
 )
+from risk_assets.features.groups import FEATURE_GROUPS, GROUPS_BY_NAME
 from risk_assets.features.ingestion import (
     DEAD_LETTER_DATASET,
     FEATURE_LOG,

@@ -31,7 +31,7 @@ from risk_assets.resources import KafkaResource, LakeResource, RawEventSource, R
 from risk_assets.sensors.retraining import REASON_TAG, retraining_sensor
 from risk_assets.simulator.encoding import encode_events
 from risk_assets.simulator.writers import write_history
-from tests.test_drift_retraining_e2e import (
+from tests.e2e.test_drift_retraining_e2e import (
     CHAMPION_DAY,
     DAYS,
     DRIFTED_DAY,
@@ -41,7 +41,7 @@ from tests.test_drift_retraining_e2e import (
     _day,
     _ground_truth,
 )
-from tests.test_serving import start_service, stop_service
+from tests.serving.test_serving import start_service, stop_service
 
 pytestmark = pytest.mark.timeout(600)
 DECISIONS = ("withdrawal", "card_payment", "p2p_trade")

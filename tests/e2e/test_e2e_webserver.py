@@ -23,11 +23,11 @@ import sqlalchemy
 from risk_assets.ingest.archive_format import archive_part_path
 from risk_assets.lake import Lake
 from tests.conftest import free_port, instance_yaml
-from tests.test_archive import login, ms, produce
+from tests.ingest.test_archive import login, ms, produce
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 H0 = datetime(2026, 4, 2, 6, tzinfo=UTC)
 
 LAUNCH = """

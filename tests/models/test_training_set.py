@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from risk_assets.features.batch import compute_feature_groups
-from risk_assets.features.definitions import FEATURE_GROUPS, GROUPS_BY_NAME
+from risk_assets.features.groups import FEATURE_GROUPS, GROUPS_BY_NAME
 from risk_assets.features.offline_store import with_created_ts, write_days
 from risk_assets.lake import Lake
 from risk_assets.models.assets import training_set, training_set_paths

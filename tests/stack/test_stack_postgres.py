@@ -22,7 +22,7 @@ from tests.conftest import free_port, pg_state_dir
 
 pytestmark = pytest.mark.timeout(120)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 _OVERRIDES = ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "S3_ENDPOINT_URL", "DAGSTER_PG_URL", "RISK_PG_BIN_DIR")
 
 

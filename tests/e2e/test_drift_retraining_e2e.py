@@ -28,9 +28,9 @@ from risk_assets.lake import Lake
 from risk_assets.models import metrics as mx
 from risk_assets.models import registry
 from risk_assets.models.assets import challenger_model, model_promotion, training_set
+from risk_assets.models.scoring import load_scorer
 from risk_assets.models.training_set import TrainingSetSpec
 from risk_assets.monitoring.assets import decision_frame, drift_report_asset, realized_performance
-from risk_assets.monitoring.scoring import load_scorer
 from risk_assets.resources import LakeResource, RawEventSource
 from risk_assets.sensors.retraining import REASON_TAG, TRIGGER_TAG, retraining_sensor
 from risk_assets.simulator import SimConfig

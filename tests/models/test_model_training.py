@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 
 from risk_assets.features.batch import compute_feature_groups
-from risk_assets.features.definitions import FEATURE_GROUPS
+from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.offline_store import with_created_ts
 from risk_assets.models import metrics as mx
 from risk_assets.models.rules_baseline import evaluate_rules, score_rules
