@@ -12,7 +12,7 @@ is the *service's* (QPS, latency, counters of all workers), the workers share a 
 (``RISK_SERVE_METRICS_DIR``; ``risk-serve`` makes a fresh one per start), in the spirit of the
 Prometheus client's multiprocess mode:
 
-* every worker writes its own exposition text to ``<dir>/worker-<pid>.json`` once a second (from
+* every worker writes its own exposition text to ``<dir>/worker-<pid>-<start>.json`` once a second (from
   the event loop, the thread that owns the counters, so a snapshot is consistent) and again right
   before it answers a scrape; a write is a temp file + ``rename``, so readers never see half a file;
 * the worker that answers merges every file (:func:`merge_expositions`): counters and histogram
@@ -316,9 +316,13 @@ _SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{.*\})?\s+(\S+)$")
 
 
 def write_snapshot(directory: Path, pid: int, started: float, text: str) -> None:
-    """Atomically replace ``<directory>/worker-<pid>.json`` with this worker's exposition text."""
-    path = directory / f"worker-{pid}.json"
-    tmp = directory / f".worker-{pid}.json.tmp"
+    """Atomically replace ``<directory>/worker-<pid>-<start ms>.json`` with this worker's text.
+
+    The start time in the name keeps a dead worker's file (and counts) when its pid is reused.
+    """
+    stem = f"worker-{pid}-{int(started * 1000)}"
+    path = directory / f"{stem}.json"
+    tmp = directory / f".{stem}.json.tmp"
     tmp.write_text(json.dumps({"pid": pid, "started": started, "text": text}))
     tmp.replace(path)
 
@@ -338,14 +342,16 @@ def _pid_alive(pid: int) -> bool:
 
 def read_snapshots(directory: Path) -> list[tuple[str, bool]]:
     """``(exposition text, worker alive)`` of every snapshot in ``directory`` (unreadable files skipped)."""
-    out: list[tuple[str, bool]] = []
+    snaps: list[dict] = []
     for path in sorted(directory.glob("worker-*.json")):
         try:
-            snap = json.loads(path.read_text())
+            snaps.append(json.loads(path.read_text()))
         except (OSError, ValueError):  # removed or replaced while listing: the next scrape has it
             continue
-        out.append((snap["text"], _pid_alive(int(snap["pid"]))))
-    return out
+    newest: dict[int, float] = {}  # a reused pid: only its newest worker can be alive
+    for snap in snaps:
+        newest[snap["pid"]] = max(newest.get(snap["pid"], snap["started"]), snap["started"])
+    return [(s["text"], s["started"] == newest[s["pid"]] and _pid_alive(int(s["pid"]))) for s in snaps]
 
 
 def _family_of(name: str, types: dict[str, str]) -> str:

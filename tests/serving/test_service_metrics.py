@@ -22,7 +22,12 @@ import pytest
 
 from risk_assets.lake import Lake
 from risk_assets.monitoring.service_health import health, merge_states, parse_prometheus, scrape_state
-from risk_assets.serving.service_metrics import ServiceMetrics, merge_expositions
+from risk_assets.serving.service_metrics import (
+    ServiceMetrics,
+    merge_expositions,
+    read_snapshots,
+    write_snapshot,
+)
 from tests.conftest import free_port
 from tests.serving.test_serving import TOKEN, Client, event, register, train_model
 
@@ -75,6 +80,17 @@ def test_merge_sums_counters_of_every_worker_and_combines_live_gauges() -> None:
     assert merged.count("# TYPE risk_serve_requests_total counter") == 1
     st = scrape_state(merged, at=2000.0)
     assert st.workers == 2 and health(st).requests == 47
+
+
+def test_a_reused_pid_keeps_the_dead_workers_counts(tmp_path: Path) -> None:
+    old = worker_text(7, qps=1.0, ready=1, start=1000.0, rss=10)
+    new = worker_text(3, qps=2.0, ready=1, start=2000.0, rss=20)
+    write_snapshot(tmp_path, os.getpid(), 1000.0, old)  # a worker that died; its pid came back
+    write_snapshot(tmp_path, os.getpid(), 2000.0, new)
+    snaps = read_snapshots(tmp_path)
+    assert sorted(alive for _, alive in snaps) == [False, True]
+    v = values(merge_expositions(snaps))
+    assert v[SCORED] == 10 and v["risk_serve_qps"] == 2.0 and v["risk_serve_workers"] == 1
 
 
 def test_service_health_sums_replicas() -> None:
