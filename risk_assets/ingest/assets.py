@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from risk_assets.automation import ARCHIVE_FRESHNESS
+from risk_assets.backfills import HOURLY_BACKFILL, POOL_KAFKA_ARCHIVE, POOL_WAREHOUSE
 from risk_assets.events.validation import REASONS
 from risk_assets.ingest import raw_reader, snowflake_mirror
 from risk_assets.ingest.archive import EVENTS, LABELS, ArchiveSpec, build_archive, write_archive
@@ -92,7 +93,8 @@ def build_archive_asset(spec: ArchiveSpec, partitions: TimePartitions) -> dg.Ass
             )
         ],
         partitions_def=partitions.hourly,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=HOURLY_BACKFILL,
+        pool=POOL_KAFKA_ARCHIVE,
         retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
     )
     def _archive(
@@ -171,7 +173,8 @@ def build_snowflake_mirror_asset(partitions: TimePartitions) -> dg.AssetsDefinit
         key=SNOWFLAKE_RAW_EVENTS,
         deps=[RAW_EVENTS],
         partitions_def=partitions.hourly,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=HOURLY_BACKFILL,
+        pool=POOL_WAREHOUSE,
         group_name="warehouse",
         owners=[OWNER],
         kinds={"snowflake"},

@@ -22,6 +22,13 @@ one scrape (optionally with the previous scrape of the same process) into number
 * **process** — resident memory (bytes), CPU seconds (cumulative, and ``cpu_cores`` = CPU seconds
   per wall second over the window), open fds, model version (``risk_model_info`` label), model
   feature count, degraded events, prediction-log drops.
+
+Workers and replicas: one ``/metrics`` text of a multi-worker ``risk-serve`` already merges its
+workers (``risk_assets.serving.service_metrics``; ``risk_serve_workers`` says how many live ones).
+Replicas (pods) are separate scrapes: :func:`merge_states` sums their states into the service's
+(counters, buckets, QPS, memory, CPU; earliest start; the model versions seen, comma-joined), so
+:func:`health` of the merged state is the service's. A replica that restarts between two scrapes
+makes a merged counter go down, and that interval falls back to lifetime figures.
 """
 
 from __future__ import annotations
@@ -96,6 +103,8 @@ class ScrapeState:
     degraded_events: float = 0.0
     prediction_log_dropped: float = 0.0
     events_scored: dict[str, float] = field(default_factory=dict)
+    workers: float = math.nan  # live worker processes merged into this scrape
+    replicas: int = 1  # scrapes merged by merge_states
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (infinite bounds as strings)."""
@@ -145,8 +154,55 @@ def scrape_state(text: str, at: float, endpoint: str = "score") -> ScrapeState:
             st.prediction_log_dropped = s.value
         elif s.name == "risk_serve_events_scored_total":
             st.events_scored[s.labels.get("decision", "")] = s.value
+        elif s.name == "risk_serve_workers":
+            st.workers = s.value
     st.buckets = sorted(buckets.items())
+    if math.isnan(st.workers) and not math.isnan(st.process_start):
+        st.workers = 1.0  # a single-process service (no shared metrics directory)
     return st
+
+
+def _nansum(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(sum(finite)) if finite else math.nan
+
+
+def _add(dicts: list[dict[Any, float]]) -> dict[Any, float]:
+    out: dict[Any, float] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
+def merge_states(states: list[ScrapeState]) -> ScrapeState:
+    """The service's state from one scrape per replica (see the module docstring)."""
+    if not states:
+        raise ValueError("merge_states needs at least one scrape")
+    if len(states) == 1:
+        return states[0]
+    starts = [s.process_start for s in states if not math.isnan(s.process_start)]
+    versions = sorted({s.model_version for s in states if s.model_version})
+    features = [s.model_features for s in states if not math.isnan(s.model_features)]
+    return ScrapeState(
+        at=max(s.at for s in states),
+        process_start=min(starts) if len(starts) == len(states) else math.nan,
+        requests=_add([s.requests for s in states]),
+        buckets=sorted(_add([dict(s.buckets) for s in states]).items()),
+        latency_count=sum(s.latency_count for s in states),
+        latency_sum=sum(s.latency_sum for s in states),
+        cpu_seconds=_nansum([s.cpu_seconds for s in states]),
+        rss_bytes=_nansum([s.rss_bytes for s in states]),
+        open_fds=_nansum([s.open_fds for s in states]),
+        qps=_nansum([s.qps for s in states]),
+        model_version=",".join(versions),
+        model_features=max(features) if features else math.nan,
+        degraded_events=sum(s.degraded_events for s in states),
+        prediction_log_dropped=sum(s.prediction_log_dropped for s in states),
+        events_scored=_add([s.events_scored for s in states]),
+        workers=_nansum([s.workers for s in states]),
+        replicas=sum(s.replicas for s in states),
+    )
 
 
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
@@ -193,6 +249,8 @@ class ServiceHealth:
     degraded_events: float
     prediction_log_dropped: float
     events_scored: dict[str, float]
+    workers: float = math.nan
+    replicas: int = 1
 
     def metadata(self) -> dict[str, float | int | str]:
         """Flat metadata with stable keys (numbers are floats; NaN when undefined)."""
@@ -215,6 +273,8 @@ class ServiceHealth:
             "model_features": self.model_features,
             "degraded_events": self.degraded_events,
             "prediction_log_dropped": self.prediction_log_dropped,
+            "workers": self.workers,
+            "replicas": float(self.replicas),
             **{f"events_scored/{k}": v for k, v in sorted(self.events_scored.items())},
         }
 
@@ -279,4 +339,6 @@ def health(current: ScrapeState, previous: ScrapeState | None = None) -> Service
         degraded_events=d(current.degraded_events, prev.degraded_events),
         prediction_log_dropped=d(current.prediction_log_dropped, prev.prediction_log_dropped),
         events_scored={k: d(v, prev.events_scored.get(k, 0.0)) for k, v in current.events_scored.items()},
+        workers=current.workers,
+        replicas=current.replicas,
     )

@@ -19,10 +19,12 @@ block decisions. No logging, pandas or polars per request.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import hmac
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -44,7 +46,7 @@ from risk_assets.serving.config import ServeConfig
 from risk_assets.serving.feature_fetch import FeatureFetcher, RedisBreaker
 from risk_assets.serving.model_holder import LoadedModel, ModelHolder
 from risk_assets.serving.prediction_log import PredictionLog
-from risk_assets.serving.service_metrics import ServiceMetrics
+from risk_assets.serving.service_metrics import ENV_METRICS_DIR, ServiceMetrics
 
 log = logging.getLogger("risk_assets.serving")
 
@@ -236,10 +238,17 @@ class NoModel(Exception):
     """No champion has been loaded yet."""
 
 
-def create_app(config: ServeConfig, *, lake: Lake | None = None) -> Starlette:
-    """The Starlette app for ``config`` (threads start in the lifespan, not here)."""
+def create_app(
+    config: ServeConfig, *, lake: Lake | None = None, metrics_dir: str | Path | None = None
+) -> Starlette:
+    """The Starlette app for ``config`` (threads start in the lifespan, not here).
+
+    ``metrics_dir``: the directory this service's workers share so ``/metrics`` merges them all
+    (see :mod:`risk_assets.serving.service_metrics`); ``None`` for this process's metrics only.
+    """
     svc = ScoringService(config, lake)
     metrics = svc.metrics
+    metrics.share(metrics_dir)
     max_body = config.max_body_bytes
 
     async def read_body(request: Request, endpoint: str) -> bytes | Response:
@@ -361,9 +370,13 @@ def create_app(config: ServeConfig, *, lake: Lake | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         svc.start()
+        publisher = asyncio.create_task(metrics.publish_periodically())  # no-op unless shared
         try:
             yield
         finally:
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
             svc.stop()
 
     app = Starlette(
@@ -383,4 +396,4 @@ def create_app(config: ServeConfig, *, lake: Lake | None = None) -> Starlette:
 
 def app_from_env() -> Starlette:
     """uvicorn factory (``risk_assets.serving.app:app_from_env``): config from the environment."""
-    return create_app(ServeConfig.from_env())
+    return create_app(ServeConfig.from_env(), metrics_dir=os.environ.get(ENV_METRICS_DIR) or None)

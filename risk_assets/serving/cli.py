@@ -4,15 +4,49 @@ Configuration comes from the environment (``risk_assets.serving.config``); it is
 first so a bad setting fails with one line and exit code 2 before any worker starts. Each uvicorn
 worker then builds its app from the same environment (``app_from_env`` factory). uvloop + httptools,
 no access log (the hot path must not log per request).
+
+With more than one worker, the workers share a metrics directory so ``/metrics`` is the service's
+(``risk_assets.serving.service_metrics``): ``$RISK_SERVE_METRICS_DIR`` if set (emptied of old
+snapshots first), else a fresh temporary directory removed on exit.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 from risk_assets.serving.config import ConfigError, ServeConfig
+from risk_assets.serving.service_metrics import ENV_METRICS_DIR
+
+
+@contextlib.contextmanager
+def shared_metrics_dir(workers: int) -> Iterator[str | None]:
+    """The metrics directory the workers will share (exported as ``RISK_SERVE_METRICS_DIR``)."""
+    given = os.environ.get(ENV_METRICS_DIR)
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("worker-*.json"):  # snapshots of an earlier run of the service
+            stale.unlink(missing_ok=True)
+        yield given
+        return
+    if workers <= 1:
+        yield None
+        return
+    made = tempfile.mkdtemp(prefix="risk-serve-metrics-")
+    os.environ[ENV_METRICS_DIR] = made
+    try:
+        yield made
+    finally:
+        os.environ.pop(ENV_METRICS_DIR, None)
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,18 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     import uvicorn
 
-    uvicorn.run(
-        "risk_assets.serving.app:app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=max(1, args.workers),
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=10,
-    )
+    with shared_metrics_dir(args.workers):
+        uvicorn.run(
+            "risk_assets.serving.app:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=max(1, args.workers),
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=10,
+        )
     return 0
 
 

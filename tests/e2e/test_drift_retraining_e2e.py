@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import polars as pl
+import pytest
 
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.lake import Lake
@@ -91,12 +92,15 @@ def _ground_truth(lake: Lake) -> pl.DataFrame:
     )
 
 
-def test_drift_triggers_retraining_and_the_new_champion_is_better(tmp_path) -> None:
+# On the production storage only (PostgreSQL): a second SQLite pass would add two minutes to CI
+# for code paths the SQLite tests already cover.
+@pytest.mark.parametrize("dagster_storage", ["postgres"], indirect=True)
+def test_drift_triggers_retraining_and_the_new_champion_is_better(tmp_path, dagster_instance) -> None:
     t0 = time.perf_counter()
     lake = Lake(str(tmp_path / "lake"))
     write_history(SIM, lake)
     resources = {"lake": LakeResource(url=lake.url), "raw_event_source": RawEventSource()}
-    instance = dg.DagsterInstance.ephemeral()
+    instance = dagster_instance
 
     def run(assets: list, partition: str, **kw) -> dg.ExecuteInProcessResult:
         result = dg.materialize(assets, partition_key=partition, resources=resources, instance=instance, **kw)

@@ -78,13 +78,14 @@ def drain(instance, kafka, cursors):
     raise AssertionError("sensors kept requesting runs")
 
 
-def test_stream_values_match_batch_and_failures_keep_the_cursor(env, monkeypatch):
+def test_stream_values_match_batch_and_failures_keep_the_cursor(env, monkeypatch, open_instance):
+    # Runs on SQLite and on PostgreSQL: the sensors read run states back from the instance.
     stack, lake = env
     stats = replay(SIM, make_producer(stack.kafka))
     assert stats.delivery_errors == 0
     events = generate(SIM).events.filter(pl.col("ingest_ts") < SIM.end)
 
-    with dg.instance_for_test() as instance:
+    with open_instance() as instance:
         cursors = drain(
             instance, stack.kafka, {stream_features_sensor.name: None, feature_ingestion_sensor.name: None}
         )

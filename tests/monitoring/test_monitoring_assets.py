@@ -124,8 +124,8 @@ def test_triggers_need_enough_positives_and_a_real_drop() -> None:
     assert t.run_key == "retrain:2026-06-02:prediction_drift+realized_performance"
 
 
-def test_sensor_cooldown_run_key_and_reason_tags() -> None:
-    instance = dg.DagsterInstance.ephemeral()
+def test_sensor_cooldown_run_key_and_reason_tags(dagster_instance: dg.DagsterInstance) -> None:
+    instance = dagster_instance  # SQLite and PostgreSQL: the sensor reads materializations back
     assert isinstance(retraining_sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)
     _report(instance, "drift_report", "2026-06-03", share_drifted=0.05, prediction_psi=0.01)
     assert isinstance(retraining_sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)
