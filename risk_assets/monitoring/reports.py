@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from risk_assets.monitoring.drift import DriftReport
-from risk_assets.monitoring.skew import FeatureSkew
+from risk_assets.monitoring.skew import FeatureSkew, feature_skew_table
 
 
 def metadata_float(x: Any) -> float:
@@ -79,13 +79,4 @@ def skew_markdown(
         f"(threshold {threshold:.0%}); {extra['rows_without_event']} logged rows without an "
         f"archived event, {extra['rows_degraded']} degraded rows excluded.",
     ]
-    if worst:
-        lines += ["", "| feature | mismatch rate | mismatches | of which missing | max abs diff |"]
-        lines.append("|---|---:|---:|---:|---:|")
-        for f in worst:
-            diff = "–" if f.max_abs_diff is None else f"{f.max_abs_diff:.4g}"
-            lines.append(
-                f"| `{f.feature}` | {f.mismatch_rate:.2%} | {f.mismatches} | {f.missing_mismatches} "
-                f"| {diff} |"
-            )
-    return "\n".join(lines)
+    return "\n".join(lines + feature_skew_table(worst))

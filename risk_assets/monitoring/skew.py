@@ -108,16 +108,7 @@ class SkewReport:
             f"({self.share_rows_with_mismatch:.2%}) have a mismatching feature**; "
             f"{self.served_without_recomputed} served rows without a recomputation.",
         ]
-        worst = self.worst_features(n)
-        if worst:
-            lines += ["", "| feature | mismatch rate | mismatches | of which missing | max abs diff |"]
-            lines.append("|---|---:|---:|---:|---:|")
-            for f in worst:
-                diff = "–" if f.max_abs_diff is None else f"{f.max_abs_diff:.4g}"
-                lines.append(
-                    f"| `{f.feature}` | {f.mismatch_rate:.2%} | {f.mismatches} | {f.missing_mismatches} "
-                    f"| {diff} |"
-                )
+        lines += feature_skew_table(self.worst_features(n))
         return "\n".join(lines)
 
 
@@ -236,6 +227,20 @@ def row_level_skew(
         features=per_feature,
         examples=pl.concat(examples) if examples else pl.DataFrame(schema=EXAMPLE_SCHEMA),
     )
+
+
+def feature_skew_table(features: Sequence[FeatureSkew]) -> list[str]:
+    """Markdown lines of a per-feature skew table (nothing when ``features`` is empty)."""
+    if not features:
+        return []
+    lines = ["", "| feature | mismatch rate | mismatches | of which missing | max abs diff |"]
+    lines.append("|---|---:|---:|---:|---:|")
+    for f in features:
+        diff = "–" if f.max_abs_diff is None else f"{f.max_abs_diff:.4g}"
+        lines.append(
+            f"| `{f.feature}` | {f.mismatch_rate:.2%} | {f.mismatches} | {f.missing_mismatches} | {diff} |"
+        )
+    return lines
 
 
 def merge_reports(reports: list[tuple[SkewReport, int]]) -> tuple[int, int, list[FeatureSkew]]:
