@@ -467,11 +467,37 @@ class RollbackConfig(RunConfig):
     to_version: str = ""
     """Empty: the version the current champion replaced."""
     reason: str = "manual rollback"
+    holdout_as_of: str = ""
+    """The training set (``YYYY-MM-DD``) whose recent days are the gate's holdout for the target."""
+    holdout_days: float = 2.0
+    force: bool = False
+    """Skip the holdout checks (integrity is still checked); needs ``operator``; audited."""
+    operator: str = ""
 
 
-@dg.op(description="Point the champion back at the previous version (or `to_version`), audited.")
+@dg.op(
+    description=(
+        "Point the champion back at the previous version (or `to_version`) through the gate's checks "
+        "on the `holdout_as_of` training set's recent days, or forced by a named operator; audited."
+    )
+)
 def rollback_champion(context: dg.OpExecutionContext, config: RollbackConfig, lake: LakeResource) -> None:
-    new = rollback(lake.lake(), config.to_version or None, config.reason)
+    store = lake.lake()
+    holdout = None
+    if config.holdout_as_of and not config.force:
+        frame, _ = _training_set(store, config.holdout_as_of)
+        holdout = recent_holdout(frame, config.holdout_days)
+    try:
+        new = rollback(
+            store,
+            config.to_version or None,
+            config.reason,
+            holdout_frame=holdout,
+            force=config.force,
+            operator=config.operator,
+        )
+    except ValueError as exc:  # refused by the gate or the integrity check (audited), or misconfigured
+        raise dg.Failure(str(exc)) from exc
     context.log.info("champion is now %s (was %s)", new.version, new.previous)
 
 
