@@ -633,7 +633,11 @@ def create_app(
     )
     app.state.service = svc
     shed_body = _encode({"error": "overloaded", "detail": "too many requests in progress; retry shortly"})
-    shed_headers = [(b"content-type", JSON.encode()), (b"retry-after", b"1")]
+    shed_headers = [
+        (b"content-type", JSON.encode()),
+        (b"content-length", str(len(shed_body)).encode()),
+        (b"retry-after", b"1"),
+    ]
     endpoints = {"/v1/score": "score", "/v1/score/batch": "score_batch"}
 
     async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
