@@ -337,7 +337,7 @@ def run(
 
     step("scoring service: risk-serve with the champion and the online store, scoring live events")
     review, block = _operating_points(lake, as_of_day)
-    info(f"thresholds: review ≥ {review:.4f} (1% FPR on training negatives), block ≥ {block:.4f} (0.1%)")
+    info(f"thresholds: review ≥ {review:.3g} (1% FPR on training negatives), block ≥ {block:.3g} (0.1%)")
     with _risk_serve(endpoints, lake.url, review, block) as (base, token):
         for line in _score_sample(live, base, token):
             info(line)
@@ -415,8 +415,8 @@ def _risk_serve(
         **endpoints,
         "RISK_SERVE_TOKEN": token,
         "RISK_LAKE_URL": lake_url,
-        "RISK_REVIEW_THRESHOLD": f"{review:.6f}",
-        "RISK_BLOCK_THRESHOLD": f"{block:.6f}",
+        "RISK_REVIEW_THRESHOLD": repr(review),
+        "RISK_BLOCK_THRESHOLD": repr(block),
     }
     log_path = launcher.default_stack_dir() / "logs" / "risk-serve.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
