@@ -4,6 +4,7 @@ Thin wiring around `training_set`, `training`, `promotion`, `registry` and `arti
 assets (built for the deployment's partitions by :func:`model_assets`) are "as of the end of that
 day"."""
 
+import math
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -28,7 +29,7 @@ from risk_assets.models.artifacts import (
 from risk_assets.models.coverage import WindowCoverage, window_coverage
 from risk_assets.models.promotion import promote_if_better, recent_holdout, rollback
 from risk_assets.models.thresholds import MANIFEST_KEY as THRESHOLDS_KEY
-from risk_assets.models.thresholds import ThresholdPolicy, choose_thresholds
+from risk_assets.models.thresholds import ThresholdPolicy, choose_thresholds, manifest_thresholds
 from risk_assets.models.training import TrainingParams, feature_matrix, manifest_for, predict, train
 from risk_assets.models.training_set import (
     SPINE_COLUMNS,
@@ -408,9 +409,12 @@ def model_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
             margin=config.margin,
         )
         current = registry.champion(store)
+        served = manifest_thresholds(registry.load_manifest(store, current.version)) if current else None
         return dg.MaterializeResult(
             metadata={
                 "promoted": decision.promote,
+                "champion_threshold/review": served[0] if served else math.nan,
+                "champion_threshold/block": served[1] if served else math.nan,
                 "challenger": challenger,
                 "champion": current.version if current else "none",
                 "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons) or "-"),
