@@ -382,11 +382,26 @@ def run(
     if sample:
         info(f"online store: Redis {endpoints['REDIS_URL']} — e.g. {sample}")
     info(f"Dagster home: {os.environ.get('DAGSTER_HOME', '(ephemeral)')}")
+    info(_archive_partition_status(instance, TimePartitions(history_start.date()), live.end))
     for line in _check_summary(instance, demo_started):
         info(line)
     info("UI:           make dev  →  http://127.0.0.1:3000  (asset graph, the runs above, their metadata)")
     info(f"done in {time.perf_counter() - t_all:.1f}s; stop the stack with `make stack-down`")
     return 0
+
+
+def _archive_partition_status(
+    instance: dg.DagsterInstance, partitions: TimePartitions, until: datetime
+) -> str:
+    """What the UI's partition bar of ``raw_events`` shows: hours materialized vs hours that exist."""
+    keys = partitions.hourly.get_partition_keys(current_time=until)
+    done = instance.get_materialized_partitions(dg.AssetKey(RAW_EVENTS)) & set(keys)
+    missing = [k for k in keys if k not in done]
+    first_missing = f", first missing {missing[0]}" if missing else ""
+    return (
+        f"partitions:   raw_events {len(done):,} of {len(keys):,} hours materialized "
+        f"({keys[0]} .. {keys[-1]}){first_missing}"
+    )
 
 
 def _champion_thresholds(lake: Lake) -> str:
