@@ -23,11 +23,12 @@ altered together with a consistent manifest is not served.
 A refused version is logged and counted once, recorded as ``last_refused``, and the model already
 in memory keeps serving. The refused ``(version, sha256)`` is retried every ``retry_s`` (the bytes
 may be repaired in place: a re-upload, a restored backup) and served as soon as it verifies. When
-nothing is in memory yet (a restart onto a corrupt champion) the holder falls back to the newest
-earlier champion of the audit trail that verifies (``fallback`` is then true, in ``/readyz`` and
-``/metrics``) instead of answering every request with 503. Every ``verify_s`` the served
-champion's bytes in the lake are re-hashed, so a corruption is noticed (logged once,
-``risk_model_champion_intact 0``) while the process runs, not only at the next restart.
+nothing is in memory yet (a restart onto a corrupt champion, or an unreadable pointer) the holder
+falls back to the newest earlier champion of the audit trail that verifies (``fallback`` is then
+true, in ``/readyz`` and ``/metrics``) instead of answering every request with 503. Every
+``verify_s`` the served champion's bytes in the lake are re-hashed, so a corruption is noticed
+(logged once, ``risk_model_champion_intact 0``) while the process runs, not only at the next
+restart.
 """
 
 from __future__ import annotations
@@ -183,6 +184,11 @@ class ModelHolder:
             if not self._pointer_error_logged:
                 log.warning("cannot read the champion pointer: %s: %s", type(exc).__name__, exc)
                 self._pointer_error_logged = True
+            content_error = isinstance(exc, ValueError | TypeError | KeyError)  # not lake I/O
+            now = time.monotonic()
+            if self.current is None and content_error and now - self._refused_at >= self.retry_s:
+                self._refused_at = now
+                self._fall_back("(unreadable champion.json)")
             return False
         self._pointer_error_logged = False
         self.last_check_ok = time.time()
