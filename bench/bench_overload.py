@@ -17,7 +17,9 @@ What it does, all on this machine:
      issue 9: every request queues),
    - **shedding**: ``RISK_MAX_INFLIGHT=--inflight``: requests beyond it get an immediate 503;
 4. prints, per mode: p50/p99 of the accepted (200) requests, goodput, share shed, p99 of the 503s,
-   and the load average (``os.getloadavg``) before and after.
+   and the load average (``os.getloadavg``) before and after;
+5. pushes one 256 MiB chunked body at the service (D15) and prints the answer, how much the client
+   managed to send, and the service's RSS before and after.
 
 Figures depend on the machine and on what else runs on it: read them with the load average.
 """
@@ -68,6 +70,32 @@ def drive(port: int, bodies: Path, rate: float, seconds: float, conns: int) -> d
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def oversize_chunked(port: int, total_mib: int = 256) -> dict[str, Any]:
+    """Push a ``total_mib`` chunked body; the answer's status line and how much was sent."""
+    import select
+    import socket
+
+    chunk = b"[" * 65536
+    framed = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+    head = (
+        f"POST /v1/score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    sent, answer = 0, b""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(head)
+        try:
+            while sent < total_mib * 1024 * 1024:
+                s.sendall(framed)
+                sent += len(chunk)
+                if select.select([s], [], [], 0)[0]:
+                    break
+            answer = s.recv(65536)
+        except OSError:
+            pass
+    return {"status_line": answer.split(b"\r\n", 1)[0].decode(errors="replace"), "sent_mib": sent / 2**20}
 
 
 def start(env: dict[str, str], port: int, log: Path, inflight: int) -> subprocess.Popen[bytes]:
@@ -183,6 +211,21 @@ def main() -> None:
             )
             stop_server(proc)
             procs.remove(proc)
+        port = launcher.free_port()
+        proc = start(env, port, work / "oversize.log", 64)
+        procs.append(proc)
+        wait_ready(port)
+        rss0 = scrape(port)["process_resident_memory_bytes"] / 1e6
+        big = oversize_chunked(port)
+        rss1 = scrape(port)["process_resident_memory_bytes"] / 1e6
+        results["oversize_chunked"] = {**big, "rss_before_mb": round(rss0), "rss_after_mb": round(rss1)}
+        print(
+            f"  256 MiB chunked body: answer {big['status_line']!r} after the client sent "
+            f"{big['sent_mib']:.1f} MiB; RSS {rss0:.0f} -> {rss1:.0f} MB",
+            flush=True,
+        )
+        stop_server(proc)
+        procs.remove(proc)
         (work / "results.json").write_text(
             json.dumps({"capacity": capacity, "offered": offered, **results}, indent=1)
         )
