@@ -8,7 +8,8 @@ not have. ``risk-serve`` passes this class to uvicorn as its ``http`` implementa
   ``timeout_keep_alive`` (``RISK_KEEPALIVE_S``) covers idle time *between* requests only, so before
   this a client that opened sockets and sent half a request held them forever (slowloris: 19,990
   half-open sockets exhausted the file descriptors).
-* **Connection cap** (``RISK_MAX_CONNECTIONS``, default 1024 per worker): a connection beyond the cap
+* **Connection cap** (``RISK_MAX_CONNECTIONS``, default 1024 per worker, lowered to the soft
+  ``RLIMIT_NOFILE`` minus 128 if that is smaller): a connection beyond the cap
   evicts the oldest connection that has no request in progress (idle keep-alive or still sending
   its head); when every connection has a request in progress the new one is closed at once. A flood
   of idle or half-open sockets therefore cannot lock out a healthy client.
@@ -52,11 +53,32 @@ class Limits:
     max_inflight: int
 
 
+FD_RESERVE = 128  # descriptors kept for Redis, Kafka, the lake, logs and the listening socket
+
+
+def connection_cap(configured: int) -> int:
+    """``configured``, but never so high that client sockets could exhaust the process's file
+    descriptors (soft ``RLIMIT_NOFILE`` minus :data:`FD_RESERVE`)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return configured
+    return max(16, min(configured, soft - FD_RESERVE))
+
+
 @functools.cache
 def limits() -> Limits:
     """The guards' settings, read from the environment once per worker (at the first connection)."""
     cfg = ServeConfig.from_env()
-    return Limits(cfg.header_timeout_s, cfg.max_connections, cfg.max_inflight)
+    cap = connection_cap(cfg.max_connections)
+    if cap < cfg.max_connections:
+        log.warning(
+            "RISK_MAX_CONNECTIONS %d lowered to %d: the file descriptor limit is too low for it",
+            cfg.max_connections,
+            cap,
+        )
+    return Limits(cfg.header_timeout_s, cap, cfg.max_inflight)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
