@@ -458,6 +458,50 @@ def test_matured_label_rate_divides_by_matured_events_only() -> None:
     assert (first["all"], first["matured"], first["matured_o"]) == (0.0, None, None)
 
 
+def test_offset_features_through_the_point_in_time_join_are_the_oracle_at_the_last_row() -> None:
+    """Offline rows of delayed windows joined to a spine (as training sets are, at ``t − 1 ms``):
+    every value equals the oracle at the entity's latest row before the spine time, so no event
+    later than (that row − offset) can reach a training example."""
+    from risk_assets.features.offline_store import with_created_ts
+    from risk_assets.features.point_in_time import FeatureTable, point_in_time_join
+
+    rows = random_events(4, n=500)
+    labels = random_labels(4, rows)
+    group = offset_group(USER)
+    events = to_frame(rows, ARCHIVE_EVENT_COLUMNS).with_columns(pl.col("event_ts").alias("ingest_ts"))
+    start, end = T0 + hours(4), T0 + hours(10)
+    offline = with_created_ts(
+        compute_feature_group(group, events, start, end, to_frame(labels, ARCHIVE_LABEL_COLUMNS)),
+        group,
+        events,
+    )
+    rng = random.Random(7)
+    spine_ms = [T0_MS + 4 * 3_600_000 + rng.randrange(0, 6 * 3_600_000) for _ in range(300)]
+    spine = pl.DataFrame(
+        {"user_id": [rng.choice(["u0", "u1", "u2", "u3", "u4"]) for _ in spine_ms], "t": spine_ms}
+    ).with_columns(pl.col("t").cast(pl.Datetime("ms", "UTC")))
+    table = FeatureTable(group.name, offline, ["user_id"], "event_ts", "created_ts")
+    joined = point_in_time_join(spine, [table], spine_timestamp="t").to_dicts()
+    by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in oracle(group, rows, T0_MS + 4 * 3_600_000, T0_MS + 10 * 3_600_000, labels):
+        by_user[r["user_id"]].append(r)
+    matched = 0
+    for j, s_ms in zip(joined, spine_ms, strict=True):
+        before = [r for r in by_user[j["user_id"]] if r["event_ts"] <= s_ms]
+        if not before:
+            assert all(j[f"{group.name}__{f}"] is None for f in group.feature_names)
+            continue
+        expected = before[-1]
+        matched += 1
+        for f in group.feature_names:
+            got, exp = j[f"{group.name}__{f}"], expected[f]
+            if isinstance(exp, float) and got is not None:
+                assert math.isclose(got, exp, rel_tol=1e-9, abs_tol=1e-9), (f, got, exp)
+            else:
+                assert got == exp, (f, got, exp)
+    assert matched > 200
+
+
 def test_full_range_lazy_input_and_missing_columns() -> None:
     """A LazyFrame with only the columns the group needs gives the same values."""
     rows = random_events(11, n=200)
