@@ -346,8 +346,8 @@ def offset_group(entity: Entity, name: str = "offsets") -> FeatureGroup:
             label_count("cb_n_2h_o30m_d2h", hours(2), hours(2), offset=minutes(30), **lab),
             label_rate("rate_3h_d1h", hours(3), hours(1)),
             label_rate("rate_3h_d1h_matured", hours(3), hours(1), denominator="matured"),
-            label_rate("rate_2h_o30m_d1h_matured", hours(2), hours(1), offset=minutes(30), denominator="matured"),
-            label_rate("rate_1h_o2h_d1h_matured", hours(1), hours(1), offset=hours(2), denominator="matured"),
+            label_rate("rate_2h_o30m_d1h_m", hours(2), hours(1), offset=minutes(30), denominator="matured"),
+            label_rate("rate_1h_o2h_d1h_m", hours(1), hours(1), offset=hours(2), denominator="matured"),
             ratio("share_null", "n_20m_o1h", "logins_1h_o1h"),
             ratio("share_zero", "n_20m_o1h", "logins_1h_o1h", empty="zero"),
             ratio("usd_per_mean_zero", "usd_1h_o30m", "mean_usd_2h_o1h", empty="zero"),
@@ -403,7 +403,8 @@ def test_offset_window_edges_at_one_millisecond(offset_ms: int) -> None:
     group = FeatureGroup(
         name="edges", entity=USER, description="d", owner="o", source_event_types=("withdrawal", "login"),
         features=(
-            count("n", win, wd, offset=o), sum_of("usd", AMT, win, offset=o), mean_of("mean", AMT, win, offset=o),
+            count("n", win, wd, offset=o), sum_of("usd", AMT, win, offset=o),
+            mean_of("mean", AMT, win, offset=o),
             min_of("mn", AMT, win, offset=o), max_of("mx", AMT, win, offset=o),
             distinct_count("wallets", "wallet_address", win, offset=o),
             last_value("last_asn", "ip_asn", win, wd, offset=o), time_since_last("since", win, wd, offset=o),
