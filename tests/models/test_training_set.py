@@ -205,3 +205,39 @@ def test_helper_features_are_left_out_of_training_sets_the_gate_and_risk_serve(w
         build_plan([some_helper], {group.name: group.version}, {group.name: group})
     plan = build_plan(sorted(model_inputs), {group.name: group.version}, {group.name: group})
     assert plan.n == len(model_inputs)
+
+
+def test_challenger_asset_trains_on_a_date_split_without_validation(world):
+    """The Launchpad config reaches the trainer: date windows, no validation (fixed rounds),
+    known entities dropped from the test split, per-entity precision@k in the registered manifest."""
+    from risk_assets.models import registry
+    from risk_assets.models.artifacts import read_challenger
+
+    _, offline, tmp = world
+    lake = Lake(str(tmp.mktemp("lake")))
+    write_history(SIM, lake)
+    for name, rows in offline.items():
+        write_days(lake, GROUPS_BY_NAME[name], rows, [START + timedelta(days=d) for d in range(8)])
+    day = (AS_OF - timedelta(days=1)).strftime("%Y-%m-%d")
+    model_config = {
+        "n_estimators": 7, "train_end": "2026-09-05T12:00:00", "test_start": "2026-09-06",
+        "drop_known_entities": True, "entity_top_k": 10,
+    }  # fmt: skip
+    result = dg.materialize(
+        [training_set, asset_def(CHALLENGER_MODEL)],
+        resources={"lake": LakeResource(url=lake.url), "raw_event_source": RawEventSource()},
+        partition_key=day,
+        run_config={
+            "ops": {
+                "training_set": {"config": {"window_days": 4, "maturity_days": 2}},
+                "challenger_model": {"config": model_config},
+            }
+        },
+    )
+    assert result.success
+    manifest = registry.load_manifest(lake, read_challenger(lake, day))
+    assert manifest["split"]["mode"] == "dates" and manifest["split"]["rows"]["validation"] == 0
+    assert manifest["split"]["train_end"].startswith("2026-09-05T12:00")
+    assert manifest["best_iteration"] == 6 and manifest["validation_metrics"] == {}
+    assert manifest["metrics"]["entity_column"] == "user_id" and manifest["metrics"]["entity_top_k"] == 10
+    assert manifest["metrics"]["rows"] == manifest["split"]["rows"]["test"]
