@@ -491,13 +491,21 @@ def manifest_for(
     """The registry manifest of a trained model (see ``registry.register``).
 
     ``feature_groups`` records the version of every group the model reads; it must match the
-    versions the training set was built with (else the set is stale for these definitions).
+    versions the training set was built with (else the set is stale for these definitions). A model
+    trained on a helper feature (``model_input=False``) is refused.
     """
     by_name = {g.name: g for g in feature_groups}
     used = groups_of(trained.features)
     unknown = sorted(used - set(by_name))
     if unknown:
         raise ValueError(f"model features use unknown feature groups: {unknown}")
+    helpers = [
+        f
+        for f in trained.features
+        if "__" in f and f.split("__", 1)[1] in by_name[f.split("__", 1)[0]].helper_feature_names
+    ]
+    if helpers:
+        raise ValueError(f"model features include helper features (model_input=False): {helpers[:5]}")
     built = dict(training_manifest.get("feature_groups", {}))
     stale = sorted(g for g in used if g in built and built[g] != by_name[g].version)
     if stale:

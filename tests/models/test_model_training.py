@@ -491,3 +491,20 @@ def test_trainer_reports_entity_precision_and_can_drop_known_entities() -> None:
     # Without the entity column the metric is reported as not computed.
     plain = train(synthetic_frame(n=3_000, seed=6), features, TrainingParams(n_estimators=5))
     assert plain.metrics["entity_precision_at_top_k_per_day"] is None
+
+
+def test_a_model_trained_on_a_helper_feature_gets_no_manifest() -> None:
+    """The trainer's side of helper features: manifest_for refuses a model whose inputs name one."""
+    from risk_assets.features.spec import USER, FeatureGroup, count, days, hours, ratio, sum_of
+
+    group = FeatureGroup(
+        name="g", entity=USER, description="d", owner="o", source_event_types=("login", "withdrawal"),
+        features=(count("n", hours(1), model_input=False), sum_of("usd", "amount_usd", days(1)),
+                  ratio("usd_per_n", "usd", "n")),
+    )  # fmt: skip
+    frame = synthetic_frame(n=3_000, seed=6).rename({"f0": "g__n", "f1": "g__usd", "f2": "g__usd_per_n"})
+    params = TrainingParams(n_estimators=5)
+    with pytest.raises(ValueError, match="helper"):
+        manifest_for(train(frame, ["g__n", "g__usd", "g__usd_per_n"], params), {}, [group])
+    ok = manifest_for(train(frame, ["g__usd", "g__usd_per_n"], params), {}, [group])
+    assert ok["feature_groups"] == {"g": group.version}
