@@ -171,10 +171,13 @@ def test_holdout_overlapping_training_is_refused(tmp_path: Path) -> None:
 
 
 def test_params_are_plain_values() -> None:
-    """``TrainingParams`` holds only scalars, so the Launchpad config can mirror it field by field."""
+    """``TrainingParams`` holds only scalars (dates as ISO strings), so the Launchpad config can mirror it
+    field by field."""
     from dataclasses import fields
 
-    assert all(f.type in ("int", "float", "float | None") for f in fields(TrainingParams))
+    assert all(
+        f.type in ("int", "float", "float | None", "bool", "str | None") for f in fields(TrainingParams)
+    )
 
 
 # ---- registry integrity (issue 9, D11) ------------------------------------------------------------
