@@ -454,11 +454,7 @@ class _GroupEngine:
         assert lsrc is not None
         known = _known_label_ts(self.labels, f, lsrc)
         id_col = self.group.source.id_column
-        k = (
-            self.column(id_col)
-            .to_frame("_id")
-            .join(known, on="_id", how="left", maintain_order="left")["_k"]
-        )
+        k = self.column(id_col).to_frame("_id").join(known, on="_id", how="left", maintain_order="left")["_k"]
         pos = np.flatnonzero(m & k.is_not_null().to_numpy())
         base = tl.eidx[pos] * tl.span
         rel = tl.t[pos] - base

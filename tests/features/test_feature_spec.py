@@ -176,8 +176,10 @@ def test_starter_set_versions_are_distinct_and_json_round_trips() -> None:
         (lambda: tiny(features=(count("n", hours(1), Where("amount_usd", "eq", "ten")),)), "wrong type"),
         (lambda: tiny(features=(count("n", hours(1), Where("success", "eq", 1)),)), "wrong type"),
         (lambda: Where("nope", "eq", 1, columns={"ip": pl.String}), "not in the layout"),
-        (lambda: tiny(features=(count("n", hours(1), Where("event_type", "in", ("login", "logon"))),)),
-         "unknown event types"),  # fmt: skip
+        (
+            lambda: tiny(features=(count("n", hours(1), Where("event_type", "in", ("login", "logon"))),)),
+            "unknown event types",
+        ),
         (lambda: Where("ip", "between", "x"), "unknown filter op"),
         (lambda: Where("ip", "in", ()), "non-empty"),
         (lambda: Where("ip", "is_null", "x"), "no value"),
@@ -185,8 +187,12 @@ def test_starter_set_versions_are_distinct_and_json_round_trips() -> None:
         (lambda: label_rate("r", days(1), days(1)), "availability_delay"),
         (lambda: tiny(entity=Entity("e", ("nope",))), "not a column of source"),
         (lambda: tiny(entity=Entity("e", ("event_ts",))), "reserved"),
-        (lambda: tiny(features=(label_rate("r", days(1), hours(1), label_filters=(Where("nope", "eq", "x"),)),)),
-         "label source exchange_labels"),  # fmt: skip
+        (
+            lambda: tiny(
+                features=(label_rate("r", days(1), hours(1), label_filters=(Where("nope", "eq", "x"),)),)
+            ),
+            "label source exchange_labels",
+        ),
         (lambda: tiny(features=(count("a", hours(1)), count("a", hours(2)))), "duplicate"),
         (lambda: tiny(features=(count("user_id", hours(1)),)), "reserved"),
         (lambda: tiny(features=(count("a", hours(1)), ratio("r", "a", "b"))), "non-ratio"),
