@@ -84,6 +84,14 @@ def _need(owner: str, schema: Mapping[str, pl.DataType], column: str, what: str,
         raise ValueError(f"source {owner}: {what} column {column!r} has the wrong dtype {dt}")
 
 
+def _check_required(
+    owner: str, schema: Mapping[str, pl.DataType], required: tuple[str, ...], ingestion: str | None
+) -> None:
+    for c in required:
+        if c not in schema or c == ingestion:
+            raise ValueError(f"source {owner}: required column {c!r} is not one of its payload columns")
+
+
 def _check_time_dtype(owner: str, schema: Mapping[str, pl.DataType], column: str) -> None:
     if schema[column] != _TS_DTYPE:
         raise ValueError(
@@ -114,13 +122,18 @@ class EventSource:
     topic: str | None = None
     snowflake_table: str | None = None
     schema_version: int = 1
+    required: tuple[str, ...] = ()
+    """Payload fields that must be present and non-null besides the time, id and event-type
+    columns (the rest may be missing or null)."""
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         _check_name(self.name, "source")
         object.__setattr__(self, "columns", _columns(self.name, self.columns))
         object.__setattr__(self, "event_types", tuple(self.event_types))
+        object.__setattr__(self, "required", tuple(self.required))
         schema = self.schema
+        _check_required(self.name, schema, self.required, self.ingestion_timestamp)
         _need(self.name, schema, self.timestamp, "timestamp", "time")
         _check_time_dtype(self.name, schema, self.timestamp)
         _need(self.name, schema, self.id_column, "id", "id")
@@ -199,10 +212,14 @@ class LabelSource:
     type_column: str | None = None
     label_types: tuple[str, ...] = ()
     ingestion_timestamp: str | None = None
+    id_column: str | None = None
+    """A unique id of each label (needed to archive labels from a topic: duplicates are dropped)."""
     archive_dataset: str | None = None
     topic: str | None = None
     snowflake_table: str | None = None
     schema_version: int = 1
+    required: tuple[str, ...] = ()
+    """Payload fields that must be present and non-null besides the key, time, id and type columns."""
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -210,12 +227,17 @@ class LabelSource:
         _check_name(self.events, "event source")
         object.__setattr__(self, "columns", _columns(self.name, self.columns))
         object.__setattr__(self, "label_types", tuple(self.label_types))
+        object.__setattr__(self, "required", tuple(self.required))
         schema = self.schema
+        _check_required(self.name, schema, self.required, self.ingestion_timestamp)
+        if self.id_column is not None:
+            _need(self.name, schema, self.id_column, "id", "id")
         _need(self.name, schema, self.key, "key", "id")
         _need(self.name, schema, self.timestamp, "timestamp", "time")
         _check_time_dtype(self.name, schema, self.timestamp)
         if self.ingestion_timestamp is not None:
             _need(self.name, schema, self.ingestion_timestamp, "ingestion-time", "time")
+            _check_time_dtype(self.name, schema, self.ingestion_timestamp)
         if self.type_column is None:
             if self.label_types:
                 raise ValueError(f"source {self.name}: label_types need a type_column")
@@ -281,6 +303,7 @@ EXCHANGE_LABELS = LabelSource(
     type_column="label_type",
     label_types=LabelType.__args__,  # type: ignore[attr-defined]
     ingestion_timestamp="ingest_ts",
+    id_column="label_id",
     archive_dataset=RAW_LABELS,
     topic=LABELS_TOPIC,
     schema_version=SCHEMA_VERSION,

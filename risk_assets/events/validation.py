@@ -41,12 +41,13 @@ _EXPECTED_GOT = re.compile(r"^Expected `[^`]+`, got `[^`]+`")
 _any_json = msgspec.json.Decoder().decode
 
 
-def classify_error(exc: Exception, raw: bytes | None = None) -> str:
+def classify_error(exc: Exception, raw: bytes | None = None, type_field: str | None = "event_type") -> str:
     """Map a msgspec decode/validation error to a reason code.
 
     msgspec validates while it parses, so a truncated payload can fail a value check before the
     parser reaches the truncation; with ``raw`` given, payloads that are not JSON at all are
-    reported as ``malformed_json`` whatever the first error was.
+    reported as ``malformed_json`` whatever the first error was. ``type_field``: the payload's
+    event-type field (a declared source's own name; ``None`` when it has none).
     """
     if not isinstance(exc, msgspec.ValidationError):
         return MALFORMED_JSON
@@ -60,7 +61,7 @@ def classify_error(exc: Exception, raw: bytes | None = None) -> str:
         return MISSING_FIELD
     if msg.startswith("Object contains unknown field"):
         return UNKNOWN_FIELD
-    if msg.endswith("at `$.event_type`"):
+    if type_field is not None and msg.endswith(f"at `$.{type_field}`"):
         return UNKNOWN_EVENT_TYPE
     if msg.endswith("at `$.schema_version`"):
         return UNSUPPORTED_SCHEMA_VERSION
@@ -77,8 +78,11 @@ class ValidationOutcome:
     rejected: list[tuple[int, str, str]]
 
 
-def validate_payloads(values: list[bytes], payload_type: Any) -> ValidationOutcome:
-    """Decode every payload as ``payload_type`` (a msgspec struct or union of structs)."""
+def validate_payloads(
+    values: list[bytes], payload_type: Any, type_field: str | None = "event_type"
+) -> ValidationOutcome:
+    """Decode every payload as ``payload_type`` (a msgspec struct or union of structs);
+    ``type_field`` names the event-type field for the ``unknown_event_type`` reason."""
     decode = msgspec.json.Decoder(payload_type).decode
     valid: list[int] = []
     rejected: list[tuple[int, str, str]] = []
@@ -86,7 +90,7 @@ def validate_payloads(values: list[bytes], payload_type: Any) -> ValidationOutco
         try:
             decode(raw)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            rejected.append((i, classify_error(exc, raw), str(exc)[:500]))
+            rejected.append((i, classify_error(exc, raw, type_field), str(exc)[:500]))
         else:
             valid.append(i)
     return ValidationOutcome(valid, rejected)
