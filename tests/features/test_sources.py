@@ -70,16 +70,21 @@ CARD_FRAUD = LabelSource(
     name="card_fraud",
     events=CARD_TX.name,
     columns={
+        "label_id": pl.String,
         "transaction_id": pl.String,
         "known_ts": _TS,
         "fraud_kind": pl.String,
         "confirmed": pl.Boolean,
+        "ingested_at": _TS,
     },
     key="transaction_id",
     timestamp="known_ts",
     type_column="fraud_kind",
     label_types=("chargeback", "customer_report"),
+    ingestion_timestamp="ingested_at",
+    id_column="label_id",
     archive_dataset="card_fraud",
+    topic="cards.fraud",
 )
 CUSTOMER = Entity("customer", ("customer_id",))
 TERMINAL = Entity("terminal", ("terminal_id",))
@@ -192,12 +197,15 @@ def random_card_frauds(seed: int, rows: list[dict[str, Any]]) -> list[dict[str, 
     out = []
     for r in rows:
         if rng.random() < 0.25:
-            for _ in range(rng.choice([1, 1, 2])):  # sometimes a chargeback and a report
+            for j in range(rng.choice([1, 1, 2])):  # sometimes a chargeback and a report
+                # Known 0–14 days later, sometimes exactly 7 days (the delay's edge).
+                known = r["tx_ts"] + rng.choice([rng.randrange(0, 14 * DAY_MS), 7 * DAY_MS])
                 out.append(
                     {
+                        "label_id": f"fr_{r['tx_id']}_{j}",
                         "transaction_id": r["tx_id"],
-                        # Known 0–14 days later, sometimes exactly 7 days (the delay's edge).
-                        "known_ts": r["tx_ts"] + rng.choice([rng.randrange(0, 14 * DAY_MS), 7 * DAY_MS]),
+                        "known_ts": known,
+                        "ingested_at": known,
                         "fraud_kind": rng.choice(["chargeback", "customer_report"]),
                         "confirmed": rng.random() < 0.8,
                     }
