@@ -92,6 +92,7 @@ from risk_assets.features.batch import required_event_columns
 from risk_assets.features.online_store import encode_entity_key, redact_url
 from risk_assets.features.spec import EVENT_TS, Entity, FeatureGroup, _ms
 from risk_assets.features.store_epoch import EpochMarker, epoch_key
+from risk_assets.sources import EXCHANGE_EVENTS
 
 __all__ = [
     "ARRIVAL_COLUMNS",
@@ -175,6 +176,9 @@ class EntityLayout:
 
     @classmethod
     def build(cls, entity: Entity, groups: Sequence[FeatureGroup], margin: timedelta) -> EntityLayout:
+        foreign = sorted({g.source.name for g in groups if g.source != EXCHANGE_EVENTS})
+        if foreign:
+            raise ValueError(f"the stream path reads the exchange events only, not sources {foreign}")
         keys = set(entity.keys)
         needed = required_event_columns(groups)
         columns = tuple(c for c in needed if c not in keys and c not in ("event_id", EVENT_TS))

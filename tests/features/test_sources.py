@@ -418,3 +418,14 @@ def test_offline_store_and_point_in_time_join_build_a_training_frame(tmp_path) -
                     assert got == want, (g.name, name, s, want)
             checked += best is not None
     assert checked > 100
+
+
+def test_catalog_names_the_sources_event_types_and_the_stream_path_refuses_other_sources() -> None:
+    from risk_assets.features.catalog import describe
+    from risk_assets.features.stream_state import EntityLayout
+
+    g = customer_group()
+    text = describe(g.feature("n_refund_7d"), g.source_event_types, g.source.event_type_column)
+    assert text.startswith("Number of refund events") and "tx_type" not in text, text
+    with pytest.raises(ValueError, match="exchange events only"):
+        EntityLayout.build(CUSTOMER, [g], hours(1))
