@@ -9,7 +9,11 @@ semantics below (floating-point sums/means/ratios up to rounding, rel. tolerance
 
 Exact semantics (version ``SEMANTICS_VERSION``)
 -----------------------------------------------
-Time is integer milliseconds (``event_ts``, ``Datetime("ms", "UTC")``).
+Every group reads one declared source (:mod:`risk_assets.sources`; the exchange events by
+default). Below, ``event_ts``, ``event_id`` and ``event_type`` stand for the source's time, id and
+event-type columns (``tx_ts``, ``tx_id``, ``tx_type`` for a card source); a source without an
+event-type column feeds every event to its groups. Time is integer milliseconds
+(``Datetime("ms", "UTC")``); output frames always name the as-of time ``event_ts``.
 
 *Group stream.* The events of a group are the events whose ``event_type`` is in
 ``source_event_types`` and whose entity key columns are all non-null. Every such event both feeds
@@ -61,14 +65,15 @@ ratio          ``numerator / denominator`` of two other (non-ratio)         Floa
 ============== ============================================================ ================ ==========
 
 *Label aggregates* (availability delay ``D``, ``0 <= D < w + o``; ``M`` is the window's matching
-events, offset included). Labels join events on ``event_id``. An event counts as *labelled at t* if
+events, offset included). Labels come from the group's label source and join events on its key
+column (``event_id`` for the exchange labels). An event counts as *labelled at t* if
 at least one label passing ``label_where`` has ``label_ts <= t - D``. ``label_count`` = number of
 events of ``M`` labelled at ``t`` (Int64, 0 when none); ``label_rate`` = ``label_count / N``
 (Float64, null when ``N = 0``) where ``N = |M|`` (``denominator="all"``, the default) or, with
 ``denominator="matured"``, ``N`` = the events of ``M`` with ``event_ts <= t - D`` — the events old
 enough for their label to be known (a recent event whose label cannot have arrived yet would only
-dilute the rate). No label with ``label_ts > t - D`` can influence a value. ``label_ts`` is the only
-label time used (not ``ingest_ts``).
+dilute the rate). No label with ``label_ts > t - D`` can influence a value. ``label_ts`` (the label
+source's time column) is the only label time used (not its ingestion time).
 
 *Helpers.* Any feature may be marked ``model_input=False`` (e.g. a ratio's operands): it is
 computed, stored and synced like the others but is not a model input
@@ -76,7 +81,9 @@ computed, stored and synced like the others but is not a model input
 
 *Versioning.* :attr:`FeatureGroup.version` is the first 12 hex digits of the SHA-256 of the canonical
 JSON of everything that determines values (name, entity, source types, features, ttl, semantics
-version), with keys sorted, features sorted by name, filters sorted, durations in milliseconds.
+version; the source's and, with label aggregates, the label source's name and schema version unless
+they are the exchange's), with keys sorted, features sorted by name, filters sorted, durations in
+milliseconds.
 Options at their default (offset 0, ``denominator="all"``, ``empty="null"``) are left out of the
 canonical form, so definitions that do not use them keep their versions. Descriptions, owner, tags
 and ``model_input`` are not values and do not change the version.
