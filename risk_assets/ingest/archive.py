@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -145,49 +145,91 @@ class DecodedMessages:
     rejected: list[tuple[int, str, str]]
 
 
-def decode_messages(batch: MessageBatch, spec: ArchiveSpec) -> DecodedMessages:
+def _parse_valid(batch: MessageBatch, ok: np.ndarray, spec: ArchiveSpec) -> pl.DataFrame:
+    """The validated payloads at ``ok`` parsed into the archive layout (plus ``_idx``, ``_partition``,
+    ``_offset``); raises if Polars cannot parse them (the caller then goes message by message)."""
+    values = batch.values
+    body = b"\n".join([values[i] for i in ok.tolist()])
+    ts_cols = [c for c, t in archive_columns(spec.dataset).items() if t == pl.Datetime("ms", "UTC")]
+    return (
+        pl.read_ndjson(body, schema=spec.read_schema())
+        .with_columns(
+            pl.Series("_idx", ok, dtype=pl.Int64),
+            pl.Series("_partition", batch.partitions[ok], dtype=pl.Int32),
+            pl.Series("_offset", batch.offsets[ok], dtype=pl.Int64),
+            pl.Series("ingest_ts", batch.timestamps_ms[ok], dtype=pl.Int64),
+        )
+        .with_columns(pl.col(c).cast(pl.Datetime("ms", "UTC")) for c in ts_cols)
+    )
+
+
+def _empty_valid(spec: ArchiveSpec) -> pl.DataFrame:
+    return pl.DataFrame(
+        schema={
+            **archive_columns(spec.dataset),
+            "_idx": pl.Int64,
+            "_partition": pl.Int32,
+            "_offset": pl.Int64,
+        }
+    )
+
+
+def decode_messages(
+    batch: MessageBatch, spec: ArchiveSpec, *, not_after_ms: int | None = None
+) -> DecodedMessages:
     """Validate every payload of ``batch`` and parse the valid ones into the archive layout.
 
     ``ingest_ts`` is the Kafka message timestamp. Records whose time claims to be too far after
-    their arrival are rejected as ``future_timestamp``. This is the one gate between the broker and
-    anything downstream (archive, stream features).
+    their arrival are rejected as ``future_timestamp``; with ``not_after_ms`` (the stream's bound,
+    see :func:`future_limit_ms`), so are records whose time or Kafka timestamp is after it. This is
+    the one gate between the broker and anything downstream (archive, stream features): no single
+    message can fail it — any exception while decoding one message makes that message a reject.
     """
     outcome = validation.validate_payloads(batch.values, spec.payload_type)
     ok = np.asarray(outcome.valid, dtype=np.int64)
+    rejected = list(outcome.rejected)
+    valid = _empty_valid(spec)
     if len(ok):
-        values = batch.values
-        body = b"\n".join([values[i] for i in ok.tolist()])
-        ts_cols = [c for c, t in archive_columns(spec.dataset).items() if t == pl.Datetime("ms", "UTC")]
-        valid = (
-            pl.read_ndjson(body, schema=spec.read_schema())
-            .with_columns(
-                pl.Series("_idx", ok),
-                pl.Series("_partition", batch.partitions[ok]),
-                pl.Series("_offset", batch.offsets[ok]),
-                pl.Series("ingest_ts", batch.timestamps_ms[ok]),
-            )
-            .with_columns(pl.col(c).cast(pl.Datetime("ms", "UTC")) for c in ts_cols)
-        )
-    else:
-        valid = pl.DataFrame(
-            schema={
-                **archive_columns(spec.dataset),
-                "_idx": pl.Int64,
-                "_partition": pl.Int32,
-                "_offset": pl.Int64,
-            }
-        )
+        try:
+            valid = _parse_valid(batch, ok, spec)
+        except Exception:  # some payload the schema accepted but Polars cannot parse: find it
+            parts = []
+            for i in ok.tolist():
+                one = np.asarray([i], dtype=np.int64)
+                try:
+                    parts.append(_parse_valid(batch, one, spec))
+                except Exception as exc:
+                    rejected.append((i, validation.UNDECODABLE, f"{type(exc).__name__}: {exc}"[:500]))
+            valid = pl.concat(parts) if parts else valid
     # Records claiming a time too far after their arrival are rejected.
-    future_mask = valid.select(is_from_future_expr(spec.time_column, "ingest_ts")).to_series()
-    rejected = list(outcome.rejected) + [
-        (
-            int(i),
-            validation.FUTURE_TIMESTAMP,
-            f"{spec.time_column} more than the allowed skew after ingest_ts",
-        )
-        for i in valid.filter(future_mask)["_idx"].to_list()
-    ]
+    future = is_from_future_expr(spec.time_column, "ingest_ts")
+    why = f"{spec.time_column} more than the allowed skew after ingest_ts"
+    if not_after_ms is not None:
+        limit = pl.lit(not_after_ms).cast(pl.Datetime("ms", "UTC"))
+        beyond = (pl.col(spec.time_column) > limit) | (pl.col("ingest_ts") > limit)
+        future = future | beyond
+        why = f"{why}, or {spec.time_column}/ingest_ts after {_iso_ms(not_after_ms)}"
+    future_mask = valid.select(future).to_series()
+    late = valid.filter(future_mask)["_idx"].to_list()
+    rejected += [(int(i), validation.FUTURE_TIMESTAMP, why) for i in late]
     return DecodedMessages(valid.filter(~future_mask), rejected)
+
+
+def _iso_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+
+def future_limit_ms(batch: MessageBatch, now_ms: int, bound: timedelta) -> int:
+    """The newest time a stream micro-batch accepts: ``min(now, median message timestamp) + bound``.
+
+    The median of the batch's own Kafka timestamps makes a replay of the range decide exactly as the
+    first run did (``now`` only caps it, for a batch whose producers all run ahead); one producer
+    with a clock days ahead cannot move the median of a batch.
+    """
+    if len(batch) == 0:
+        return now_ms + int(bound.total_seconds() * 1000)
+    ref = min(now_ms, int(np.median(batch.timestamps_ms)))
+    return ref + int(bound.total_seconds() * 1000)
 
 
 def build_archive(batch: MessageBatch, spec: ArchiveSpec, hours: list[datetime]) -> ArchiveHours:
