@@ -13,6 +13,7 @@ the events topic; the sensors re-request failed ranges and never commit past the
 """
 
 import time
+from collections import Counter
 from datetime import datetime, timedelta
 
 import dagster as dg
@@ -32,7 +33,7 @@ from risk_assets.features.stream_warm_start import (
     warm_start_for_batch,
     warm_start_now,
 )
-from risk_assets.ingest.archive import EVENTS, decode_messages
+from risk_assets.ingest.archive import EVENTS, decode_messages, future_limit_ms
 from risk_assets.ingest.kafka_reader import OffsetRange
 from risk_assets.names import (
     EVENTS_TOPIC,
@@ -70,6 +71,16 @@ class OffsetRangeConfig(RunConfig):
         return OffsetRange(self.topic, self.partition, self.start, self.end)
 
 
+class StreamBatchConfig(OffsetRangeConfig):
+    """A micro-batch's range and its time sanity bound."""
+
+    future_bound_s: int = 300
+    """Events whose time (or Kafka timestamp) is more than this after the batch's reference time
+    (``archive.future_limit_ms``: the median message timestamp, capped by now) are rejected as
+    ``future_timestamp`` instead of being published (a row from the future would win write-if-newer
+    and freeze the entity's online value)."""
+
+
 STREAM_GROUPS = stream_groups(FEATURE_GROUPS)
 
 
@@ -89,7 +100,7 @@ STREAM_GROUPS = stream_groups(FEATURE_GROUPS)
 )
 def stream_feature_buffer(
     context: dg.AssetExecutionContext,
-    config: OffsetRangeConfig,
+    config: StreamBatchConfig,
     kafka: KafkaResource,
     redis: RedisResource,
     lake: LakeResource,
@@ -98,7 +109,9 @@ def stream_feature_buffer(
     t0 = time.time()
     with kafka.range_reader() as reader:
         batch = reader.read(rng)
-    decoded = decode_messages(batch, EVENTS)
+    limit = future_limit_ms(batch, int(t0 * 1000), timedelta(seconds=config.future_bound_s))
+    decoded = decode_messages(batch, EVENTS, not_after_ms=limit)
+    reasons = Counter(reason for _, reason, _ in decoded.rejected)
     with StreamState.from_url(
         redis.url, STREAM_GROUPS, namespace=redis.namespace, cluster=redis.cluster
     ) as state:
@@ -122,6 +135,7 @@ def stream_feature_buffer(
             "dagster/row_count": published,
             "events": decoded.valid.height,
             "rejected": len(decoded.rejected),
+            **{f"rejected/{r}": n for r, n in sorted(reasons.items())},
             "offset_start": rng.start,
             "offset_end": rng.end,
             "processing_seconds": done - t0,
