@@ -391,7 +391,12 @@ def build_archive(
     valid_by_hour = valid.partition_by("_hour", as_dict=True)
     dead_parts = dead.sort("kafka_partition", "kafka_offset").partition_by("_hour", as_dict=True)
     records = {h: to_archive_frame(valid_by_hour.get((h,), valid.clear()), spec.dataset) for h in wanted}
-    dead_by_hour = {h: dead_parts.get((h,), dead.clear()).select(list(DEAD_LETTER_COLUMNS)) for h in wanted}
+    dead_by_hour = {
+        h: dead_parts.get((h,), dead.clear()).select(
+            pl.col(c).cast(t) for c, t in DEAD_LETTER_COLUMNS.items()
+        )
+        for h in wanted
+    }
     reasons = Counter(dead["reason"].to_list())
     return ArchiveHours(records, dead_by_hour, messages_read=len(batch), reasons=reasons)
 
