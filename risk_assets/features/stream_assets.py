@@ -66,6 +66,9 @@ class OffsetRangeConfig(RunConfig):
     partition: int
     start: int
     end: int
+    incarnation: str = ""
+    """The topic incarnation the offsets belong to (set by the sensor); the run fails rather than
+    read these offsets from another log. Empty: not checked."""
 
     def range(self) -> OffsetRange:
         return OffsetRange(self.topic, self.partition, self.start, self.end)
@@ -108,7 +111,10 @@ def stream_feature_buffer(
     rng = config.range()
     t0 = time.time()
     with kafka.range_reader() as reader:
+        incarnation = config.incarnation or reader.incarnation(rng.topic)
+        reader.ensure_incarnation(rng.topic, incarnation)
         batch = reader.read(rng)
+        reader.ensure_incarnation(rng.topic, incarnation)
     limit = future_limit_ms(batch, int(t0 * 1000), timedelta(seconds=config.future_bound_s))
     decoded = decode_messages(batch, EVENTS, not_after_ms=limit)
     reasons = Counter(reason for _, reason, _ in decoded.rejected)
@@ -138,6 +144,7 @@ def stream_feature_buffer(
             **{f"rejected/{r}": n for r, n in sorted(reasons.items())},
             "offset_start": rng.start,
             "offset_end": rng.end,
+            "kafka_incarnation": incarnation,
             "processing_seconds": done - t0,
             "lag_seconds": max(0.0, done - newest_ms / 1000),
             "warm_starts": len(warmed),
@@ -189,6 +196,8 @@ def ingest_feature_buffer(
         kafka.range_reader() as reader,
         OnlineStore.from_url(redis.url, namespace=redis.namespace, cluster=redis.cluster) as store,
     ):
+        incarnation = config.incarnation or reader.incarnation(rng.topic)
+        reader.ensure_incarnation(rng.topic, incarnation)
         result = ingest_range(reader, rng, store, lake.lake(), FEATURE_GROUPS)
     applied = sum(w.applied for w in result.online.values())
     skipped = sum(w.skipped for w in result.online.values())
@@ -207,6 +216,7 @@ def ingest_feature_buffer(
             "rejected": result.rejected,
             "offset_start": rng.start,
             "offset_end": rng.end,
+            "kafka_incarnation": incarnation,
         },
     )
 

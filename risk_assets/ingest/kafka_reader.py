@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -101,6 +102,7 @@ class KafkaRangeReader:
         self.timeout_s = timeout_s
         self._bootstrap = bootstrap_servers
         self._incarnations: dict[str, str] = {}
+        self._admin: Any = None  # confluent_kafka.admin.AdminClient, made on first use
         self._boundaries: dict[tuple[str, int, int], int] = {}
         # Partition bounds are taken once per reader: one run works on one consistent snapshot of
         # the log (create a new reader to see newer data).
@@ -150,7 +152,9 @@ class KafkaRangeReader:
             from confluent_kafka import TopicCollection
             from confluent_kafka.admin import AdminClient
 
-            admin = AdminClient({"bootstrap.servers": self._bootstrap, "log_level": 0})
+            if self._admin is None:
+                self._admin = AdminClient({"bootstrap.servers": self._bootstrap, "log_level": 0})
+            admin = self._admin
             md = admin.list_topics(topic, timeout=self.timeout_s)
             try:
                 desc = admin.describe_topics(TopicCollection([topic]))[topic].result(timeout=self.timeout_s)

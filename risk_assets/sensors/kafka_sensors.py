@@ -2,7 +2,9 @@
 
 Each tick reads end offsets only (a sensor must never block on consuming), asks the instance how the
 runs of inflight ranges went, and lets ``offset_cursor.plan`` decide; the run does the reading.
-Nothing is committed to the broker: the sensor cursor is the only bookkeeping.
+Nothing is committed to the broker: the sensor cursor is the only bookkeeping. A changed topic
+incarnation or offsets going backwards fail the tick with :class:`OffsetIncident`, which states the
+numbers and the cursor to set to accept the new incarnation (``offset_cursor`` module docstring).
 """
 
 from typing import Any
@@ -12,9 +14,16 @@ import dagster as dg
 from risk_assets.features.stream_assets import feature_ingestion_job, stream_features_job
 from risk_assets.names import EVENTS_TOPIC, FEATURES_TOPIC
 from risk_assets.resources import KafkaResource
-from risk_assets.sensors.offset_cursor import OffsetCursor, RunState, plan, tp_key
+from risk_assets.sensors.offset_cursor import OffsetCursor, RunState, accept_incarnations, plan, tp_key
 
 RUN_KEY_TAG = "dagster/run_key"
+INCARNATION_TAG = "risk/kafka_incarnation"
+
+
+class OffsetIncident(Exception):
+    """The log under a Kafka sensor is not the one its cursor describes: the sensor stops."""
+
+
 _FAILED = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
@@ -45,20 +54,31 @@ def build_offset_range_sensor(
         default_status=dg.DefaultSensorStatus.STOPPED,
         description=(
             f"Every {interval_s}s: read the end offsets of `{topic}` and request one `{job.name}` run per "
-            f"new offset range (≤ {max_range:,} offsets; run key `topic:partition:start-end`). The cursor "
-            "commits a range only after its run succeeded; failed ranges are re-requested (3 attempts)."
+            f"new offset range (≤ {max_range:,} offsets; run key `topic@<topic id>:partition:start-end`). "
+            "The cursor commits a range only after its run succeeded; failed ranges are re-requested "
+            "(3 attempts). A new topic incarnation or offsets going backwards stop it (failed tick)."
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource):
         cursor = OffsetCursor.parse(context.cursor)
         with kafka.range_reader() as reader:
+            incarnation = reader.incarnation(topic)
             bounds = {tp_key(topic, p): reader.bounds(topic, p) for p in reader.partitions(topic)}
         ends = {tp: end for tp, (_, end) in bounds.items()}
         starts = {tp: low for tp, (low, _) in bounds.items()}
         states = {
             i.run_key: _run_state(context.instance, i.run_key) for i in cursor.inflight.values() if not i.done
         }
-        p = plan(cursor, ends, states, max_range=max_range, starts=starts)
+        incarnations = dict.fromkeys(ends, incarnation)
+        p = plan(cursor, ends, states, max_range=max_range, starts=starts, incarnations=incarnations)
+        for note in p.accepted:
+            context.log.warning(note)
+        if p.incidents:
+            resume = accept_incarnations(context.cursor, {tp: incarnation for tp in ends})
+            raise OffsetIncident(
+                f"{name} stopped: " + " | ".join(p.incidents) + ". Nothing was requested and the cursor "
+                "is unchanged. To accept the broker's current log, set the sensor cursor to: " + resume
+            )
         for key in p.stuck:
             context.log.error(f"range {key} failed 3 times; re-execute it to let the cursor move on")
         for req in p.requests:
@@ -73,6 +93,7 @@ def build_offset_range_sensor(
                                 "partition": r.partition,
                                 "start": r.start,
                                 "end": r.end,
+                                "incarnation": incarnation,
                             }
                         }
                     }
@@ -82,6 +103,7 @@ def build_offset_range_sensor(
                     "risk/partition": str(r.partition),
                     "risk/offset_range": f"{r.start}-{r.end}",
                     "risk/attempt": str(req.attempt),
+                    INCARNATION_TAG: incarnation,
                 },
             )
         context.update_cursor(p.cursor.dumps())
