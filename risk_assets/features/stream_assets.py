@@ -14,6 +14,8 @@ the events topic; the sensors re-request failed ranges and never commit past the
 
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 import dagster as dg
@@ -34,7 +36,7 @@ from risk_assets.features.stream_warm_start import (
     warm_start_now,
 )
 from risk_assets.ingest.archive import EVENTS, decode_messages, future_limit_ms
-from risk_assets.ingest.kafka_reader import OffsetRange
+from risk_assets.ingest.kafka_reader import IncarnationChanged, OffsetRange
 from risk_assets.names import (
     EVENTS_TOPIC,
     EVENTS_TOPIC_ASSET,
@@ -87,6 +89,15 @@ class StreamBatchConfig(OffsetRangeConfig):
 STREAM_GROUPS = stream_groups(FEATURE_GROUPS)
 
 
+@contextmanager
+def _final_on_new_incarnation() -> Iterator[None]:
+    """A range of another topic incarnation never becomes readable again: fail without retries."""
+    try:
+        yield
+    except IncarnationChanged as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+
+
 @dg.asset(
     key=STREAM_FEATURE_BUFFER,
     deps=[events_topic.key],
@@ -110,7 +121,7 @@ def stream_feature_buffer(
 ) -> dg.MaterializeResult:
     rng = config.range()
     t0 = time.time()
-    with kafka.range_reader() as reader:
+    with kafka.range_reader() as reader, _final_on_new_incarnation():
         incarnation = config.incarnation or reader.incarnation(rng.topic)
         reader.ensure_incarnation(rng.topic, incarnation)
         batch = reader.read(rng)
@@ -196,8 +207,9 @@ def ingest_feature_buffer(
         kafka.range_reader() as reader,
         OnlineStore.from_url(redis.url, namespace=redis.namespace, cluster=redis.cluster) as store,
     ):
-        incarnation = config.incarnation or reader.incarnation(rng.topic)
-        reader.ensure_incarnation(rng.topic, incarnation)
+        with _final_on_new_incarnation():
+            incarnation = config.incarnation or reader.incarnation(rng.topic)
+            reader.ensure_incarnation(rng.topic, incarnation)
         result = ingest_range(reader, rng, store, lake.lake(), FEATURE_GROUPS)
     applied = sum(w.applied for w in result.online.values())
     skipped = sum(w.skipped for w in result.online.values())
