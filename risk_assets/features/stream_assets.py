@@ -35,7 +35,7 @@ from risk_assets.features.stream_warm_start import (
     warm_start_for_batch,
     warm_start_now,
 )
-from risk_assets.ingest.archive import EVENTS, decode_messages, future_limit_ms
+from risk_assets.ingest.archive import EVENTS, decode_messages
 from risk_assets.ingest.kafka_reader import IncarnationChanged, OffsetRange
 from risk_assets.names import (
     EVENTS_TOPIC,
@@ -79,11 +79,13 @@ class OffsetRangeConfig(RunConfig):
 class StreamBatchConfig(OffsetRangeConfig):
     """A micro-batch's range and its time sanity bound."""
 
+    as_of_ms: int = 0
+    """When the sensor first requested this range (epoch ms; 0: the run's start). Retries and
+    replays of the range judge "too far in the future" against this same time."""
     future_bound_s: int = 300
-    """Events whose time (or Kafka timestamp) is more than this after the batch's reference time
-    (``archive.future_limit_ms``: the median message timestamp, capped by now) are rejected as
-    ``future_timestamp`` instead of being published (a row from the future would win write-if-newer
-    and freeze the entity's online value)."""
+    """Events whose time (or Kafka timestamp) is more than this after ``as_of_ms`` are rejected as
+    ``future_timestamp`` instead of being published: a row from the future would win
+    write-if-newer and freeze the entity's online value until real time catches up."""
 
 
 STREAM_GROUPS = stream_groups(FEATURE_GROUPS)
@@ -126,8 +128,8 @@ def stream_feature_buffer(
         reader.ensure_incarnation(rng.topic, incarnation)
         batch = reader.read(rng)
         reader.ensure_incarnation(rng.topic, incarnation)
-    limit = future_limit_ms(batch, int(t0 * 1000), timedelta(seconds=config.future_bound_s))
-    decoded = decode_messages(batch, EVENTS, not_after_ms=limit)
+    as_of_ms = config.as_of_ms or int(t0 * 1000)
+    decoded = decode_messages(batch, EVENTS, not_after_ms=as_of_ms + config.future_bound_s * 1000)
     reasons = Counter(reason for _, reason, _ in decoded.rejected)
     with StreamState.from_url(
         redis.url, STREAM_GROUPS, namespace=redis.namespace, cluster=redis.cluster

@@ -13,7 +13,7 @@ import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -189,8 +189,9 @@ def decode_messages(
     """Validate every payload of ``batch`` and parse the valid ones into the archive layout.
 
     ``ingest_ts`` is the Kafka message timestamp. Records whose time claims to be too far after
-    their arrival are rejected as ``future_timestamp``; with ``not_after_ms`` (the stream's bound,
-    see :func:`future_limit_ms`), so are records whose time or Kafka timestamp is after it. This is
+    their arrival are rejected as ``future_timestamp``; with ``not_after_ms`` (the stream's bound: the
+    micro-batch's as-of time + a configurable margin), so are records whose time or Kafka timestamp is
+    after it. This is
     the one gate between the broker and anything downstream (archive, stream features): no single
     message can fail it — any exception while decoding one message makes that message a reject.
     """
@@ -214,7 +215,7 @@ def decode_messages(
     future = is_from_future_expr(spec.time_column, "ingest_ts")
     why = f"{spec.time_column} more than the allowed skew after ingest_ts"
     if not_after_ms is not None:
-        limit = pl.lit(not_after_ms).cast(pl.Datetime("ms", "UTC"))
+        limit = pl.lit(not_after_ms, dtype=pl.Int64).cast(pl.Datetime("ms", "UTC"))
         beyond = (pl.col(spec.time_column) > limit) | (pl.col("ingest_ts") > limit)
         future = future | beyond
         why = f"{why}, or {spec.time_column}/ingest_ts after {_iso_ms(not_after_ms)}"
@@ -226,19 +227,6 @@ def decode_messages(
 
 def _iso_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
-
-
-def future_limit_ms(batch: MessageBatch, now_ms: int, bound: timedelta) -> int:
-    """The newest time a stream micro-batch accepts: ``min(now, median message timestamp) + bound``.
-
-    The median of the batch's own Kafka timestamps makes a replay of the range decide exactly as the
-    first run did (``now`` only caps it, for a batch whose producers all run ahead); one producer
-    with a clock days ahead cannot move the median of a batch.
-    """
-    if len(batch) == 0:
-        return now_ms + int(bound.total_seconds() * 1000)
-    ref = min(now_ms, int(np.median(batch.timestamps_ms)))
-    return ref + int(bound.total_seconds() * 1000)
 
 
 def _ms(ts: datetime) -> int:

@@ -7,6 +7,7 @@ incarnation or offsets going backwards fail the tick with :class:`OffsetIncident
 numbers and the cursor to set to accept the new incarnation (``offset_cursor`` module docstring).
 """
 
+import time
 from typing import Any
 
 import dagster as dg
@@ -44,8 +45,10 @@ def build_offset_range_sensor(
     *,
     max_range: int,
     interval_s: int,
+    as_of_field: bool = False,
 ) -> dg.SensorDefinition:
-    """A sensor requesting ``job`` runs over new offset ranges of ``topic`` (≤ ``max_range`` each)."""
+    """A sensor requesting ``job`` runs over new offset ranges of ``topic`` (≤ ``max_range`` each);
+    with ``as_of_field``, each run's config also gets the range's first-request time (``as_of_ms``)."""
 
     @dg.sensor(
         name=name,
@@ -70,7 +73,10 @@ def build_offset_range_sensor(
             i.run_key: _run_state(context.instance, i.run_key) for i in cursor.inflight.values() if not i.done
         }
         incarnations = dict.fromkeys(ends, incarnation)
-        p = plan(cursor, ends, states, max_range=max_range, starts=starts, incarnations=incarnations)
+        now_ms = int(time.time() * 1000)
+        p = plan(
+            cursor, ends, states, max_range=max_range, starts=starts, incarnations=incarnations, now_ms=now_ms
+        )
         for note in p.accepted:
             context.log.warning(note)
         if p.incidents:
@@ -94,6 +100,7 @@ def build_offset_range_sensor(
                                 "start": r.start,
                                 "end": r.end,
                                 "incarnation": incarnation,
+                                **({"as_of_ms": req.as_of_ms} if as_of_field else {}),
                             }
                         }
                     }
@@ -120,6 +127,7 @@ stream_features_sensor = build_offset_range_sensor(
     "stream_feature_buffer",
     max_range=50_000,
     interval_s=5,
+    as_of_field=True,
 )
 feature_ingestion_sensor = build_offset_range_sensor(
     "feature_ingestion_sensor",

@@ -61,6 +61,7 @@ class Inflight:
     attempt: int
     run_key: str
     done: bool = False
+    as_of_ms: int = 0  # when the range was first requested: its runs' "now" (0: not recorded)
 
     @property
     def range(self) -> OffsetRange:
@@ -117,6 +118,7 @@ class Request:
     range: OffsetRange
     run_key: str
     attempt: int
+    as_of_ms: int = 0
 
 
 @dataclass
@@ -193,13 +195,16 @@ def plan(
     max_attempts: int = 3,
     starts: dict[str, int] | None = None,
     incarnations: dict[str, str] | None = None,
+    now_ms: int = 0,
 ) -> Plan:
     """Next cursor and run requests, given partition ``ends`` and the states of inflight runs.
 
     ``run_states`` maps an inflight run key to ``success``/``failure``/``pending`` (missing =
     pending). ``starts`` gives the first offset of a partition never seen before (default 0), and of
     a new incarnation once accepted. ``incarnations`` (per partition) enables the incarnation rules
-    of the module docstring; partitions with an incident are left exactly as they were.
+    of the module docstring; partitions with an incident are left exactly as they were. ``now_ms``
+    is recorded with each new range (``as_of_ms``) and requested again with its retries, so every
+    attempt of a range judges "too far in the future" against the same time.
     """
     incidents: list[str] = []
     accepted: list[str] = []
@@ -225,7 +230,7 @@ def plan(
                 continue
             item.attempt += 1
             item.run_key = f"{_base_key(item.run_key)}#attempt{item.attempt}"
-            requests.append(Request(item.range, item.run_key, item.attempt))
+            requests.append(Request(item.range, item.run_key, item.attempt, item.as_of_ms))
 
     # Commit the contiguous prefix of succeeded ranges; a pending or failed range holds it back
     # (succeeded ranges after it stay inflight, marked done, until the gap closes).
@@ -249,8 +254,8 @@ def plan(
             stop = min(end, frontier + max_range)
             rng = OffsetRange(topic, int(partition), frontier, stop)
             key = range_run_key(rng, (incarnations or {}).get(tp))
-            inflight[key] = Inflight(tp, frontier, stop, 1, key)
-            requests.append(Request(rng, key, 1))
+            inflight[key] = Inflight(tp, frontier, stop, 1, key, as_of_ms=now_ms)
+            requests.append(Request(rng, key, 1, now_ms))
             frontier = stop
     out = OffsetCursor(committed, {**inflight, **held}, dict(cursor.incarnations), dict(cursor.accept))
     return Plan(out, requests, stuck, incidents, accepted)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import msgspec
 
 from risk_assets.events.schema import MAX_EVENT_TS_MS
-from risk_assets.ingest.archive import EVENTS, build_archive, decode_messages, future_limit_ms
+from risk_assets.ingest.archive import EVENTS, build_archive, decode_messages
 from tests.ingest.test_archive import H0, MIN, batch_of, login, ms
 
 INVALID_UTF8 = b'{"event_type": "login", "event_id": "\xff\xfe", "event_ts": 1}'
@@ -35,16 +35,21 @@ def test_invalid_utf8_and_huge_timestamps_are_dead_letters_not_failures():
     assert result.record_count + result.dead_letter_count == len(items)
 
 
-def test_stream_future_bound_is_a_function_of_the_batch():
-    now = ms(datetime(2026, 3, 1, 12, tzinfo=UTC))
+def test_stream_future_bound_rejects_a_producer_clock_days_ahead():
+    as_of = ms(datetime(2026, 3, 1, 12, tzinfo=UTC))
     two_days = 2 * 24 * 3600_000
-    # A producer whose clock runs two days ahead: event time and Kafka timestamp both in the future.
-    items = [(login(i, now - 60_000 + i), now - 60_000 + i + 5) for i in range(9)]
-    items.append((login(99, now + two_days), now + two_days + 5))
-    batch = batch_of(items)
-    limit = future_limit_ms(batch, now, timedelta(minutes=5))
-    decoded = decode_messages(batch, EVENTS, not_after_ms=limit)
+    # Two hours of backlog (a replay), then one producer whose clock runs two days ahead: event time
+    # and Kafka timestamp both in the future.
+    items = [
+        (login(i, as_of - 2 * 3600_000 + i * 15 * MIN), as_of - 2 * 3600_000 + i * 15 * MIN + 5)
+        for i in range(9)
+    ]
+    items.append((login(99, as_of + two_days), as_of + two_days + 5))
+    decoded = decode_messages(batch_of(items), EVENTS, not_after_ms=as_of + 5 * MIN)
     assert decoded.valid["event_id"].to_list() == [f"ev-{i}" for i in range(9)]
     assert [(i, r) for i, r, _ in decoded.rejected] == [(9, "future_timestamp")]
-    # A replay days later decides the same (the median of the batch, not the wall clock, anchors it).
-    assert future_limit_ms(batch, now + 3 * two_days, timedelta(minutes=5)) == limit
+    # The Kafka timestamp alone running ahead is enough.
+    ahead = [(login(7, as_of), as_of + two_days)]
+    assert [
+        r for _, r, _ in decode_messages(batch_of(ahead), EVENTS, not_after_ms=as_of + 5 * MIN).rejected
+    ] == ["future_timestamp"]

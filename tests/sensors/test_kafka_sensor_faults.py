@@ -9,7 +9,7 @@ processed once and every feature row it produced is ingested once."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import polars as pl
@@ -55,13 +55,15 @@ def execute(job_name: str, request: dg.RunRequest, instance) -> dg.ExecuteInProc
     )
 
 
-def stream_counts(result: dg.ExecuteInProcessResult) -> tuple[int, int]:
-    """(messages read = valid + rejected, feature rows published) of a stream micro-batch."""
+def stream_counts(result: dg.ExecuteInProcessResult) -> tuple[int, int, int]:
+    """(messages read = valid + rejected, feature rows published, rejected as future) of a stream
+    micro-batch."""
     (mat,) = [
         m for m in result.get_asset_materialization_events() if m.asset_key.path == [STREAM_FEATURE_BUFFER]
     ]
     md = mat.materialization.metadata
-    return md["events"].value + md["rejected"].value, md["dagster/row_count"].value
+    future = md["rejected/future_timestamp"].value if "rejected/future_timestamp" in md else 0
+    return md["events"].value + md["rejected"].value, md["dagster/row_count"].value, future
 
 
 def drain(instance, kafka, cursors, counts):
@@ -73,9 +75,10 @@ def drain(instance, kafka, cursors, counts):
                 result = execute(JOBS[sensor.name], r, instance)
                 assert result.success, r.run_key
                 if sensor is stream_features_sensor:
-                    read, rows = stream_counts(result)
+                    read, rows, future = stream_counts(result)
                     counts["read"] += read
                     counts["published"] += rows
+                    counts["future"] = counts.get("future", 0) + future
                 progressed = True
         if not progressed:
             return cursors
@@ -140,3 +143,51 @@ def test_broker_restart_mid_stream_is_an_incident_then_nothing_is_lost_or_double
         how="diagonal_relaxed",
     )
     assert keys.is_duplicated().sum() == 0
+
+
+def test_an_event_from_two_days_ahead_does_not_freeze_the_online_row(env, dagster_instance):
+    """D9 on the stream: a producer clock two days ahead used to publish a row that then won
+    write-if-newer against every real event of the entity for two days."""
+    import msgspec
+
+    from risk_assets.features.groups import GROUPS_BY_NAME
+    from risk_assets.features.ingestion import group_layout
+    from risk_assets.features.online_store import OnlineStore
+    from risk_assets.simulator.generator import generate
+    from tests.ingest.test_archive import produce
+
+    stack, lake = env
+    first = replay(SIM, make_producer(stack.kafka))
+    events = generate(SIM).events.filter(pl.col("ingest_ts") < SIM.end, pl.col("event_type") == "login")
+    row = events.row(0, named=True)
+    # Two days ahead of the wall clock (the simulated traffic is in the past).
+    ahead = int((datetime.now(UTC) + timedelta(days=2)).timestamp() * 1000)
+    payload = {
+        k: v
+        for k, v in row.items()
+        if v is not None
+        and k
+        in (
+            "event_type",
+            "event_id",
+            "user_id",
+            "device_id",
+            "ip",
+            "ip_country",
+            "ip_asn",
+            "success",
+            "auth_method",
+        )
+    }
+    payload |= {"event_id": "from-the-future", "event_ts": ahead}
+    produce(stack.kafka, [(msgspec.json.encode(payload), ahead + 10)])
+    counts = {"read": 0, "published": 0}
+    cursors = drain(dagster_instance, stack.kafka, {s: None for s in JOBS}, counts)
+    assert counts["read"] == first.events + 1  # every message was read, the future one too
+    assert counts["future"] == 1 and cursors  # …and the one from the future was rejected, counted
+    group = GROUPS_BY_NAME["ato_ip"]  # a stream group the login feeds, keyed by its IP
+    with OnlineStore.from_url(stack.redis_url) as store:
+        (online,) = store.read([(group_layout(group), row["ip"])])
+    assert online is not None and online.event_ts <= SIM.end  # the real newest row, not the future one
+    logged = read_feature_log(lake, group).collect()
+    assert logged["event_ts"].max() < SIM.end  # no row from the future was published

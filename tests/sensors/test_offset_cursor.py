@@ -124,3 +124,20 @@ def test_a_cursor_without_incarnations_adopts_the_current_one():
         incarnations={TP: INC_A},
     )
     assert [r.run_key for r in p.requests] == ["risk.events@AAAA:0:1000-1500#attempt2"]
+
+
+def test_retries_keep_the_as_of_time_of_the_first_request():
+    p = plan(OffsetCursor(), {TP: 1000}, {}, max_range=1000, incarnations={TP: INC_A}, now_ms=111)
+    assert [r.as_of_ms for r in p.requests] == [111]
+    p = plan(
+        OffsetCursor.parse(p.cursor.dumps()),
+        {TP: 1500},
+        {"risk.events@AAAA:0:0-1000": "failure"},
+        max_range=1000,
+        incarnations={TP: INC_A},
+        now_ms=222,
+    )
+    assert sorted((r.run_key, r.as_of_ms) for r in p.requests) == [
+        ("risk.events@AAAA:0:0-1000#attempt2", 111),
+        ("risk.events@AAAA:0:1000-1500", 222),
+    ]
