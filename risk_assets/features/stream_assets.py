@@ -126,7 +126,7 @@ def stream_feature_buffer(
     with kafka.range_reader() as reader, _final_on_new_incarnation():
         incarnation = config.incarnation or reader.incarnation(rng.topic)
         reader.ensure_incarnation(rng.topic, incarnation)
-        batch = reader.read(rng)
+        batch = reader.read(rng, complete=True)
         reader.ensure_incarnation(rng.topic, incarnation)
     as_of_ms = config.as_of_ms or int(t0 * 1000)
     decoded = decode_messages(batch, EVENTS, not_after_ms=as_of_ms + config.future_bound_s * 1000)

@@ -127,7 +127,7 @@ def build_archive_asset(spec: ArchiveSpec, partitions: TimePartitions) -> dg.Ass
             log_start = min((t for t in starts if t is not None), default=None)
             positions = LogPositions(spec.topic, lambda p, t: reader.boundary(spec.topic, p, t))
             ranges = positions.read_ranges(partitions, hours)
-            batch = MessageBatch.concat([reader.read(r) for r in ranges])
+            batch = MessageBatch.concat([reader.read(r, complete=True) for r in ranges])
             result = build_archive(batch, spec, hours, positions)
             stream_ts = reader.latest_timestamp(spec.topic) or 0
             # A broker that restarted while we read serves another log: fail, write nothing.

@@ -269,8 +269,13 @@ class KafkaRangeReader:
         return int(batch.offsets[hits[0]]) if len(hits) else stop
 
     # -- data --------------------------------------------------------------------------------
-    def read(self, rng: OffsetRange) -> MessageBatch:
-        """All messages of ``rng``, in offset order. Raises if the broker does not deliver them all."""
+    def read(self, rng: OffsetRange, *, complete: bool = False) -> MessageBatch:
+        """All messages of ``rng``, in offset order. Raises if the broker does not deliver them all.
+
+        With ``complete``, every offset of the range must hold a record (true of the pipeline's
+        topics: never compacted, no transactions): a range that comes back with holes — a broker
+        that lost part of its log under the reader — raises instead of passing for a small range.
+        """
         n = rng.size
         if n == 0:
             return MessageBatch(np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.int64), [])
@@ -304,6 +309,11 @@ class KafkaRangeReader:
                 next_offset = offsets[-1] + 1
         finally:
             self._consumer.unassign()
+        if complete and len(values) != n:
+            raise KafkaReadError(
+                f"{rng.key()}: expected {n:,} records, the broker delivered {len(values):,} "
+                "(offsets missing from the range)"
+            )
         return MessageBatch(
             np.full(len(values), rng.partition, np.int32),
             np.asarray(offsets, np.int64),
