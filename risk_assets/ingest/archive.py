@@ -267,18 +267,23 @@ class LogPositions:
     def found(self, partitions: np.ndarray, offsets: np.ndarray, hours_ms: np.ndarray) -> np.ndarray:
         """Per message: does its hour's range hold its offset? (``hours_ms``: hour starts in epoch
         ms; an hour outside ``[1970, MAX_EVENT_TS_MS]`` is never found.)"""
-        cache: dict[tuple[int, int], OffsetRange] = {}
         out = np.zeros(len(offsets), dtype=bool)
-        for i, (p, o, h) in enumerate(
-            zip(partitions.tolist(), offsets.tolist(), hours_ms.tolist(), strict=True)
-        ):
-            if not 0 <= h <= MAX_EVENT_TS_MS:
-                continue
-            key = (p, h)
-            if key not in cache:
-                cache[key] = self.hour_range(p, datetime.fromtimestamp(h / 1000, UTC))
-            r = cache[key]
-            out[i] = r.start <= o < r.end
+        if not len(offsets):
+            return out
+        sane = (hours_ms >= 0) & (hours_ms <= MAX_EVENT_TS_MS)
+        pairs, inverse = np.unique(
+            np.stack([partitions.astype(np.int64), hours_ms.astype(np.int64)], axis=1),
+            axis=0,
+            return_inverse=True,
+        )
+        lo = np.zeros(len(pairs), dtype=np.int64)
+        hi = np.zeros(len(pairs), dtype=np.int64)
+        for k, (p, h) in enumerate(pairs.tolist()):
+            if 0 <= h <= MAX_EVENT_TS_MS:
+                r = self.hour_range(p, datetime.fromtimestamp(h / 1000, UTC))
+                lo[k], hi[k] = r.start, r.end
+        inverse = inverse.reshape(-1)
+        out[:] = sane & (offsets >= lo[inverse]) & (offsets < hi[inverse])
         return out
 
     def positional_hours(self, partitions: np.ndarray, offsets: np.ndarray, grid: list[datetime]) -> list:

@@ -353,13 +353,18 @@ class KafkaRangeReader:
         return MessageBatch.concat(batches), ranges
 
     def boundary(self, topic: str, partition: int, ts_ms: int) -> int:
-        """``first_offset_at_or_after(ts_ms)`` over the whole partition as of this reader's snapshot
-        (memoized): the same question always gets the same answer within a run, whichever hours
-        the run is for."""
+        """``first_offset_at_or_after(ts_ms)`` over the partition as of this reader's snapshot
+        (memoized). Boundaries already known for earlier and later times bracket the search (the
+        answer is monotone in ``ts_ms`` where timestamps are), so a run's later boundaries cost a few
+        probes; the refinement makes each answer exact wherever clocks are within the slack."""
         key = (topic, partition, ts_ms)
         if key not in self._boundaries:
             low, end = self.bounds(topic, partition)
-            self._boundaries[key] = self.first_offset_at_or_after(topic, partition, ts_ms, low, end)
+            known = [(t, o) for (tp, p, t), o in self._boundaries.items() if tp == topic and p == partition]
+            lo = max([o for t, o in known if t < ts_ms], default=low)
+            hi = min([o for t, o in known if t > ts_ms], default=end)
+            lo, hi = max(low, min(lo, hi)), min(end, max(hi + PROBE_RECORDS, lo))
+            self._boundaries[key] = self.first_offset_at_or_after(topic, partition, ts_ms, lo, hi)
         return self._boundaries[key]
 
     def latest_timestamp(self, topic: str) -> int | None:
