@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from datetime import timedelta
 
 import numpy as np
 import polars as pl
@@ -38,3 +39,22 @@ def weighted_rate(frame: pl.DataFrame) -> float:
         return math.nan
     w = frame["weight"].to_numpy().astype(np.float64)
     return float((w * frame["is_fraud"].to_numpy()).sum() / w.sum())
+
+
+def labels_within(frame: pl.DataFrame, labels: pl.DataFrame, maturity: timedelta) -> pl.DataFrame:
+    """``frame`` (``event_id``, ``event_ts``) with ``is_fraud`` relabelled: a label arrived within
+    ``maturity`` of its event (``label_ts < event_ts + maturity``).
+
+    The same rule on both sides of a comparison makes label rates comparable: a training set's
+    label rule (labels known at its cutoff) gives its older rows more time to mature than a recent
+    day's, and fraud labels keep arriving for days, so raw rates differ without any drift.
+    """
+    first = labels.group_by("event_id").agg(pl.col("label_ts").min().alias("_first_label_ts"))
+    arrived = pl.col("_first_label_ts").is_not_null() & (
+        pl.col("_first_label_ts") < pl.col("event_ts") + maturity
+    )
+    return (
+        frame.join(first, on="event_id", how="left", maintain_order="left")
+        .with_columns(arrived.alias("is_fraud"))
+        .drop("_first_label_ts")
+    )

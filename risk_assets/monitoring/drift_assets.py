@@ -26,7 +26,7 @@ from risk_assets.models.artifacts import MissingArtifact, read_training_set
 from risk_assets.models.scoring import Scorer, champion_scorer
 from risk_assets.models.training_set import SPINE_COLUMNS, TrainingSetSpec, spine_and_labels
 from risk_assets.monitoring.artifacts import drift_report_paths, write_json
-from risk_assets.monitoring.decisions import decision_frame, weighted_rate
+from risk_assets.monitoring.decisions import decision_frame, labels_within, weighted_rate
 from risk_assets.monitoring.drift import DriftReport, drift_report, label_rate_drift, prediction_drift
 from risk_assets.monitoring.reports import drift_markdown, metadata_float
 from risk_assets.names import (
@@ -180,7 +180,8 @@ def build_drift_report(partitions: TimePartitions) -> dg.AssetsDefinition:
             "window = the day, maturity 0). Reference: the training set the champion was trained on (its "
             "manifest's `as_of`). Per feature KS/χ² + PSI + Hellinger + category; prediction drift of "
             "the champion's scores (reference: its out-of-sample validation+test rows); label-rate drift "
-            "on the newest day whose labels are as mature as the reference's. Written to "
+            "of the newest day whose labels had `maturity` days to arrive vs the reference, both "
+            "counting only labels that arrived within `maturity` of their event. Written to "
             "`monitoring/drift/dt=YYYY-MM-DD/` (JSON, Markdown, Parquet)."
         ),
     )
@@ -223,13 +224,20 @@ def build_drift_report(partitions: TimePartitions) -> dg.AssetsDefinition:
         maturity = config.label_maturity_days
         if maturity < 0:
             maturity = math.ceil(float(ref_manifest.get("maturity_days", 7)))
+        # Both sides count a label only if it arrived within `maturity` of its event.
         label_day = window.start - maturity * DAY
         label_spec = TrainingSetSpec(as_of=window.end, window=DAY, maturity=window.end - (label_day + DAY))
         label_events = raw_event_source.events(store, label_spec.start, label_spec.end, list(SPINE_COLUMNS))
-        label_frame = spine_and_labels(
-            label_spec, label_events, raw_event_source.labels(store, label_spec.start, label_spec.as_of)
+        day_labels = raw_event_source.labels(store, label_spec.start, label_spec.as_of)
+        label_frame = labels_within(
+            spine_and_labels(label_spec, label_events, day_labels), day_labels, maturity * DAY
         )
-        ref_rate, cur_rate = weighted_rate(reference), weighted_rate(label_frame)
+        ref_labelled = reference.select("event_id", "event_ts", "weight")
+        if reference.height:
+            ref_start, ref_end = reference["event_ts"].min(), reference["event_ts"].max()
+            ref_labels = raw_event_source.labels(store, ref_start, ref_end + maturity * DAY)
+            ref_labelled = labels_within(ref_labelled, ref_labels, maturity * DAY)
+        ref_rate, cur_rate = weighted_rate(ref_labelled), weighted_rate(label_frame)
         labels_known = label_frame.height > 0 and reference.height > 0
         lrd = (
             label_rate_drift(ref_rate, reference.height, cur_rate, label_frame.height)

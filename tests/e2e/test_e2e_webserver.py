@@ -22,6 +22,7 @@ import sqlalchemy
 
 from risk_assets.ingest.archive_format import archive_part_path
 from risk_assets.lake import Lake
+from risk_assets.partitions import DATA_START_ENV
 from tests.conftest import free_port, instance_yaml
 from tests.ingest.test_archive import login, ms, produce
 
@@ -89,6 +90,9 @@ def dagster_dev(fresh_stack, tmp_path, dagster_storage):
         "RISK_LAKE_URL": str(tmp_path / "lake"),
         "KAFKA_BOOTSTRAP_SERVERS": fresh_stack.kafka,
         "REDIS_URL": fresh_stack.redis_url,
+        # The partitions must hold this test's hours whatever the caller exports (`make test`
+        # exports the demo's RISK_DATA_START, which is after H0).
+        DATA_START_ENV: (H0 - timedelta(days=1)).strftime("%Y-%m-%d"),
     }
     log = tmp_path / "dagster_dev.log"
     with open(log, "wb") as out:

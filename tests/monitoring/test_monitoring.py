@@ -16,6 +16,7 @@ import pytest
 
 from risk_assets.monitoring import drift as D
 from risk_assets.monitoring import profiles as P
+from risk_assets.monitoring.decisions import labels_within, weighted_rate
 from risk_assets.monitoring.skew import row_level_skew
 
 PACKAGE = Path(__file__).resolve().parents[2] / "risk_assets"
@@ -384,3 +385,31 @@ def test_missing_values_and_unmatched_keys() -> None:
         row_level_skew(pl.concat([served, served[:1]]), recomputed, features=FEATURES)
     with pytest.raises(KeyError):
         row_level_skew(served.drop("country"), recomputed, features=FEATURES)
+
+
+def test_labels_within_counts_only_labels_that_arrived_within_the_maturity() -> None:
+    t0 = datetime(2026, 5, 1, tzinfo=UTC)
+    frame = pl.DataFrame(
+        {
+            "event_id": ["a", "b", "c", "d"],
+            "event_ts": [t0, t0, t0 + timedelta(hours=1), t0],
+            "weight": [1.0, 1.0, 2.0, 1.0],
+            "is_fraud": [True, True, True, False],  # as a cutoff-based rule saw them
+        }
+    )
+    labels = pl.DataFrame(
+        {
+            "event_id": ["a", "b", "b", "c"],
+            # a: 1 ms inside 3 days; b: first of two labels 1 day after; c: exactly 3 days (too late)
+            "label_ts": [
+                t0 + timedelta(days=3) - timedelta(milliseconds=1),
+                t0 + timedelta(days=5),
+                t0 + timedelta(days=1),
+                t0 + timedelta(hours=1, days=3),
+            ],
+        }
+    )
+    out = labels_within(frame, labels, timedelta(days=3))
+    assert out["event_id"].to_list() == ["a", "b", "c", "d"]
+    assert out["is_fraud"].to_list() == [True, True, False, False]
+    assert weighted_rate(out) == 2 / 5

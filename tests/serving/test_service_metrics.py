@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from risk_assets.features.online_store import OnlineStore
 from risk_assets.lake import Lake
 from risk_assets.monitoring.service_health import health, merge_states, parse_prometheus, scrape_state
 from risk_assets.serving.service_metrics import (
@@ -115,6 +116,10 @@ def test_service_health_sums_replicas() -> None:
 
 
 def start_two_workers(tmp: Path, lake: Lake, redis_url: str, kafka: str, namespace: str):
+    # The namespace's online store is declared complete (what the offline -> online sync commits):
+    # without its epoch marker risk-serve is degraded and never ready.
+    with OnlineStore.from_url(redis_url, namespace=namespace) as store:
+        store.mark_complete()
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("RISK_", "REDIS_", "KAFKA_"))},
