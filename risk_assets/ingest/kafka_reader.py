@@ -58,7 +58,8 @@ class OffsetRange:
         return max(0, self.end - self.start)
 
     def key(self) -> str:
-        """Stable identifier, e.g. ``risk.events:0:100-250`` (used as a run key)."""
+        """Stable identifier, e.g. ``risk.events:0:100-250`` (metadata, object names; the sensors'
+        run keys add the topic incarnation: ``offset_cursor.range_run_key``)."""
         return f"{self.topic}:{self.partition}:{self.start}-{self.end}"
 
 

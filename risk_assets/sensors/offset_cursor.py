@@ -4,13 +4,17 @@ Pure logic (no Dagster, no broker), so it is tested exhaustively and read in one
 is JSON kept by the sensor::
 
     {"committed": {"risk.events/0": 1200},            # every offset below is processed
-     "inflight": {"risk.events:0:1200-1700": {"tp": "risk.events/0", "start": 1200, "end": 1700,
-                                              "attempt": 1, "run_key": "risk.events:0:1200-1700"}}}
+     "incarnations": {"risk.events/0": "tansu_cluster/AaIzHD6NcICZXxaEmxqKYA"},
+     "inflight": {"risk.events@AaIzHD6NcICZXxaEmxqKYA:0:1200-1700": {
+         "tp": "risk.events/0", "start": 1200, "end": 1700, "attempt": 1, "as_of_ms": 1764590000000,
+         "run_key": "risk.events@AaIzHD6NcICZXxaEmxqKYA:0:1200-1700"}}}
 
 Rules:
 
 * New data ``[max(committed, last inflight end), end)`` is split into ranges of at most
-  ``max_range`` offsets, each requested once under a stable run key ``topic:partition:start-end``.
+  ``max_range`` offsets, each requested once under a stable run key
+  ``topic@<topic id>:partition:start-end`` (``topic:partition:start-end`` when no incarnation is
+  given, as in the pure tests).
 * A range leaves ``inflight`` when its run succeeded; ``committed`` then advances over the
   contiguous prefix of succeeded ranges only. A failed run therefore never moves ``committed``.
 * A failed (or canceled) range is requested again under ``…#attemptN`` (a new run key, since Dagster
