@@ -133,8 +133,19 @@ def build_archive_asset(spec: ArchiveSpec, partitions: TimePartitions) -> dg.Ass
             # A broker that restarted while we read serves another log: fail, write nothing.
             reader.ensure_incarnation(spec.topic, incarnation)
         store_ledger = read_ledger(store, spec.dataset)
-        gap = incarnation_gap(store_ledger, incarnation, log_start, _ms(start))
-        shrinks = shrinking_hours(archived_counts(store, spec.dataset, hours), result)
+        counts = archived_counts(store, spec.dataset, hours)
+        shrinks = shrinking_hours(counts, result)
+        # Hours already archived are protected by the shrink guard; hours archived for the first time
+        # from a log that does not reach back to them would be an empty (or partial) success.
+        new_hours = [h for h in hours if h not in counts]
+        gap = None
+        if new_hours:
+            first_new, _ = ingest_window(new_hours[0], new_hours[0])
+            gap = incarnation_gap(store_ledger, incarnation, log_start, _ms(first_new))
+            if gap:
+                gap = (
+                    f"{gap} (hours not archived yet: {', '.join(f'{h:%Y-%m-%d %H}:00Z' for h in new_hours)})"
+                )
         if (gap or shrinks) and not config.force_replace:
             problems = ([gap] if gap else []) + (
                 [f"{len(shrinks)} archived hour(s) would shrink: " + "; ".join(map(str, shrinks))]
