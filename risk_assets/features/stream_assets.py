@@ -6,7 +6,7 @@ Two independent steps, each a thin wrapper around pure modules, so either can fa
   sensor): validate, update the stream state in Redis, compute the stream groups' rows for the
   range's events (``stream.process_events``) and publish them to the ``risk.features`` topic.
 * ``online_features`` + ``feature_log`` — one run per offset range of ``risk.features``: write the
-  rows to the online store (write-if-newer) and the offline store's log (``ingestion.ingest_range``).
+  rows to the online store (write-if-newer) and the offline store's log (``ingestion.ingest_batch``).
 
 A broken ingestion leaves rows waiting in the buffer topic; a broken computation leaves events in
 the events topic; the sensors re-request failed ranges and never commit past them.
@@ -25,7 +25,7 @@ from risk_assets.automation import FEATURE_LOG_FRESHNESS
 from risk_assets.features.consistency import compare
 from risk_assets.features.feature_buffer import publish
 from risk_assets.features.groups import FEATURE_GROUPS
-from risk_assets.features.ingestion import ingest_range, read_feature_log
+from risk_assets.features.ingestion import ingest_batch, read_feature_log
 from risk_assets.features.offline_store import read_offline
 from risk_assets.features.online_store import OnlineStore
 from risk_assets.features.stream_state import StreamState, stream_groups
@@ -212,7 +212,9 @@ def ingest_feature_buffer(
         with _final_on_new_incarnation():
             incarnation = config.incarnation or reader.incarnation(rng.topic)
             reader.ensure_incarnation(rng.topic, incarnation)
-        result = ingest_range(reader, rng, store, lake.lake(), FEATURE_GROUPS)
+            batch = reader.read(rng, complete=True)
+            reader.ensure_incarnation(rng.topic, incarnation)  # before anything is written
+        result = ingest_batch(batch, rng, store, lake.lake(), FEATURE_GROUPS)
     applied = sum(w.applied for w in result.online.values())
     skipped = sum(w.skipped for w in result.online.values())
     context.log.info(
