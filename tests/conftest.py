@@ -95,6 +95,24 @@ class Stack:
         finally:
             os.environ.update(saved)
 
+    def restart_kafka(self) -> None:
+        """SIGKILL the stack's tansu broker and start a new one on the same port through the
+        launcher: its memory storage comes back empty, the topics are re-created (new topic ids)."""
+        self._restart("kafka", self.config.kafka_port)
+
+    def _restart(self, service: str, port: int) -> None:
+        pid = launcher.pids(self.config)[service]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while service in launcher.pids(self.config) or not _bindable(port):
+            assert time.monotonic() < deadline, f"{service} {pid} did not release its port"
+            time.sleep(0.02)
+        saved = {k: os.environ.pop(k) for k in _EXTERNAL_ENV if k in os.environ}
+        try:
+            launcher.up(self.config)
+        finally:
+            os.environ.update(saved)
+
 
 def _bindable(port: int) -> bool:
     with socket.socket() as sock:

@@ -23,6 +23,9 @@ UNKNOWN_EVENT_TYPE = "unknown_event_type"
 UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
 FUTURE_TIMESTAMP = "future_timestamp"
 DUPLICATE = "duplicate"
+INVALID_UTF8 = "invalid_utf8"
+UNDECODABLE = "undecodable"
+CLOCK_SKEW = "clock_skew"
 REASONS: tuple[str, ...] = (
     MALFORMED_JSON,
     MISSING_FIELD,
@@ -33,7 +36,14 @@ REASONS: tuple[str, ...] = (
     UNSUPPORTED_SCHEMA_VERSION,
     FUTURE_TIMESTAMP,
     DUPLICATE,
+    INVALID_UTF8,
+    UNDECODABLE,
+    CLOCK_SKEW,
 )
+"""``invalid_utf8``: the payload's strings are not UTF-8. ``undecodable``: any other exception while
+decoding one message (a bug or an input nobody foresaw: the message is kept, the batch goes on).
+``clock_skew``: the message's Kafka timestamp is inconsistent with its position in the log
+(a producer clock more than the search slack off; see ``ingest/partitioning.py``)."""
 
 _EXPECTED_GOT = re.compile(r"^Expected `[^`]+`, got `[^`]+`")
 
@@ -49,13 +59,17 @@ def classify_error(exc: Exception, raw: bytes | None = None, type_field: str | N
     reported as ``malformed_json`` whatever the first error was. ``type_field``: the payload's
     event-type field (a declared source's own name; ``None`` when it has none).
     """
+    if isinstance(exc, UnicodeError):
+        return INVALID_UTF8
     if not isinstance(exc, msgspec.ValidationError):
-        return MALFORMED_JSON
+        return MALFORMED_JSON if isinstance(exc, msgspec.DecodeError) else UNDECODABLE
     if raw is not None:
         try:
             _any_json(raw)
         except msgspec.DecodeError:
             return MALFORMED_JSON
+        except UnicodeError:
+            return INVALID_UTF8
     msg = str(exc)
     if msg.startswith("Object missing required field"):
         return MISSING_FIELD
@@ -89,8 +103,9 @@ def validate_payloads(
     for i, raw in enumerate(values):
         try:
             decode(raw)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            rejected.append((i, classify_error(exc, raw, type_field), str(exc)[:500]))
+        except Exception as exc:  # one bad message never fails the batch (no poison pill)
+            text = str(exc) if isinstance(exc, msgspec.MsgspecError) else f"{type(exc).__name__}: {exc}"
+            rejected.append((i, classify_error(exc, raw, type_field), text[:500]))
         else:
             valid.append(i)
     return ValidationOutcome(valid, rejected)

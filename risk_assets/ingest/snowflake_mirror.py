@@ -75,8 +75,10 @@ def write_hours(cursor: Any, table: str, events: pl.DataFrame, start: datetime, 
 def read_events(
     cursor: Any, table: str, start: datetime, end: datetime, columns: Sequence[str] | None = None
 ) -> pl.DataFrame:
-    """Events with ``event_ts`` in ``[start, end)`` as a Polars frame in the archive layout."""
-    cols = list(columns or ARCHIVE_EVENT_COLUMNS)
+    """Events with ``event_ts`` in ``[start, end)`` as a Polars frame in the archive layout, each
+    ``event_id`` once (the first-arrived copy, as ``raw_reader.read_events``)."""
+    wanted = list(columns or ARCHIVE_EVENT_COLUMNS)
+    cols = wanted + [c for c in ("event_id", "ingest_ts") if c not in wanted]
     unknown = set(cols) - set(ARCHIVE_EVENT_COLUMNS)
     if unknown:
         raise ValueError(f"unknown archive columns: {sorted(unknown)}")
@@ -87,9 +89,9 @@ def read_events(
     )
     arrow = cursor.fetch_arrow_all()
     if arrow is None:
-        return pl.DataFrame(schema={c: ARCHIVE_EVENT_COLUMNS[c] for c in cols})
+        return pl.DataFrame(schema={c: ARCHIVE_EVENT_COLUMNS[c] for c in wanted})
     frame = pl.from_arrow(arrow).rename({c.upper(): c for c in cols})
-    return frame.select(
+    frame = frame.select(
         (
             pl.col(c).dt.replace_time_zone("UTC").dt.cast_time_unit("ms")
             if isinstance(ARCHIVE_EVENT_COLUMNS[c], pl.Datetime)
@@ -97,3 +99,4 @@ def read_events(
         )
         for c in cols
     )
+    return frame.filter(pl.col("ingest_ts").rank("ordinal").over("event_id") == 1).select(wanted)
