@@ -24,6 +24,7 @@ from risk_assets.ingest.archive import (
     write_archive,
 )
 from risk_assets.ingest.kafka_reader import MessageBatch
+from risk_assets.ingest.raw_reader import read_source
 from risk_assets.lake import Lake
 from risk_assets.sources import EXCHANGE_EVENTS, EXCHANGE_LABELS, EventSource
 from tests.features.test_batch_features import assert_matches, oracle
@@ -124,10 +125,20 @@ def test_card_transactions_archive_with_reasons_and_feed_the_batch_engine(tmp_pa
     write_archive(again, spec, build_archive(batch_of(items), spec, [H0, H1]))
     assert read_archive(again, spec.dataset, [H0, H1], spec.columns).collect().equals(events)
 
+    # The source's reader: the time range, late hours read, resends in later hours removed.
+    later = [H1 + timedelta(hours=k) for k in (1, 2, 3)]
+    resent = [(enc(tx(0, t0 + 5 * MIN)), ms(later[-1]) + 5 * MIN)]  # tx-0 again, hours late
+    write_archive(lake, spec, build_archive(batch_of(resent), spec, later))
+    assert read_archive(lake, spec.dataset, later, spec.columns).collect()["tx_id"].to_list() == ["tx-0"]
+    read = read_source(lake, CARD_TX, H0, H1 + timedelta(hours=1))
+    assert read.sort("tx_id").equals(events.sort("tx_id"))
+    first_half = read_source(lake, CARD_TX, H0, H0 + timedelta(minutes=30), ["tx_id"])
+    assert sorted(first_half["tx_id"].to_list()) == ["tx-0", "tx-2"]
+
     group = customer_group()
     rows = [{c: d.get(c) for c in CARD_TX.column_names if c != "ingested_at"} for d, _ in good]
     got = compute_feature_group(
-        group, events, H0, H1 + timedelta(hours=1), pl.DataFrame(schema=CARD_FRAUD.schema)
+        group, read, H0, H1 + timedelta(hours=1), pl.DataFrame(schema=CARD_FRAUD.schema)
     )
     assert_matches(group, got, oracle(group, rows, ms(H0), ms(H1) + 60 * MIN, []))
 
