@@ -187,3 +187,48 @@ def test_declared_payloads_check_integer_widths_and_schema_version() -> None:
         archive_spec(
             EventSource(**{**CARD_TX.__dict__, "archive_dataset": "raw_events"})  # the exchange's dataset
         )
+
+
+def test_card_transactions_mirror_into_snowflake_in_their_own_layout() -> None:
+    """The Snowflake mirror per source (fakesnow server): the card layout's table, time-range
+    replace, read back with the source's dtypes, resends removed by tx_id (first arrival wins)."""
+    import fakesnow
+
+    from risk_assets.ingest import snowflake_mirror
+    from risk_assets.resources import RawEventSource
+    from tests.features.test_batch_features import to_frame
+    from tests.features.test_sources import random_card_transactions
+
+    rows = random_card_transactions(5, n=120, span_days=2)
+    frame = to_frame(rows, CARD_TX.schema)
+    resend = frame.head(3).with_columns(pl.col("ingested_at") + timedelta(hours=3))
+    start, end = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 3, tzinfo=UTC)
+    with fakesnow.server() as conn_kwargs:
+        extra = {k: v for k, v in conn_kwargs.items() if k in ("host", "port", "protocol")}
+        res = RawEventSource(
+            backend="snowflake",
+            snowflake_account="fake",
+            snowflake_user="risk",
+            snowflake_password="not-a-secret",
+            snowflake_connection_args={**extra, "session_parameters": {"TIMEZONE": "UTC"}},
+        )
+        with res.snowflake().get_connection() as conn:
+            cur = conn.cursor()
+            cur.execute("CREATE DATABASE IF NOT EXISTS RISK")
+            cur.execute("CREATE SCHEMA IF NOT EXISTS RISK.RAW")
+            cur.execute("USE SCHEMA RISK.RAW")
+            table = CARD_TX.snowflake_table
+            assert table is not None
+            written = snowflake_mirror.write_hours(
+                cur, table, pl.concat([frame, resend]), start, end, CARD_TX
+            )
+            assert written == frame.height + 3
+            # Re-running the range replaces it (no doubling).
+            snowflake_mirror.write_hours(cur, table, pl.concat([frame, resend]), start, end, CARD_TX)
+            back = snowflake_mirror.read_events(cur, table, start, end, source=CARD_TX)
+            some = snowflake_mirror.read_events(cur, table, start, end, ["tx_id", "amount"], source=CARD_TX)
+            with pytest.raises(ValueError, match="unknown columns of source card_transactions"):
+                snowflake_mirror.read_events(cur, table, start, end, ["event_id"], source=CARD_TX)
+    assert back.schema == pl.Schema(CARD_TX.schema)
+    assert back.sort("tx_id").equals(frame.sort("tx_id"))
+    assert some.columns == ["tx_id", "amount"] and some.height == frame.height
