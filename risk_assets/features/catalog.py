@@ -155,10 +155,11 @@ def catalog_frame(groups: Sequence[FeatureGroup]) -> pl.DataFrame:
             "version": g.version,
             "entity": g.entity.name,
             "keys": ", ".join(g.entity.keys),
+            "source": g.source.name,
             "source_event_types": ", ".join(g.source_event_types),
             "kind": _kind(f),
             "window": _window(f),
-            "dtype": str(f.dtype()),
+            "dtype": str(f.dtype(g.source)),
             "owner": g.owner,
             "description": describe(f, g.source_event_types, g.source.event_type_column),
         }

@@ -429,3 +429,19 @@ def test_catalog_names_the_sources_event_types_and_the_stream_path_refuses_other
     assert text.startswith("Number of refund events") and "tx_type" not in text, text
     with pytest.raises(ValueError, match="exchange events only"):
         EntityLayout.build(CUSTOMER, [g], hours(1))
+
+
+def test_the_catalog_lists_features_of_any_source_with_their_dtypes() -> None:
+    """Before: the catalog took ``min``/``last`` dtypes from the exchange layout, so a card group
+    with ``min_of("amount")``/``last_value("entry_mode")`` failed ("not a column of source
+    exchange_events")."""
+    from risk_assets.features.catalog import catalog_frame
+
+    g = customer_group()
+    frame = catalog_frame([g, *FEATURE_GROUPS[:1]])
+    mine = frame.filter(pl.col("group") == g.name)
+    assert mine["source"].unique().to_list() == ["card_transactions"]
+    dtypes = dict(zip(mine["feature"], mine["dtype"], strict=True))
+    assert dtypes["card_customer__min_amount_7d"] == "Float64"
+    assert dtypes["card_customer__last_entry_mode_2d"] == "String"
+    assert frame.filter(pl.col("group") != g.name)["source"].unique().to_list() == ["exchange_events"]
