@@ -116,6 +116,7 @@ from redis.crc import key_slot as _redis_key_slot
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
+from risk_assets.features.redis_client import connect
 from risk_assets.features.store_epoch import EpochMarker, epoch_key
 
 __all__ = [
@@ -478,8 +479,9 @@ class OnlineStore:
         pipeline_rows: int = 4096,
         write_concurrency: int = 2,
     ) -> OnlineStore:
-        """Open a store on ``url`` (``redis://``, ``rediss://`` or ``unix://``; ``cluster=True`` for
-        Redis Cluster seed nodes).
+        """Open a store on ``url``: ``redis://``, ``rediss://`` or ``unix://`` for one server,
+        ``redis+cluster://host:port[,host:port…]`` for Redis Cluster (``redis_client.py``;
+        ``cluster=True`` forces Cluster for a ``redis://`` seed URL).
 
         Each operation is tried ``retries + 1`` times with exponential backoff (25 ms doubling,
         capped at 500 ms) on connection errors and timeouts; a blocked server therefore surfaces
@@ -496,10 +498,7 @@ class OnlineStore:
         }
         safe = redact_url(url)
         try:
-            if cluster:
-                client: redis.Redis | RedisCluster = RedisCluster.from_url(url, **options)
-            else:
-                client = redis.Redis.from_url(url, **options)
+            client = connect(url, cluster=cluster, **options)
         except RedisError as exc:
             raise _translate(exc, safe, "connect") from None
         except ValueError as exc:

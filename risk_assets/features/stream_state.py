@@ -90,6 +90,7 @@ from redis.retry import Retry
 from risk_assets.events.schema import ARCHIVE_EVENT_COLUMNS
 from risk_assets.features.batch import required_event_columns
 from risk_assets.features.online_store import encode_entity_key, redact_url
+from risk_assets.features.redis_client import connect
 from risk_assets.features.spec import EVENT_TS, Entity, FeatureGroup, _ms
 from risk_assets.features.store_epoch import EpochMarker, epoch_key
 
@@ -332,13 +333,14 @@ class StreamState:
         socket_timeout_s: float = 5.0,
         retries: int = 3,
     ) -> StreamState:
-        """A state on ``url`` with bounded timeouts and exponential-backoff retries (like the store)."""
+        """A state on ``url`` with bounded timeouts and exponential-backoff retries (like the store);
+        ``redis+cluster://`` URLs (or ``cluster=True``) open Redis Cluster (``redis_client.py``)."""
         options: dict[str, Any] = {
             "socket_connect_timeout": 1.0,
             "socket_timeout": socket_timeout_s,
             "retry": Retry(ExponentialBackoff(cap=0.5, base=0.025), retries),
         }
-        client = RedisCluster.from_url(url, **options) if cluster else redis.Redis.from_url(url, **options)
+        client = connect(url, cluster=cluster, **options)
         return cls(client, groups, namespace=namespace, margin=margin, url=url)
 
     @property
