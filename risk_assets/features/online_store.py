@@ -113,7 +113,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.crc import key_slot as _redis_key_slot
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import AskError, MovedError, NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
 from risk_assets.features.redis_client import connect
@@ -675,19 +675,14 @@ class OnlineStore:
         rows["values"] = work.select(layout.features).to_numpy(order="c")  # nulls → NaN
         return work["key"].to_list(), rows.tobytes()
 
-    def _pipelines(self, keys: list[str], buf: bytes, size: int) -> Iterator[list[_Call]]:
-        """Rows as pipelines (~``pipeline_rows`` rows) of multi-key script calls (``script_keys``
-        keys). On a cluster every call stays in one hash slot (a multi-key script must)."""
+    def _pipelines(self, keys: list[str], buf: bytes, size: int) -> Iterator[tuple[Any, list[_Call]]]:
+        """Rows as ``(node, pipeline)``: pipelines of ~``pipeline_rows`` rows of multi-key script
+        calls (``script_keys`` keys each). Standalone: node ``None``. Cluster: every call stays in one
+        hash slot (a multi-key script must) and every pipeline holds the calls of ONE primary (it is
+        sent straight to that node: no per-command routing); the nodes' pipelines alternate, so
+        the primaries work in parallel."""
         step = self.script_keys
-        if self._cluster:
-            by_slot: dict[int, list[int]] = {}
-            for i, k in enumerate(keys):
-                by_slot.setdefault(key_slot(k), []).append(i)
-            groups = [idx[j : j + step] for idx in by_slot.values() for j in range(0, len(idx), step)]
-            calls: Iterator[_Call] = (
-                ([keys[i] for i in g], [buf[i * size : (i + 1) * size] for i in g]) for g in groups
-            )
-        else:
+        if not self._cluster:
             calls = (
                 (
                     keys[i : i + step],
@@ -695,6 +690,37 @@ class OnlineStore:
                 )
                 for i in range(0, len(keys), step)
             )
+            for batch in self._batches(calls):
+                yield None, batch
+            return
+        by_slot: dict[int, list[int]] = {}
+        for i, k in enumerate(keys):
+            by_slot.setdefault(key_slot(k), []).append(i)
+        by_node: dict[str, tuple[Any, list[list[int]]]] = {}
+        slot_owner = self._client.nodes_manager.get_node_from_slot
+        for slot, idx in by_slot.items():
+            node = slot_owner(slot)
+            groups = by_node.setdefault(node.name, (node, []))[1]
+            groups.extend(idx[j : j + step] for j in range(0, len(idx), step))
+        streams = [
+            (
+                node,
+                self._batches(
+                    ([keys[i] for i in g], [buf[i * size : (i + 1) * size] for i in g]) for g in gs
+                ),
+            )
+            for node, gs in by_node.values()
+        ]
+        while streams:  # round robin over the primaries
+            alive = []
+            for node, it in streams:
+                batch = next(it, None)
+                if batch is not None:
+                    yield node, batch
+                    alive.append((node, it))
+            streams = alive
+
+    def _batches(self, calls: Iterator[_Call]) -> Iterator[list[_Call]]:
         batch: list[_Call] = []
         rows = 0
         for call in calls:
@@ -730,19 +756,20 @@ class OnlineStore:
                     skipped += len(ks) - int(out)
 
         executor = self._writer_pool()
-        for batch in self._pipelines(keys, buf, layout.row_size):
+        limit = self._concurrency()
+        for node, batch in self._pipelines(keys, buf, layout.row_size):
             if errors:
                 break
             if executor is None:
                 fut: Future[list[Any]] = Future()
                 try:
-                    fut.set_result(self._run_script_calls(ttl_ms, batch))
+                    fut.set_result(self._run_script_calls(ttl_ms, batch, node))
                 except RedisError as exc:
                     fut.set_exception(exc)
             else:
-                while len(in_flight) >= self.write_concurrency:
+                while len(in_flight) >= limit:
                     settle(*in_flight.popleft())
-                fut = executor.submit(self._run_script_calls, ttl_ms, batch)
+                fut = executor.submit(self._run_script_calls, ttl_ms, batch, node)
             in_flight.append((fut, batch))
             if executor is None:
                 settle(*in_flight.popleft())
@@ -763,27 +790,47 @@ class OnlineStore:
             raise _translate(first, self._url, what, progress) from None
         raise OnlineStoreError(f"{what} to {self._url} failed: {first}", progress)  # pragma: no cover
 
+    def _concurrency(self) -> int:
+        """Pipelines in flight: ``write_concurrency``, per primary on a cluster."""
+        if not self._cluster:
+            return self.write_concurrency
+        return self.write_concurrency * max(1, len(self._client.get_primaries()))
+
     def _writer_pool(self) -> ThreadPoolExecutor | None:
         if self.write_concurrency <= 1:
             return None
         with self._lock:
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(self.write_concurrency, thread_name_prefix="online-store")
+                self._executor = ThreadPoolExecutor(self._concurrency(), thread_name_prefix="online-store")
             return self._executor
 
-    def _run_script_calls(self, ttl_ms: int, calls: list[_Call]) -> list[Any]:
-        """Run the calls in one non-transactional pipeline; re-run those that hit NOSCRIPT once."""
-        outcomes = self._pipeline_evalsha(ttl_ms, calls)
+    def _run_script_calls(self, ttl_ms: int, calls: list[_Call], node: Any = None) -> list[Any]:
+        """Run the calls in one non-transactional pipeline (on a cluster: straight to ``node``);
+        re-run once those that hit NOSCRIPT, and — on a cluster — through redis-py's routing those
+        answered MOVED/ASK (a slot moved since the slot map was read: the map is refreshed)."""
+        outcomes = self._pipeline_evalsha(ttl_ms, calls, node)
         retry_idx = [j for j, out in enumerate(outcomes) if isinstance(out, NoScriptError)]
         if retry_idx:
-            self._client.script_load(WRITE_IF_NEWER_LUA)
-            again = self._pipeline_evalsha(ttl_ms, [calls[j] for j in retry_idx])
+            loader = self._client if node is None else self._client.get_redis_connection(node)
+            loader.script_load(WRITE_IF_NEWER_LUA)
+            again = self._pipeline_evalsha(ttl_ms, [calls[j] for j in retry_idx], node)
             for j, out in zip(retry_idx, again, strict=True):
+                outcomes[j] = out
+        moved = [j for j, out in enumerate(outcomes) if isinstance(out, MovedError | AskError)]
+        if node is not None and moved:
+            self._client.nodes_manager.initialize()
+            again = self._pipeline_evalsha(ttl_ms, [calls[j] for j in moved], None)
+            for j, out in zip(moved, again, strict=True):
                 outcomes[j] = out
         return outcomes
 
-    def _pipeline_evalsha(self, ttl_ms: int, calls: list[_Call]) -> list[Any]:
-        pipe = self._client.pipeline() if self._cluster else self._client.pipeline(transaction=False)
+    def _pipeline_evalsha(self, ttl_ms: int, calls: list[_Call], node: Any = None) -> list[Any]:
+        if node is not None:
+            pipe = self._client.get_redis_connection(node).pipeline(transaction=False)
+        elif self._cluster:
+            pipe = self._client.pipeline()
+        else:
+            pipe = self._client.pipeline(transaction=False)
         for ks, bs in calls:
             pipe.execute_command("EVALSHA", _WRITE_SHA, len(ks), *ks, ttl_ms, *bs)
         return pipe.execute(raise_on_error=False)
@@ -814,6 +861,41 @@ class OnlineStore:
             return self._call(lambda: self._client.mget_nonatomic(keys), "read")
         return self._call(lambda: self._client.execute_command("MGET", *keys), "read")
 
+    def _mget_by_node(self, keys: list[str]) -> list[bytes | None]:
+        """Cluster bulk read: per primary one pipeline of per-slot ``MGET``s sent straight to the
+        node, the primaries in parallel (the writer threads); slots that moved meanwhile are read
+        again through redis-py's routing."""
+        by_node: dict[str, tuple[Any, dict[int, list[int]]]] = {}
+        slot_owner = self._client.nodes_manager.get_node_from_slot
+        for i, k in enumerate(keys):
+            slot = key_slot(k)
+            node = slot_owner(slot)
+            by_node.setdefault(node.name, (node, {}))[1].setdefault(slot, []).append(i)
+
+        def fetch(node: Any, slots: dict[int, list[int]]) -> list[Any]:
+            pipe = self._client.get_redis_connection(node).pipeline(transaction=False)
+            for idx in slots.values():
+                pipe.execute_command("MGET", *[keys[i] for i in idx])
+            return pipe.execute(raise_on_error=False)
+
+        pool = self._writer_pool()
+        jobs = list(by_node.values())
+        if pool is None or len(jobs) < 2:
+            replies = [fetch(node, slots) for node, slots in jobs]
+        else:
+            replies = [f.result() for f in [pool.submit(fetch, node, slots) for node, slots in jobs]]
+        out: list[bytes | None] = [None] * len(keys)
+        for (_, slots), answers in zip(jobs, replies, strict=True):
+            for idx, answer in zip(slots.values(), answers, strict=True):
+                if isinstance(answer, MovedError | AskError):
+                    self._client.nodes_manager.initialize()
+                    answer = self._client.mget_nonatomic([keys[i] for i in idx])
+                elif isinstance(answer, Exception):
+                    raise answer
+                for i, value in zip(idx, answer, strict=True):
+                    out[i] = value
+        return out
+
     def read_frame(self, layout: GroupLayout, keys: pl.DataFrame, *, chunk: int = 10_000) -> pl.DataFrame:
         """Rows of one group for the entities in ``keys`` (its key columns) as a frame, for audits.
 
@@ -825,7 +907,7 @@ class OnlineStore:
         key_list = self._keys_of(layout, keys).to_list()
         raw: list[bytes | None] = []
         if self._cluster:
-            raw = self._mget(key_list)
+            raw = self._call(lambda: self._mget_by_node(key_list), "read")
         elif key_list:
 
             def fetch() -> list[Any]:
