@@ -13,6 +13,7 @@ own ``dagster-postgres.yaml``. The machine's PostgreSQL on :5432 is never touche
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -95,6 +96,36 @@ class Stack:
         finally:
             os.environ.update(saved)
 
+    def restart_redis_node(self, index: int) -> None:
+        """One primary of the stack's Redis Cluster has a bad day: SIGKILL it and start it again on
+        the same port with its cluster configuration (``nodes.conf``) — it rejoins with its slots
+        and no data. Returns once the cluster is healthy again."""
+        name = self.config.redis_nodes[index]
+        pid = launcher.pids(self.config)[name]
+        os.kill(pid, signal.SIGKILL)
+        port = self.config.port(name)
+        deadline = time.monotonic() + 10
+        while name in launcher.pids(self.config) or not _bindable(port):
+            assert time.monotonic() < deadline, f"redis-server {pid} did not release its port"
+            time.sleep(0.02)
+        saved = {k: os.environ.pop(k) for k in _EXTERNAL_ENV if k in os.environ}
+        try:
+            launcher.up(self.config)  # starts the node, then waits until the cluster is ok again
+        finally:
+            os.environ.update(saved)
+
+
+def free_cluster_port(nodes: int = 3) -> int:
+    """A base port for a local Redis Cluster: ``base … base+nodes-1`` and their bus ports (+10000)
+    free, all below the kernel's ephemeral range (so no outgoing connection can take them)."""
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(200):
+        base = rng.randrange(10_000, 22_000)
+        ports = [base + i for i in range(nodes)]
+        if all(_bindable(p) and _bindable(p + 10_000) for p in ports):
+            return base
+    raise AssertionError("no free port range for a Redis Cluster")
+
 
 def _bindable(port: int) -> bool:
     with socket.socket() as sock:
@@ -106,13 +137,14 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def _start(state_dir: Path, with_s3: bool, with_postgres: bool = False) -> Stack:
+def _start(state_dir: Path, with_s3: bool, with_postgres: bool = False, redis_cluster: int = 0) -> Stack:
     # Tests always own their services: ignore endpoints a developer may have exported.
     saved = {k: os.environ.pop(k) for k in _EXTERNAL_ENV if k in os.environ}
     try:
         config = launcher.StackConfig(
             state_dir=state_dir,
-            redis_port=free_port(),
+            redis_port=free_cluster_port(redis_cluster) if redis_cluster else free_port(),
+            redis_cluster=redis_cluster,
             kafka_port=free_port(),
             s3_port=free_port(),
             postgres_port=free_port(),
@@ -136,6 +168,23 @@ def session_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def fresh_stack(tmp_path: Path) -> Iterator[Stack]:
     """A Redis + broker pair of the test's own: empty topics, nothing shared."""
     stack = _start(tmp_path / "stack", with_s3=False)
+    yield stack
+    launcher.down(stack.config)
+
+
+@pytest.fixture(scope="session")
+def cluster_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A 3-primary Redis Cluster (``risk-stack up --redis-cluster 3``) + broker, shared by the
+    session's cluster tests; ``REDIS_URL`` is its ``redis+cluster://`` URL."""
+    stack = _start(tmp_path_factory.mktemp("cluster"), with_s3=False, redis_cluster=3)
+    yield stack
+    launcher.down(stack.config)
+
+
+@pytest.fixture
+def fresh_cluster(tmp_path: Path) -> Iterator[Stack]:
+    """A 3-primary Redis Cluster of the test's own (for tests that restart a primary)."""
+    stack = _start(tmp_path / "cluster", with_s3=False, redis_cluster=3)
     yield stack
     launcher.down(stack.config)
 
