@@ -22,7 +22,6 @@ from risk_assets.features.ingestion import group_layout, ingest_range
 from risk_assets.features.online_audit import expected_latest
 from risk_assets.features.online_store import OnlineStore, key_slot
 from risk_assets.features.online_sync import sync
-from risk_assets.features.store_epoch import primary_tags
 from risk_assets.features.stream import CREATED_TS, process_events
 from risk_assets.features.stream_state import StreamState, stream_groups
 from risk_assets.ingest.kafka_reader import KafkaRangeReader, OffsetRange
@@ -105,12 +104,10 @@ def test_a_primary_restarted_empty_is_detected_and_resynced(offline, fresh_clust
         expected = _census(lake, store)
         assert all(n > 0 and present == equal == n for n, present, equal in expected.values())
 
-        # Restart a primary that does NOT hold the first marker (where a single marker would live).
-        first_tag_owner = store.client.nodes_manager.get_node_from_slot(
-            key_slot(primary_tags(store.client)[0])
-        )
+        # Restart a primary that does NOT own the slot of ``{epoch}``, where the single marker lived.
+        single_marker_owner = store.client.nodes_manager.get_node_from_slot(key_slot(store.epoch_key))
         ports = [fresh_cluster.config.port(s) for s in fresh_cluster.config.redis_nodes]
-        victim = next(i for i, p in enumerate(ports) if p != first_tag_owner.port)
+        victim = next(i for i, p in enumerate(ports) if p != single_marker_owner.port)
         fresh_cluster.restart_redis_node(victim)
 
         assert store.epoch() is None  # detected
