@@ -13,7 +13,6 @@ own ``dagster-postgres.yaml``. The machine's PostgreSQL on :5432 is never touche
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
 import socket
@@ -115,18 +114,6 @@ class Stack:
             os.environ.update(saved)
 
 
-def free_cluster_port(nodes: int = 3) -> int:
-    """A base port for a local Redis Cluster: ``base … base+nodes-1`` and their bus ports (+10000)
-    free, all below the kernel's ephemeral range (so no outgoing connection can take them)."""
-    rng = random.Random(os.getpid() ^ time.monotonic_ns())
-    for _ in range(200):
-        base = rng.randrange(10_000, 22_000)
-        ports = [base + i for i in range(nodes)]
-        if all(_bindable(p) and _bindable(p + 10_000) for p in ports):
-            return base
-    raise AssertionError("no free port range for a Redis Cluster")
-
-
 def _bindable(port: int) -> bool:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -143,7 +130,7 @@ def _start(state_dir: Path, with_s3: bool, with_postgres: bool = False, redis_cl
     try:
         config = launcher.StackConfig(
             state_dir=state_dir,
-            redis_port=free_cluster_port(redis_cluster) if redis_cluster else free_port(),
+            redis_port=launcher.free_cluster_port(redis_cluster) if redis_cluster else free_port(),
             redis_cluster=redis_cluster,
             kafka_port=free_port(),
             s3_port=free_port(),

@@ -78,6 +78,8 @@ __all__ = [
     "default_stack_dir",
     "down",
     "endpoints",
+    "free_cluster_port",
+    "free_port",
     "pids",
     "service_states",
     "status",
@@ -389,6 +391,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_cluster_port(nodes: int = 3) -> int:
+    """A base port for a local Redis Cluster of ``nodes`` primaries: ``base … base+nodes-1`` and their
+    bus ports (+10000) free right now, all below the kernel's usual ephemeral range (32768+), so no
+    outgoing connection can hold them."""
+    import random
+
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(10_000, 22_000)
+        if all(
+            _port_free(base + i) and _port_free(base + i + redis_cluster.BUS_OFFSET) for i in range(nodes)
+        ):
+            return base
+    raise StackError(f"no free port range for a {nodes}-node Redis Cluster between 10000 and 32000")
 
 
 def _port_free(port: int) -> bool:
