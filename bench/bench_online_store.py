@@ -29,6 +29,10 @@ With ``--cluster``: single node against a local 3-primary Redis Cluster (``risk-
 * ``cluster, per-node (now)``: per-primary pipelines sent straight to each node, primaries in
   parallel.
 
+Then the stream state the same way (single; cluster with the plain per-key commands through the
+routed pipeline, before; per-slot scripts in per-primary pipelines, now): ~27k simulated events
+through ``process_events`` in micro-batches of 3,000, events/s.
+
 Each configuration runs ``--repeat`` times in turn (interleaved, so load from other jobs hits all
 alike); the best run of each is reported, with the load average before and after.
 
@@ -55,7 +59,12 @@ import numpy as np
 import polars as pl
 import redis
 
+from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.online_store import GroupLayout, OnlineStore, key_slot
+from risk_assets.features.stream import process_events
+from risk_assets.features.stream_state import StreamState, stream_groups
+from risk_assets.simulator.config import SimConfig
+from risk_assets.simulator.generator import generate
 from risk_assets.stack import launcher
 
 
@@ -226,6 +235,43 @@ def run(url: str, n: int, n_features: int, seed: int) -> None:
     raw.close()
 
 
+class PerKeyCommandsState(StreamState):
+    """The stream state's cluster path before per-node pipelining (for comparison only): the plain
+    per-key commands (ZADD, ZRANGEBYSCORE, ZREMRANGEBYSCORE, PEXPIRE) through the routed pipeline."""
+
+    def _run_by_node(self, touched, read):  # type: ignore[no-untyped-def]
+        return self._run_commands(touched, read)
+
+
+def _stream_rounds(single_url: str, cluster_url: str, repeat: int) -> None:
+    """Stream state: simulated events in micro-batches of 3,000 through ``process_events``."""
+    cfg = SimConfig(hours=3, events_per_day=200_000, users=3000, start=datetime(2026, 11, 1, 10, tzinfo=UTC))
+    events = generate(cfg).events.sort("ingest_ts", "event_id")
+    events = events.with_columns(
+        pl.lit(0, pl.Int32).alias("_partition"), pl.int_range(pl.len(), dtype=pl.Int64).alias("_offset")
+    )
+    groups = stream_groups(FEATURE_GROUPS)
+    print(f"\nstream state: {events.height:,} events in micro-batches of 3,000 (events/s, best of {repeat})")
+    best: dict[str, float] = {}
+    for r in range(repeat):
+        for label, cls, url in (
+            ("single", StreamState, single_url),
+            ("cluster, per-key commands (before)", PerKeyCommandsState, cluster_url),
+            ("cluster, per-node scripts (now)", StreamState, cluster_url),
+        ):
+            with cls.from_url(url, groups, namespace=f"bench{r}") as state:
+                state.mark_complete()
+                t = time.perf_counter()
+                for i in range(0, events.height, 3000):
+                    process_events(events.slice(i, 3000), None, state)
+                rate = events.height / (time.perf_counter() - t)
+                state.client.flushall()
+            best[label] = max(best.get(label, 0.0), rate)
+            print(f"  round {r + 1} {label:36s} {rate:>10,.0f}")
+    for label, rate in best.items():
+        print(f"  best {label:37s} {rate:>10,.0f}")
+
+
 class SlotPipelineStore(OnlineStore):
     """The cluster path before per-node pipelining (for comparison only): per-slot script calls and
     per-slot ``MGET``s through redis-py's cluster pipeline, which routes every command itself."""
@@ -328,6 +374,7 @@ def run_cluster(single_url: str, cluster_url: str, n: int, n_features: int, seed
             f"write newer {single['write newer'] / best[label]['write newer']:.1f}x, "
             f"read_frame {single['read_frame'] / best[label]['read_frame']:.1f}x"
         )
+    _stream_rounds(single_url, cluster_url, repeat)
     print(f"load average after: {os.getloadavg()}")
 
 
