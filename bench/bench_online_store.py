@@ -24,10 +24,13 @@ With ``--cluster``: single node against a local 3-primary Redis Cluster (``risk-
 (``read_frame`` of every entity) in rows/s, serving reads (100 and 1 entities) p50/p99, for
 
 * ``single``: one redis-server;
-* ``cluster, per-slot (before)``: the cluster path before per-node pipelining — per-slot script calls
-  and per-slot ``MGET``s through redis-py's cluster pipeline (every command routed on its own);
+* ``cluster, per-slot (before)``: the cluster write path before per-node pipelining — per-slot
+  script calls through redis-py's cluster pipeline (every command routed on its own);
 * ``cluster, per-node (now)``: per-primary pipelines sent straight to each node, primaries in
   parallel.
+
+Reads are the same in both cluster configurations (``mget_nonatomic``: one ``MGET`` per slot, one
+pipeline per primary, all primaries written before any reply is read).
 
 Then the stream state the same way (single; cluster with the plain per-key commands through the
 routed pipeline, before; per-slot scripts in per-primary pipelines, now): ~27k simulated events
@@ -273,8 +276,8 @@ def _stream_rounds(single_url: str, cluster_url: str, repeat: int) -> None:
 
 
 class SlotPipelineStore(OnlineStore):
-    """The cluster path before per-node pipelining (for comparison only): per-slot script calls and
-    per-slot ``MGET``s through redis-py's cluster pipeline, which routes every command itself."""
+    """The cluster write path before per-node pipelining (for comparison only): per-slot script calls
+    through redis-py's cluster pipeline, which routes every command itself."""
 
     def _pipelines(self, keys, buf, size):  # type: ignore[no-untyped-def]
         step = self.script_keys
@@ -288,9 +291,6 @@ class SlotPipelineStore(OnlineStore):
 
     def _concurrency(self) -> int:
         return self.write_concurrency
-
-    def _mget_by_node(self, keys: list[str]) -> list[bytes | None]:
-        return self._client.mget_nonatomic(keys)
 
 
 def _cluster_round(label: str, store: OnlineStore, n: int, n_features: int, seed: int) -> dict[str, float]:

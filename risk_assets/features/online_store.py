@@ -66,7 +66,10 @@ Before anything is sent, a batch is reduced to its newest row per entity (same o
 server never sees rows the batch itself supersedes. Rows are then sent as multi-key script calls
 (``script_keys`` keys each, ~0.3 ms of Redis time so readers interleave between calls) in
 non-transactional pipelines (``pipeline_rows`` rows each), ``write_concurrency`` pipelines in
-flight. On a cluster the calls are grouped by hash slot (multi-key scripts must stay in one slot).
+flight. On a cluster the calls are grouped by hash slot (multi-key scripts must stay in one slot) and
+the calls of one primary form that primary's pipelines, sent straight to the node and alternating
+between the primaries so they work in parallel (``write_concurrency`` in flight per primary). The
+cluster mode is chosen by the URL (``redis+cluster://``, ``redis_client.py``).
 
 Failures
 --------
@@ -861,41 +864,6 @@ class OnlineStore:
             return self._call(lambda: self._client.mget_nonatomic(keys), "read")
         return self._call(lambda: self._client.execute_command("MGET", *keys), "read")
 
-    def _mget_by_node(self, keys: list[str]) -> list[bytes | None]:
-        """Cluster bulk read: per primary one pipeline of per-slot ``MGET``s sent straight to the
-        node, the primaries in parallel (the writer threads); slots that moved meanwhile are read
-        again through redis-py's routing."""
-        by_node: dict[str, tuple[Any, dict[int, list[int]]]] = {}
-        slot_owner = self._client.nodes_manager.get_node_from_slot
-        for i, k in enumerate(keys):
-            slot = key_slot(k)
-            node = slot_owner(slot)
-            by_node.setdefault(node.name, (node, {}))[1].setdefault(slot, []).append(i)
-
-        def fetch(node: Any, slots: dict[int, list[int]]) -> list[Any]:
-            pipe = self._client.get_redis_connection(node).pipeline(transaction=False)
-            for idx in slots.values():
-                pipe.execute_command("MGET", *[keys[i] for i in idx])
-            return pipe.execute(raise_on_error=False)
-
-        pool = self._writer_pool()
-        jobs = list(by_node.values())
-        if pool is None or len(jobs) < 2:
-            replies = [fetch(node, slots) for node, slots in jobs]
-        else:
-            replies = [f.result() for f in [pool.submit(fetch, node, slots) for node, slots in jobs]]
-        out: list[bytes | None] = [None] * len(keys)
-        for (_, slots), answers in zip(jobs, replies, strict=True):
-            for idx, answer in zip(slots.values(), answers, strict=True):
-                if isinstance(answer, MovedError | AskError):
-                    self._client.nodes_manager.initialize()
-                    answer = self._client.mget_nonatomic([keys[i] for i in idx])
-                elif isinstance(answer, Exception):
-                    raise answer
-                for i, value in zip(idx, answer, strict=True):
-                    out[i] = value
-        return out
-
     def read_frame(self, layout: GroupLayout, keys: pl.DataFrame, *, chunk: int = 10_000) -> pl.DataFrame:
         """Rows of one group for the entities in ``keys`` (its key columns) as a frame, for audits.
 
@@ -907,7 +875,7 @@ class OnlineStore:
         key_list = self._keys_of(layout, keys).to_list()
         raw: list[bytes | None] = []
         if self._cluster:
-            raw = self._call(lambda: self._mget_by_node(key_list), "read")
+            raw = self._mget(key_list)
         elif key_list:
 
             def fetch() -> list[Any]:
