@@ -541,8 +541,13 @@ class OnlineStore:
 
     @property
     def epoch_key(self) -> str:
-        """The Redis key of the store's epoch marker."""
+        """The Redis key of the store's epoch marker (on a cluster the name the per-primary keys are
+        derived from: see :meth:`epoch_keys`)."""
         return self._epoch.key
+
+    def epoch_keys(self) -> list[str]:
+        """The marker keys actually used: ``[epoch_key]`` on one server, one per primary on a cluster."""
+        return self._call(self._epoch.keys, "epoch keys")
 
     def epoch(self) -> str | None:
         """The committed epoch token; ``None`` when the marker is missing (emptied or never synced)."""

@@ -698,7 +698,8 @@ def _start(service: str, config: StackConfig) -> int:
     if not _port_free(port):
         raise StackError(
             f"{service}: port {LOOPBACK}:{port} is already in use by a process this stack did not "
-            f"start; pick another port (--{service}-port) or stop that process"
+            f"start; pick another port (--{'redis' if service.startswith(CLUSTER_NODE) else service}-port) "
+            "or stop that process"
         )
     if service.startswith(CLUSTER_NODE) and not _port_free(port + redis_cluster.BUS_OFFSET):
         raise StackError(

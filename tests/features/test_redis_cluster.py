@@ -59,7 +59,7 @@ def test_cluster_url_opens_a_cluster_client_with_a_marker_per_primary(cluster_st
     with OnlineStore.from_url(url, namespace=key_prefix) as store:
         assert isinstance(store.client, RedisCluster) and len(store.client.get_primaries()) == 3
         token = store.mark_complete()
-        keys = store._epoch.keys()
+        keys = store.epoch_keys()
         owners = {store.client.nodes_manager.get_node_from_slot(key_slot(k)).name for k in keys}
         assert len(keys) == 3 and len(owners) == 3  # one marker on each primary
         assert [store.client.get(k).decode() for k in keys] == [token] * 3 and store.epoch() == token
