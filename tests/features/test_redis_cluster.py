@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
 import pytest
 from confluent_kafka import Producer
@@ -24,12 +25,15 @@ from risk_assets.features.online_store import OnlineStore, key_slot
 from risk_assets.features.online_sync import sync
 from risk_assets.features.stream import CREATED_TS, process_events
 from risk_assets.features.stream_state import StreamState, stream_groups
+from risk_assets.features.sync_assets import online_offline_consistency, online_store_sync
 from risk_assets.ingest.kafka_reader import KafkaRangeReader, OffsetRange
 from risk_assets.lake import Lake
 from risk_assets.names import FEATURES_TOPIC
+from risk_assets.resources import LakeResource, RedisResource
 from risk_assets.simulator.config import SimConfig
 from risk_assets.simulator.generator import generate
-from tests.features.test_online_sync import DATA_NOW, GROUPS, _census, offline  # noqa: F401 - fixture
+from tests.conftest import DEFS
+from tests.features.test_online_sync import GROUPS, _census, offline  # noqa: F401 - fixture
 from tests.serving.test_serving import (
     SIGNAL,
     event,
@@ -120,6 +124,35 @@ def test_a_primary_restarted_empty_is_detected_and_resynced(offline, fresh_clust
         assert _census(lake, store) == expected  # every entity back with its value
         calm = sync(lake, store, GROUPS)
         assert not calm.full_resync and (calm.objects, calm.applied) == (0, 0)
+
+
+def test_the_code_locations_sync_runs_on_the_cluster_from_redis_url_alone(
+    offline,  # noqa: F811
+    fresh_cluster,
+    monkeypatch,
+):
+    """The definitions' own ``redis`` resource (``RedisResource(url=EnvVar("REDIS_URL"))``, no cluster
+    flag) with only ``REDIS_URL`` set to the cluster: the sync asset and its check work on it."""
+    import risk_assets.features.sync_assets as sync_assets
+
+    monkeypatch.setattr(sync_assets, "FEATURE_GROUPS", tuple(GROUPS))
+    monkeypatch.setenv("REDIS_URL", fresh_cluster.redis_url)
+    redis_resource = DEFS.resources["redis"]
+    assert redis_resource.cluster is False  # nothing but the URL says "cluster"
+    res = {"lake": LakeResource(url=offline.url), "redis": redis_resource}
+    result = dg.materialize([online_store_sync], resources=res)
+    assert result.success
+    (mat,) = result.asset_materializations_for_node("online_store_sync")
+    assert mat.metadata["full_resync"].value == 1 and mat.metadata["objects"].value == 6
+    check = online_offline_consistency(
+        lake=res["lake"], redis=RedisResource(url=fresh_cluster.redis_url, namespace=redis_resource.namespace)
+    )
+    assert (
+        check.passed and check.metadata["mismatch_rate"].value == 0.0 and check.metadata["sampled"].value > 0
+    )
+    with OnlineStore.from_url(fresh_cluster.redis_url, namespace=redis_resource.namespace) as store:
+        assert isinstance(store.client, RedisCluster) and len(store.epoch_keys()) == 3
+        assert store.epoch() is not None
 
 
 @pytest.fixture(scope="module")
