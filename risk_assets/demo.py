@@ -41,7 +41,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
-import numpy as np
 import polars as pl
 
 from risk_assets.features.groups import FEATURE_GROUPS
@@ -53,8 +52,8 @@ from risk_assets.ingest.archive_format import archive_part_path
 from risk_assets.ingest.kafka_reader import KafkaRangeReader
 from risk_assets.ingest.partitioning import archive_hours
 from risk_assets.lake import Lake
-from risk_assets.models.artifacts import training_set_paths
-from risk_assets.models.scoring import champion_scorer
+from risk_assets.models import registry
+from risk_assets.models.thresholds import MANIFEST_KEY as THRESHOLDS_KEY
 from risk_assets.names import (
     DEPLOYED_MODEL,
     DRIFT_REPORT,
@@ -336,9 +335,8 @@ def run(
     info(f"report: {drift_meta['path'].value} (and report.md beside it; markdown in the UI)")
 
     step("scoring service: risk-serve with the champion and the online store, scoring live events")
-    review, block = _operating_points(lake, as_of_day)
-    info(f"thresholds: review ≥ {review:.4f} (1% FPR on training negatives), block ≥ {block:.4f} (0.1%)")
-    with _risk_serve(endpoints, lake.url, review, block) as (base, token):
+    info(_champion_thresholds(lake))
+    with _risk_serve(endpoints, lake.url) as (base, token):
         for line in _score_sample(live, base, token):
             info(line)
         step("what serves: deployed model, prediction log, service health (against the running service)")
@@ -384,6 +382,7 @@ def run(
     if sample:
         info(f"online store: Redis {endpoints['REDIS_URL']} — e.g. {sample}")
     info(f"Dagster home: {os.environ.get('DAGSTER_HOME', '(ephemeral)')}")
+    info(_archive_partition_status(instance, TimePartitions(history_start.date()), live.end))
     for line in _check_summary(instance, demo_started):
         info(line)
     info("UI:           make dev  →  http://127.0.0.1:3000  (asset graph, the runs above, their metadata)")
@@ -391,23 +390,39 @@ def run(
     return 0
 
 
-def _operating_points(lake: Lake, as_of_day: str) -> tuple[float, float]:
-    """Review/block thresholds at 1% / 0.1% false-positive rate of the champion on the training set.
+def _archive_partition_status(
+    instance: dg.DagsterInstance, partitions: TimePartitions, until: datetime
+) -> str:
+    """What the UI's partition bar of ``raw_events`` shows: hours materialized vs hours that exist."""
+    keys = partitions.hourly.get_partition_keys(current_time=until)
+    done = instance.get_materialized_partitions(dg.AssetKey(RAW_EVENTS)) & set(keys)
+    missing = [k for k in keys if k not in done]
+    first_missing = f", first missing {missing[0]}" if missing else ""
+    return (
+        f"partitions:   raw_events {len(done):,} of {len(keys):,} hours materialized "
+        f"({keys[0]} .. {keys[-1]}){first_missing}"
+    )
 
-    Scores are calibrated probabilities at a fraud rate of a few per mille, so fixed thresholds such
-    as 0.5 would never review anything: operating points come from the score distribution."""
-    scorer = champion_scorer(lake)
-    if scorer is None:
+
+def _champion_thresholds(lake: Lake) -> str:
+    """The champion's decision thresholds (chosen at training by its policy, in its manifest) and what
+    they achieved on its test split."""
+    champ = registry.champion(lake)
+    if champ is None:
         raise DemoFailure("no champion to serve")
-    frame = pl.read_parquet(lake.read_bytes(training_set_paths(as_of_day)[0])).filter(~pl.col("is_fraud"))
-    scores = scorer.score(frame)
-    return float(np.quantile(scores, 0.99)), float(np.quantile(scores, 0.999))
+    t = registry.load_manifest(lake, champ.version).get(THRESHOLDS_KEY)
+    if t is None:
+        raise DemoFailure(f"champion {champ.version} has no thresholds in its manifest")
+    r, b = t["review_point"], t["block_point"]
+    return (
+        f"thresholds (the model's): review ≥ {r['threshold']:.3g} (test FPR {r['fpr']:.2%}, recall "
+        f"{r['recall']:.1%}, {r['flagged_per_day']:.0f}/day), block ≥ {b['threshold']:.3g} "
+        f"(FPR {b['fpr']:.2%}, recall {b['recall']:.1%})"
+    )
 
 
 @contextlib.contextmanager
-def _risk_serve(
-    endpoints: dict[str, str], lake_url: str, review: float, block: float
-) -> Iterator[tuple[str, str]]:
+def _risk_serve(endpoints: dict[str, str], lake_url: str) -> Iterator[tuple[str, str]]:
     """Run risk-serve on the champion while the block runs: yields (base URL, bearer token)."""
     token, port = secrets.token_urlsafe(24), launcher.free_port()
     env = {
@@ -415,8 +430,6 @@ def _risk_serve(
         **endpoints,
         "RISK_SERVE_TOKEN": token,
         "RISK_LAKE_URL": lake_url,
-        "RISK_REVIEW_THRESHOLD": f"{review:.6f}",
-        "RISK_BLOCK_THRESHOLD": f"{block:.6f}",
     }
     log_path = launcher.default_stack_dir() / "logs" / "risk-serve.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)

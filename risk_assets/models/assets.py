@@ -4,6 +4,7 @@ Thin wiring around `training_set`, `training`, `promotion`, `registry` and `arti
 assets (built for the deployment's partitions by :func:`model_assets`) are "as of the end of that
 day"."""
 
+import math
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -27,6 +28,8 @@ from risk_assets.models.artifacts import (
 )
 from risk_assets.models.coverage import WindowCoverage, window_coverage
 from risk_assets.models.promotion import promote_if_better, recent_holdout, rollback
+from risk_assets.models.thresholds import MANIFEST_KEY as THRESHOLDS_KEY
+from risk_assets.models.thresholds import ThresholdPolicy, choose_thresholds, manifest_thresholds
 from risk_assets.models.training import TrainingParams, feature_matrix, manifest_for, predict, train
 from risk_assets.models.training_set import (
     SPINE_COLUMNS,
@@ -107,9 +110,21 @@ class ModelTrainingConfig(RunConfig):
     """Hours dropped before validation and before test (label delay, cases straddling a boundary)."""
     top_k: int = 50
     """Daily review-queue size for the precision@k metric."""
+    review_fpr: float = 0.01
+    """Threshold policy: weighted false-positive rate of `review` on the test split."""
+    block_fpr: float = 0.001
+    """Threshold policy: weighted false-positive rate of `block` on the test split."""
+    review_per_day: float | None = None
+    """Threshold policy: a daily review budget instead of `review_fpr` (events flagged per day)."""
 
     def params(self) -> TrainingParams:
-        return TrainingParams(**self.model_dump())
+        return TrainingParams(**self.model_dump(exclude=set(_POLICY_FIELDS)))
+
+    def threshold_policy(self) -> ThresholdPolicy:
+        return ThresholdPolicy(**self.model_dump(include=set(_POLICY_FIELDS)))
+
+
+_POLICY_FIELDS = ("review_fpr", "block_fpr", "review_per_day")
 
 
 def _metric_metadata(prefix: str, metrics: dict) -> dict[str, float]:
@@ -326,9 +341,13 @@ def model_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
                 f"{frame.height} rows, {ts_manifest['positives']} positives): {exc}. Materialize a "
                 "longer window or more days of features and labels, then train again."
             ) from exc
-        version = registry.register(
-            store, trained.model_bytes, manifest_for(trained, ts_manifest, FEATURE_GROUPS)
-        )
+        test = frame.filter(pl.col("event_ts") >= trained.split.test_start)
+        scores = predict(trained.booster, feature_matrix(test, trained.features))
+        y, w = test["is_fraud"].to_numpy(), test["weight"].to_numpy()
+        thresholds = choose_thresholds(y, scores, w, test["event_ts"].to_numpy(), config.threshold_policy())
+        manifest = manifest_for(trained, ts_manifest, FEATURE_GROUPS)
+        manifest[THRESHOLDS_KEY] = thresholds.to_manifest()
+        version = registry.register(store, trained.model_bytes, manifest)
         write_challenger(store, context.partition_key, version)
         context.log.info(
             "registered %s (test AP %.4f)", version, trained.metrics.get("average_precision", float("nan"))
@@ -339,14 +358,16 @@ def model_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
             for k, v in m.items()
             if k in ("auc", "average_precision", "recall_at_1pct_fpr") and isinstance(v, int | float)
         }
-        test = frame.filter(pl.col("event_ts") >= trained.split.test_start)
-        scores = predict(trained.booster, feature_matrix(test, trained.features))
-        y, w = test["is_fraud"].to_numpy(), test["weight"].to_numpy()
         yield dg.MaterializeResult(
             metadata={
                 "version": version,
                 **_metric_metadata("test/", trained.metrics),
                 **per_scenario,
+                "threshold/review": thresholds.review.threshold,
+                "threshold/block": thresholds.block.threshold,
+                "threshold/review_recall": thresholds.review.recall,
+                "threshold/block_recall": thresholds.block.recall,
+                "threshold/review_per_day": thresholds.review.flagged_per_day,
                 "best_iteration": trained.best_iteration,
                 "training_seconds": trained.training_seconds,
                 ROW_COUNT: frame.height,
@@ -388,9 +409,12 @@ def model_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
             margin=config.margin,
         )
         current = registry.champion(store)
+        served = manifest_thresholds(registry.load_manifest(store, current.version)) if current else None
         return dg.MaterializeResult(
             metadata={
                 "promoted": decision.promote,
+                "champion_threshold/review": served[0] if served else math.nan,
+                "champion_threshold/block": served[1] if served else math.nan,
                 "challenger": challenger,
                 "champion": current.version if current else "none",
                 "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons) or "-"),

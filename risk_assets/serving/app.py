@@ -141,11 +141,16 @@ class ScoringService:
                 return hmac.compare_digest(value, self._auth)
         return False
 
-    def decide(self, score: float) -> str:
-        """allow / review / block by the configured thresholds (review ≤ block)."""
-        if score >= self.config.block_threshold:
+    def thresholds(self, model: LoadedModel) -> tuple[float, float]:
+        """``(review, block)`` of ``model``: its manifest's, unless the environment overrides them."""
+        return self.config.thresholds(model.thresholds)
+
+    @staticmethod
+    def decide(score: float, review: float, block: float) -> str:
+        """allow / review / block (review ≤ block)."""
+        if score >= block:
             return "block"
-        if score >= self.config.review_threshold:
+        if score >= review:
             return "review"
         return "allow"
 
@@ -174,7 +179,8 @@ class ScoringService:
         x, degraded = self.fetcher.matrix(events, model.plan)
         scores = model.booster.inplace_predict(x, validate_features=False)
         missing = np.isnan(x).sum(axis=1)
-        decisions = [self.decide(float(s)) for s in scores]
+        review, block = self.thresholds(model)
+        decisions = [self.decide(float(s), review, block) for s in scores]
         flagged = [i for i, d in enumerate(decisions) if d != "allow"]
         reasons: dict[int, list[dict[str, Any]]] = {}
         if flagged:
@@ -346,6 +352,7 @@ def create_app(
         cur = svc.holder.current
         body = {
             "model_version": cur.version if cur else None,
+            "thresholds": dict(zip(("review", "block"), svc.thresholds(cur), strict=True)) if cur else None,
             "redis": svc.breaker.status,
             "last_refused": svc.holder.last_refused[0] if svc.holder.last_refused else None,
         }

@@ -17,13 +17,18 @@ variable                       meaning                                     defau
 ``RISK_PREDICTION_TOPIC``      prediction log topic                        ``risk.predictions``
 ``RISK_PREDICTION_QUEUE``      bounded prediction-log queue (messages)     ``10000``
 ``RISK_PREDICTION_BUFFER``     librdkafka in-memory buffer (messages)      ``100000``
-``RISK_REVIEW_THRESHOLD``      score ≥ this → ``review``                   ``0.5``
-``RISK_BLOCK_THRESHOLD``       score ≥ this → ``block``                    ``0.9``
+``RISK_REVIEW_THRESHOLD``      override: score ≥ this → ``review``         (the model's)
+``RISK_BLOCK_THRESHOLD``       override: score ≥ this → ``block``          (the model's)
 ``RISK_MODEL_POLL_S``          champion pointer poll interval              ``2``
 ``RISK_REASONS_TOP_K``         reasons returned for review/block           ``5``
 ``RISK_MAX_BATCH``             events per ``/v1/score/batch`` request      ``1000``
 ``RISK_MAX_BODY_BYTES``        request body limit                          ``4194304``
 =============================  ==========================================  =====================
+
+Decision thresholds belong to the model: chosen at training by its policy and stored in its manifest
+(``risk_assets.models.thresholds``), they change at hot reload together with the model. The two
+variables are explicit overrides; a model without thresholds (trained before they existed) uses
+``FALLBACK_REVIEW`` / ``FALLBACK_BLOCK``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ from dataclasses import dataclass, field
 
 from risk_assets.names import PREDICTIONS_TOPIC
 
+FALLBACK_REVIEW = 0.5
+FALLBACK_BLOCK = 0.9
+
 
 class ConfigError(ValueError):
     """The environment does not describe a valid service configuration (one-line message)."""
@@ -43,6 +51,15 @@ def _num(env: Mapping[str, str], name: str, default: float, *, integer: bool = F
     raw = env.get(name, "").strip()
     if not raw:
         return default
+    return _parse(name, raw, integer)
+
+
+def _optional(env: Mapping[str, str], name: str) -> float | None:
+    raw = env.get(name, "").strip()
+    return _parse(name, raw, False) if raw else None
+
+
+def _parse(name: str, raw: str, integer: bool) -> float:
     try:
         return int(raw) if integer else float(raw)
     except ValueError:
@@ -66,8 +83,10 @@ class ServeConfig:
     prediction_topic: str = PREDICTIONS_TOPIC
     prediction_queue: int = 10_000
     prediction_buffer: int = 100_000
-    review_threshold: float = 0.5
-    block_threshold: float = 0.9
+    review_threshold: float | None = None
+    """Override of the model's review threshold (``None``: the model's)."""
+    block_threshold: float | None = None
+    """Override of the model's block threshold (``None``: the model's)."""
     poll_s: float = 2.0
     reasons_top_k: int = 5
     max_batch: int = 1000
@@ -76,9 +95,15 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not self.token:
             raise ConfigError("RISK_SERVE_TOKEN must be set (the bearer token clients send)")
-        if not 0.0 <= self.review_threshold <= self.block_threshold <= 1.0:
+        for name in ("review_threshold", "block_threshold"):
+            v = getattr(self, name)
+            if v is not None and not 0.0 <= v <= 1.0:
+                raise ConfigError(f"RISK_{name.upper()} must be within [0, 1], got {v}")
+        if None not in (self.review_threshold, self.block_threshold) and (
+            self.review_threshold > self.block_threshold  # type: ignore[operator]
+        ):
             raise ConfigError(
-                "thresholds must satisfy 0 <= RISK_REVIEW_THRESHOLD <= RISK_BLOCK_THRESHOLD <= 1, got "
+                "thresholds must satisfy RISK_REVIEW_THRESHOLD <= RISK_BLOCK_THRESHOLD, got "
                 f"{self.review_threshold} and {self.block_threshold}"
             )
         for name in ("redis_timeout_s", "redis_probe_s", "redis_fresh_s", "poll_s"):
@@ -89,6 +114,18 @@ class ServeConfig:
                 raise ConfigError(f"{name} must be >= 1")
         if self.reasons_top_k < 0:
             raise ConfigError("RISK_REASONS_TOP_K must be >= 0")
+
+    def thresholds(self, model: tuple[float, float] | None) -> tuple[float, float]:
+        """``(review, block)`` for a model's own thresholds: overrides win, each on its own; the
+        pair is kept ordered (an override above the other threshold moves it along)."""
+        review, block = model if model is not None else (FALLBACK_REVIEW, FALLBACK_BLOCK)
+        if self.review_threshold is not None:
+            review = self.review_threshold
+            block = max(block, review) if self.block_threshold is None else block
+        if self.block_threshold is not None:
+            block = self.block_threshold
+            review = min(review, block) if self.review_threshold is None else review
+        return review, block
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServeConfig:
@@ -108,8 +145,8 @@ class ServeConfig:
             prediction_topic=e.get("RISK_PREDICTION_TOPIC", "") or PREDICTIONS_TOPIC,
             prediction_queue=int(_num(e, "RISK_PREDICTION_QUEUE", 10_000, integer=True)),
             prediction_buffer=int(_num(e, "RISK_PREDICTION_BUFFER", 100_000, integer=True)),
-            review_threshold=_num(e, "RISK_REVIEW_THRESHOLD", 0.5),
-            block_threshold=_num(e, "RISK_BLOCK_THRESHOLD", 0.9),
+            review_threshold=_optional(e, "RISK_REVIEW_THRESHOLD"),
+            block_threshold=_optional(e, "RISK_BLOCK_THRESHOLD"),
             poll_s=_num(e, "RISK_MODEL_POLL_S", 2.0),
             reasons_top_k=int(_num(e, "RISK_REASONS_TOP_K", 5, integer=True)),
             max_batch=int(_num(e, "RISK_MAX_BATCH", 1000, integer=True)),

@@ -32,6 +32,7 @@ import xgboost as xgb
 
 from risk_assets.lake import Lake
 from risk_assets.models import registry
+from risk_assets.models.thresholds import manifest_thresholds
 from risk_assets.serving.feature_fetch import FeaturePlan, UnservableFeatures, build_plan
 from risk_assets.serving.service_metrics import ServiceMetrics
 
@@ -56,6 +57,8 @@ class LoadedModel:
     plan: FeaturePlan = field(repr=False)
     manifest: dict[str, Any] = field(repr=False)
     loaded_at: float = 0.0
+    thresholds: tuple[float, float] | None = None
+    """``(review, block)`` from the manifest (``None``: a model trained before thresholds)."""
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -105,7 +108,11 @@ def load_version(lake: Lake, version: str, expected_sha256: str) -> LoadedModel:
         raise ModelRefused(
             "probe", f"{version}: probe scores {scores.tolist()} are not probabilities (objective?)"
         )
-    return LoadedModel(version, expected_sha256, booster, plan, manifest, time.time())
+    try:
+        thresholds = manifest_thresholds(manifest)
+    except ValueError as exc:
+        raise ModelRefused("incompatible", f"{version}: {exc}") from None
+    return LoadedModel(version, expected_sha256, booster, plan, manifest, time.time(), thresholds)
 
 
 class ModelHolder:

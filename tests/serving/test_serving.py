@@ -563,6 +563,53 @@ def test_hot_reload_under_load_and_refusals(session_stack, tmp_path: Path, key_p
     assert "refused champion" in log_text and "corrupt" in log_text and "sha_mismatch" in log_text
 
 
+def test_thresholds_travel_with_the_model_through_hot_reload(
+    session_stack, tmp_path: Path, key_prefix: str
+) -> None:
+    """Decisions use the served model's manifest thresholds, swapped with it; no environment value."""
+    lake = Lake(str(tmp_path / "lake"))
+
+    def with_thresholds(review: float, block: float) -> dict[str, Any]:
+        return {**manifest(), "thresholds": {"review": review, "block": block}}
+
+    # review 0, block above 1: every score is a review
+    v1 = register(lake, train_model(seed=1), manifest=with_thresholds(0.0, 1.5), created=T0)
+    svc = start_service(
+        tmp_path,
+        lake,
+        session_stack.redis_url,
+        session_stack.kafka,
+        key_prefix,
+        RISK_REVIEW_THRESHOLD="",
+        RISK_BLOCK_THRESHOLD="",
+    )
+    try:
+        c = svc.client()
+        wait_for(lambda: c.request("GET", "/readyz")[0] == 200, what="readyz")
+        assert c.request("GET", "/readyz")[1]["thresholds"] == {"review": 0.0, "block": 1.5}
+        status, body = c.score(event("withdrawal", n=1))
+        assert (status, body["model_version"], body["decision"]) == (200, v1, "review")
+
+        # the next champion blocks everything: its thresholds arrive with it
+        v2 = register(
+            lake, train_model(seed=2), manifest=with_thresholds(0.0, 0.0), created=T0 + timedelta(1)
+        )
+        wait_for(lambda: c.score(event("withdrawal", n=2))[1]["model_version"] == v2, what="swap to v2")
+        assert c.score(event("withdrawal", n=3))[1]["decision"] == "block"
+        assert c.request("GET", "/readyz")[1]["thresholds"] == {"review": 0.0, "block": 0.0}
+
+        # thresholds that make no sense refuse the model: the last good one keeps serving
+        register(lake, train_model(seed=3), manifest=with_thresholds(0.9, 0.1), created=T0 + timedelta(2))
+        wait_for(
+            lambda: c.metrics().get('risk_serve_model_refusals_total{reason="incompatible"}', 0) == 1,
+            what="refusal of inverted thresholds",
+        )
+        status, body = c.score(event("withdrawal", n=4))
+        assert (body["model_version"], body["decision"]) == (v2, "block")
+    finally:
+        stop_service(svc)
+
+
 def test_redis_outage_degrades_then_recovers(fresh_stack, tmp_path: Path) -> None:
     lake = Lake(str(tmp_path / "lake"))
     version = register(lake, train_model(seed=1))
