@@ -24,7 +24,7 @@ from risk_assets.features.online_audit import expected_latest
 from risk_assets.features.online_store import OnlineStore, key_slot
 from risk_assets.features.online_sync import sync
 from risk_assets.features.stream import CREATED_TS, process_events
-from risk_assets.features.stream_state import StreamState, stream_groups
+from risk_assets.features.stream_state import FetchRequest, StreamState, stream_groups
 from risk_assets.features.sync_assets import online_offline_consistency, online_store_sync
 from risk_assets.ingest.kafka_reader import KafkaRangeReader, OffsetRange
 from risk_assets.lake import Lake
@@ -205,6 +205,31 @@ def test_stream_ingestion_into_the_cluster_equals_single_node(
                 got = cluster.read_frame(group_layout(group), keys).drop("written_ts")
                 want = single.read_frame(group_layout(group), keys).drop("written_ts")
                 assert got["present"].all() and got.equals(want), name
+
+
+def test_warm_start_adds_and_fetches_on_the_cluster_like_single_node(
+    events, cluster_stack, session_stack, key_prefix
+):
+    """The warm start's path (``add``: update scripts without reads) and ``fetch`` on the cluster."""
+    requests: list[FetchRequest] = []
+    frames = []
+    for url in (cluster_stack.redis_url, session_stack.redis_url):
+        with StreamState.from_url(url, STREAM, namespace=key_prefix + "warm") as state:
+            sent = state.add(events)
+            assert sent > 0
+            if not requests:
+                lo = int(events["event_ts"].min().timestamp() * 1000) - 1
+                hi = int(events["event_ts"].max().timestamp() * 1000)
+                for name, layout in state.layouts.items():
+                    keys = list(layout.entity.keys)
+                    sample = events.select(keys).drop_nulls().unique().sort(keys).head(200)
+                    requests += [FetchRequest(name, tuple(k), lo, hi) for k in sample.rows()]
+            frames.append(state.fetch(requests))
+            state.delete_all()
+    on_cluster, on_single = frames
+    assert on_cluster.keys() == on_single.keys() and sum(f.height for f in on_cluster.values()) > 0
+    for name, frame in on_single.items():
+        assert on_cluster[name].equals(frame), name
 
 
 def test_risk_serve_scores_from_the_cluster_like_single_node(
