@@ -30,7 +30,7 @@ ifeq ($(filter sqlite postgres,$(DAGSTER_STORAGE)),)
 $(error DAGSTER_STORAGE must be sqlite or postgres, not '$(DAGSTER_STORAGE)')
 endif
 # REDIS_CLUSTER=3: risk-stack runs a local 3-primary Redis Cluster instead of one Redis (docs/stack.md).
-REDIS_CLUSTER ?=
+export REDIS_CLUSTER ?=
 STACK_FLAGS := $(if $(filter postgres,$(DAGSTER_STORAGE)),--postgres) $(if $(REDIS_CLUSTER),--redis-cluster $(REDIS_CLUSTER))
 INSTANCE_FILES := dagster.yaml $(if $(filter postgres,$(DAGSTER_STORAGE)),dagster-postgres.yaml)
 
