@@ -53,6 +53,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import random
 import shutil
 import signal
 import socket
@@ -397,8 +398,6 @@ def free_cluster_port(nodes: int = 3) -> int:
     """A base port for a local Redis Cluster of ``nodes`` primaries: ``base … base+nodes-1`` and their
     bus ports (+10000) free right now, all below the kernel's usual ephemeral range (32768+), so no
     outgoing connection can hold them."""
-    import random
-
     rng = random.Random()
     for _ in range(500):
         base = rng.randrange(10_000, 22_000)

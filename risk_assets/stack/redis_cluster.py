@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["BUS_OFFSET", "SLOTS", "ClusterFormError", "cluster_url", "form", "node_args", "slot_ranges"]
 
@@ -60,8 +61,8 @@ def slot_ranges(n: int) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1] - 1) for i in range(n)]
 
 
-def _info(client: object) -> dict[str, str]:
-    raw = client.execute_command("CLUSTER", "INFO")  # type: ignore[attr-defined]
+def _info(client: Any) -> dict[str, str]:
+    raw = client.execute_command("CLUSTER", "INFO")
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
     return dict(line.split(":", 1) for line in text.split() if ":" in line)
 
