@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 from confluent_kafka import Producer
 from redis.cluster import RedisCluster
+from redis.connection import AbstractConnection
 
 from risk_assets.features.feature_buffer import publish
 from risk_assets.features.groups import FEATURE_GROUPS, GROUPS_BY_NAME
@@ -69,6 +70,37 @@ def test_cluster_url_opens_a_cluster_client_with_a_marker_per_primary(cluster_st
         assert [store.client.get(k).decode() for k in keys] == [token] * 3 and store.epoch() == token
         store.client.delete(keys[1])  # one primary's marker gone: the store is incomplete
         assert store.epoch() is None
+
+
+def test_a_read_across_the_primaries_is_one_round_trip_per_node(cluster_stack, key_prefix, monkeypatch):
+    """risk-serve's read (``OnlineStore.read``) of entities on all three primaries: one request
+    written to each node's socket, every row back in order."""
+    group = GROUPS_BY_NAME["ato_user"]
+    layout = group_layout(group)
+    users = [f"u{i}" for i in range(60)]
+    rows = pl.DataFrame({"user_id": users, "event_ts": [datetime(2026, 11, 1, tzinfo=UTC)] * len(users)})
+    rows = rows.with_columns([pl.lit(float(j)).alias(f) for j, f in enumerate(group.feature_names)])
+    with OnlineStore.from_url(cluster_stack.redis_url, namespace=key_prefix) as store:
+        assert store.write(layout, rows).applied == len(users)
+        owners = {
+            store.client.nodes_manager.get_node_from_slot(key_slot(store.key(layout, u))).port for u in users
+        }
+        assert len(owners) == 3
+        sent: list[int] = []
+        original = AbstractConnection.send_packed_command
+
+        def counting(conn: AbstractConnection, command: object, check_health: bool = True) -> None:
+            packed = b"".join(bytes(c) for c in command) if isinstance(command, list) else bytes(command)
+            if b"MGET" in packed:  # not a health-check PING of an idle connection
+                sent.append(conn.port)
+            original(conn, command, check_health)
+
+        monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+        got = store.read([(layout, u) for u in [*users, "nobody"]])
+        monkeypatch.undo()
+    assert sorted(sent) == sorted(owners)  # one request per primary, none twice
+    assert [r.entity_key for r in got[:-1]] == [(u,) for u in users] and got[-1] is None
+    assert all(r.vector == tuple(float(j) for j in range(len(group.feature_names))) for r in got[:-1])
 
 
 def test_sync_on_the_cluster_equals_the_single_node_result(offline, cluster_stack, session_stack, key_prefix):  # noqa: F811
