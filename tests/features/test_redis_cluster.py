@@ -8,6 +8,9 @@ project's launcher; the single-node reference is the session's ordinary Redis.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,7 +25,7 @@ from risk_assets.features.feature_buffer import publish
 from risk_assets.features.groups import FEATURE_GROUPS, GROUPS_BY_NAME
 from risk_assets.features.ingestion import group_layout, ingest_range
 from risk_assets.features.online_audit import expected_latest
-from risk_assets.features.online_store import OnlineStore, key_slot
+from risk_assets.features.online_store import OnlineStore, OnlineStoreUnavailable, key_slot
 from risk_assets.features.online_sync import sync
 from risk_assets.features.stream import CREATED_TS, process_events
 from risk_assets.features.stream_state import FetchRequest, StreamState, stream_groups
@@ -33,6 +36,7 @@ from risk_assets.names import FEATURES_TOPIC
 from risk_assets.resources import LakeResource, RedisResource
 from risk_assets.simulator.config import SimConfig
 from risk_assets.simulator.generator import generate
+from risk_assets.stack import launcher
 from tests.conftest import DEFS
 from tests.features.test_online_sync import GROUPS, _census, offline  # noqa: F401 - fixture
 from tests.serving.test_serving import (
@@ -185,6 +189,49 @@ def test_the_code_locations_sync_runs_on_the_cluster_from_redis_url_alone(
     with OnlineStore.from_url(fresh_cluster.redis_url, namespace=redis_resource.namespace) as store:
         assert isinstance(store.client, RedisCluster) and len(store.epoch_keys()) == 3
         assert store.epoch() is not None
+
+
+def test_a_write_with_one_primary_down_fails_with_exact_progress_and_a_resend_completes(
+    fresh_cluster, key_prefix
+):
+    """Per-node pipelines: the dead primary's rows are in doubt, the others' applied, the counts add
+    up; after the primary is back (empty) re-sending the batch completes it."""
+    group = GROUPS_BY_NAME["ato_user"]
+    layout = group_layout(group)
+    users = [f"u{i}" for i in range(3000)]
+    rows = pl.DataFrame({"user_id": users, "event_ts": [datetime(2026, 11, 1, tzinfo=UTC)] * len(users)})
+    rows = rows.with_columns([pl.lit(1.0).alias(f) for f in group.feature_names])
+    config = fresh_cluster.config
+    with OnlineStore.from_url(fresh_cluster.redis_url, namespace=key_prefix, retries=1) as store:
+        node = config.redis_nodes[1]
+        pid = launcher.pids(config)[node]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while node in launcher.pids(config):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        with pytest.raises(OnlineStoreUnavailable) as err:
+            store.write(layout, rows)
+        progress = err.value.progress
+        assert progress is not None and progress.rows == len(users)
+        assert progress.applied + progress.skipped + progress.in_doubt + progress.not_sent == len(users)
+        on_dead = sum(
+            1
+            for u in users
+            if store.client.nodes_manager.get_node_from_slot(key_slot(store.key(layout, u))).port
+            == config.port(node)
+        )
+        assert progress.applied == len(users) - on_dead and progress.in_doubt == on_dead > 0
+
+        saved = os.environ.pop("REDIS_URL", None)
+        try:
+            launcher.up(config)  # the primary back, empty, with its slots
+        finally:
+            if saved is not None:
+                os.environ["REDIS_URL"] = saved
+        again = store.write(layout, rows)
+        assert (again.applied, again.skipped) == (on_dead, len(users) - on_dead)
+        assert store.read_frame(layout, rows.select("user_id"))["present"].all()
 
 
 @pytest.fixture(scope="module")
