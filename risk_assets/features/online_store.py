@@ -382,7 +382,14 @@ def redact_url(url: str) -> str:
             (parts.scheme, netloc, parts.path, urllib.parse.urlencode(query), parts.fragment)
         )
     except ValueError:
-        return "<unparseable redis url>"
+        # e.g. a cluster URL with several seeds (``h1:1,h2:2`` is no valid port): redact by hand.
+        scheme, sep, rest = url.partition("://")
+        head = re.split(r"[/?#]", rest, maxsplit=1)[0]
+        auth, at, hosts = head.rpartition("@")
+        if not sep or not hosts:
+            return "<unparseable redis url>"
+        user = auth.split(":", 1)[0] if at else ""
+        return f"{scheme}://{user + ':***@' if at else ''}{hosts}{'/…' if rest[len(head) :] else ''}"
 
 
 def _escape(part: str | int) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from redis.cluster import RedisCluster
 
+from risk_assets.features.online_store import redact_url
 from risk_assets.features.redis_client import connect, is_cluster_url
 from risk_assets.stack import StackConfig, StackError, down, pids
 from risk_assets.stack.launcher import free_cluster_port, free_port
@@ -92,3 +93,10 @@ def test_cluster_size_and_urls_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="host:port"):
         connect("redis+cluster://127.0.0.1")
     assert slot_ranges(3) == [(0, 5460), (5461, 10922), (10923, 16383)]
+    # A password in a several-seed cluster URL never reaches a message.
+    assert redact_url("redis+cluster://u:secret@h1:1,h2:2") == "redis+cluster://u:***@h1:1,h2:2"
+    assert (
+        redact_url("rediss+cluster://:secret@h1:1,h2:2?ssl_cert_reqs=none")
+        == "rediss+cluster://:***@h1:1,h2:2/…"
+    )
+    assert "secret" not in redact_url("redis+cluster://:secret@h1:1,h2:2/x?password=secret")
