@@ -3,7 +3,8 @@ latency is measured from each request's scheduled start, over a pool of keep-ali
 
   python bench/openloop.py --url http://127.0.0.1:8080/v1/score --body body.json --rate 500 \
       --seconds 20 [--header 'Authorization: Bearer x'] [--conns 32] [--bodies bodies.jsonl]
-Prints one JSON line: sent, ok, errors by status, p50/p90/p99/p99.9/max in ms, achieved rate.
+Prints one JSON line: sent, ok, errors by status, p50/p90/p99/p99.9/max in ms, achieved rate, and
+p50/p99 of the accepted (200) and of the shed (503) answers separately.
 Standard library only, so it runs under any Python here.
 """
 
@@ -40,6 +41,7 @@ async def main_async(a):
     for _ in range(a.conns):
         free.put_nowait(None)
     lat, status = [], {}
+    by_code: dict[int, list[float]] = {}
     interval = 1.0 / a.rate
     n = int(a.rate * a.seconds)
     start = time.perf_counter() + 0.2
@@ -75,6 +77,7 @@ async def main_async(a):
             elif clen:
                 await r.readexactly(clen)
             lat.append(time.perf_counter() - sched)
+            by_code.setdefault(code, []).append(lat[-1])
             status[code] = status.get(code, 0) + 1
             free.put_nowait(conn)
         except Exception as e:  # connection problems count as errors; the slot reopens
@@ -89,8 +92,11 @@ async def main_async(a):
     took = time.perf_counter() - start
     lat.sort()
 
-    def q(p: float) -> float | None:
-        return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 3) if lat else None
+    def q(p: float, values: list[float] | None = None) -> float | None:
+        v = lat if values is None else sorted(values)
+        return round(v[min(len(v) - 1, int(p * len(v)))] * 1000, 3) if v else None
+
+    ok, shed = by_code.get(200, []), by_code.get(503, [])
 
     print(
         json.dumps(
@@ -104,6 +110,12 @@ async def main_async(a):
                 "p99_ms": q(0.99),
                 "p999_ms": q(0.999),
                 "max_ms": round(lat[-1] * 1000, 3) if lat else None,
+                "ok_rps": round(len(ok) / took, 1),
+                "ok_p50_ms": q(0.50, ok),
+                "ok_p99_ms": q(0.99, ok),
+                "shed_share": round(len(shed) / max(1, len(lat)), 4),
+                "shed_p50_ms": q(0.50, shed),
+                "shed_p99_ms": q(0.99, shed),
             }
         )
     )

@@ -3,12 +3,23 @@
 Paths inside the lake are relative (``raw_events/dt=2026-11-01/hour=07/part-00000.parquet``). Each
 partition is one object written whole: on disk through a temporary file and an atomic rename, on S3
 by a single PUT — so a reader never sees half a partition and a re-run replaces, never appends.
+
+Orphan temporaries: a process killed between writing the temporary
+``.{name}.{host}-{pid}-{uuid}.tmp`` and the rename leaves it behind (S3 has none: a PUT is all or
+nothing). They are **ignored** by every reader (``list``/``versions``/``exists`` never return a
+dot-file) and **cleaned** deterministically: each successful write of an object removes that
+object's orphans — temporaries whose writer process (same host, pid in the name) no longer exists,
+or older than ``ORPHAN_TMP_AGE_S`` whatever their origin — and :meth:`Lake.sweep_orphan_temps` does
+the same for a whole prefix. A re-run of a crashed run rewrites the same objects, so it cleans up
+after its predecessor; a concurrent writer's temporary (its process alive) is never touched.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +31,29 @@ from urllib.parse import urlparse
 import polars as pl
 
 PARQUET_COMPRESSION = "zstd"
+ORPHAN_TMP_AGE_S = 3600.0  # a temporary this old belongs to no live writer
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def _host() -> str:
+    return "".join(c for c in socket.gethostname().split(".")[0] if c.isalnum() or c == "_") or "host"
+
+
+def _writer_is_gone(name: str) -> bool:
+    """The temporary's writer ran on this host and its process no longer exists."""
+    owner = name[: -len(".tmp")].rsplit(".", 1)[-1].split("-")
+    if len(owner) != 3 or owner[0] != _host() or not owner[1].isdigit():
+        return False
+    try:
+        os.kill(int(owner[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
 
 
 def hive_hour_path(dataset: str, hour: datetime) -> str:
@@ -70,12 +104,46 @@ class Lake:
             return
         path = Path(self.uri(relpath))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp = path.with_name(f".{path.name}.{_host()}-{os.getpid()}-{uuid.uuid4().hex}.tmp")
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        self._remove_stale_temps(path.parent.glob(f".{path.name}.*.tmp"), ORPHAN_TMP_AGE_S)
+
+    @staticmethod
+    def _remove_stale_temps(candidates: Iterator[Path], older_than_s: float) -> int:
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for tmp in candidates:
+            try:
+                if _is_temp(tmp.name) and (_writer_is_gone(tmp.name) or tmp.stat().st_mtime <= cutoff):
+                    tmp.unlink()
+                    removed += 1
+            except FileNotFoundError:  # removed by another writer meanwhile
+                continue
+        return removed
+
+    def orphan_temps(self, relprefix: str = "") -> list[str]:
+        """Relative paths of the temporaries under ``relprefix`` (crashed or in-flight writes; S3: none)."""
+        if self.is_s3:
+            return []
+        root = Path(self.uri(relprefix))
+        if not root.exists():
+            return []
+        base = Path(self.url)
+        return sorted(str(p.relative_to(base)) for p in root.rglob(".*.tmp") if p.is_file())
+
+    def sweep_orphan_temps(self, relprefix: str = "", older_than_s: float = ORPHAN_TMP_AGE_S) -> int:
+        """Delete the orphan temporaries under ``relprefix`` (writer gone, or older than
+        ``older_than_s``); returns how many."""
+        if self.is_s3:
+            return 0
+        root = Path(self.uri(relprefix))
+        if not root.exists():
+            return 0
+        return self._remove_stale_temps(root.rglob(".*.tmp"), older_than_s)
 
     def read_bytes(self, relpath: str) -> bytes:
         if self.is_s3:
@@ -121,8 +189,10 @@ class Lake:
         if not root.exists():
             return
         base = Path(self.url)
-        yield from sorted(
-            str(p.relative_to(base)) for p in root.rglob(f"*{suffix}") if not p.name.startswith(".")
+        yield from sorted(  # dot-files (temporaries of writes in flight or crashed) are never listed
+            str(p.relative_to(base))
+            for p in root.rglob(f"*{suffix}")
+            if not p.name.startswith(".") and p.is_file()
         )
 
     def versions(self, relprefix: str) -> dict[str, str]:

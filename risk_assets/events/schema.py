@@ -24,9 +24,12 @@ SCHEMA_VERSION = 1
 # Bounds that make a value "impossible" rather than merely unusual.
 MAX_AMOUNT_USD = 10_000_000.0
 MIN_EVENT_TS_MS = 1_262_304_000_000  # 2010-01-01: the exchange did not exist before.
+MAX_EVENT_TS_MS = 4_102_444_800_000  # 2100-01-01: a static sanity bound (Parquet, Polars and
+# datetime all hold it); how far *ahead of arrival* a time may be is the ingestion's business
+# (``partitioning.MAX_FUTURE_SKEW``, ``decode_messages(future_bound=…)``).
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-TimestampMs = Annotated[int, msgspec.Meta(ge=MIN_EVENT_TS_MS)]
+TimestampMs = Annotated[int, msgspec.Meta(ge=MIN_EVENT_TS_MS, le=MAX_EVENT_TS_MS)]
 Country = Annotated[str, msgspec.Meta(pattern="^[A-Z]{2}$")]
 Currency = Annotated[str, msgspec.Meta(pattern="^[A-Z]{2,6}$")]
 Amount = Annotated[float, msgspec.Meta(gt=0.0, le=MAX_AMOUNT_USD * 1_000)]

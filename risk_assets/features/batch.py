@@ -13,16 +13,21 @@ How it works (one group):
    per-entity group-by anywhere.
 3. The as-of rows are the last row of each run of equal ``T`` with ``event_ts ≥ start``.
 4. Per feature (filters evaluated once per distinct filter set):
+   A window with offset ``o`` is ``(T − o − w, T − o]``: every kind below evaluates its question
+   at the virtual time ``T − o`` instead of ``T`` (``o = 0`` is the plain window).
    * count / sum / mean: prefix sums over the matching rows; window value =
-     ``P[#S ≤ T] − P[#S ≤ T − w]`` (integer counts exact; sums in 80-bit long double);
-   * min / max: Polars ``rolling_{min,max}_by`` over ``T`` (closed right, ties included);
+     ``P[#S ≤ T − o] − P[#S ≤ T − o − w]`` (integer counts exact; sums in 80-bit long double);
+   * min / max: Polars ``rolling_{min,max}_by`` over ``T`` (closed right, ties included); with an
+     offset, null-valued query rows at ``T − o`` are merged into the rolled series;
    * distinct_count: each (entity, value, ts) occurrence contributes +1 on the interval
-     ``[s, min(next occurrence, s + w))``; the value at ``T`` = #starts ≤ T − #ends ≤ T (exact);
+     ``[s, min(next occurrence, s + w))``; the value at ``T`` = #starts ≤ T − o − #ends ≤ T − o (exact);
    * last / time_since_last: binary search for the latest matching row at or before the as-of row
-     (``last``) or strictly before ``T`` (``time_since_last``), then a window check;
+     (``last``) or strictly before ``T`` (``time_since_last``) — at or before ``T − o`` with an
+     offset — then a window check;
    * label_count / label_rate: a matching event labelled (first qualifying label at ``K``)
-     contributes on ``[max(s, K + D), s + w)``; counted with the same interval trick;
-   * ratio: elementwise, after its operands.
+     contributes on ``[max(s + o, K + D), s + o + w)``; counted with the same interval trick; the
+     "matured" denominator counts the window's events with ``s ≤ T − D``;
+   * ratio: elementwise, after its operands (``empty`` when the denominator is 0 or null).
 """
 
 from __future__ import annotations
@@ -199,12 +204,17 @@ class _Timeline:
             self._lw[w] = np.searchsorted(self.t, self.tq - w, "right")
         return self._lw[w]
 
-    def window_sum(self, values: np.ndarray, w: int) -> np.ndarray:
-        """Per as-of row: sum of ``values`` (timeline order) over its window ``(tq − w, tq]``."""
+    def upper(self, o: int) -> np.ndarray:
+        """Per as-of row: number of positions with ``T <= tq − o`` (end of a window with offset
+        ``o``; ``q + 1`` when ``o = 0``)."""
+        return self.q + 1 if o == 0 else self.lower(o)
+
+    def window_sum(self, values: np.ndarray, w: int, o: int = 0) -> np.ndarray:
+        """Per as-of row: sum of ``values`` (timeline order) over its window ``(tq − o − w, tq − o]``."""
         dtype = np.longdouble if values.dtype.kind == "f" else np.int64
         p = np.zeros(self.n + 1, dtype=dtype)
         np.cumsum(values, dtype=dtype, out=p[1:])
-        return p[self.q + 1] - p[self.lower(w)]
+        return p[self.upper(o)] - p[self.lower(w + o)]
 
     def latest(self, sel: np.ndarray, upto: np.ndarray) -> np.ndarray:
         """Per entry of ``upto`` (positions, −1 allowed): latest position ≤ it with ``sel``, or −1."""
@@ -313,8 +323,9 @@ def _occurrences(tl: _Timeline, values: np.ndarray, sel: np.ndarray) -> _Occurre
     return _Occurrences(pos, gap_prev, gap_next)
 
 
-def _distinct(tl: _Timeline, occ: _Occurrences, w: int) -> np.ndarray:
-    """Distinct count: a run at T contributes on [T, min(T_next, T + w)); see the module docstring."""
+def _distinct(tl: _Timeline, occ: _Occurrences, w: int, o: int = 0) -> np.ndarray:
+    """Distinct count: a run at T contributes on [T, min(T_next, T + w)); see the module docstring.
+    With an offset the value at ``tq`` is that of the virtual time ``tq − o``."""
     start = np.zeros(tl.n, dtype=np.int64)
     start[occ.pos] = 1
     # Ended by the next run of the same value (that run's own start replaces it).
@@ -324,7 +335,7 @@ def _distinct(tl: _Timeline, occ: _Occurrences, w: int) -> np.ndarray:
     win_end[occ.pos[occ.gap_next >= w]] = 1
     ps = np.concatenate(([0], np.cumsum(start)))
     pe = np.concatenate(([0], np.cumsum(win_end)))
-    return ps[tl.q + 1] - pe[tl.lower(w)]
+    return ps[tl.upper(o)] - pe[tl.lower(w + o)]
 
 
 class _GroupEngine:
@@ -349,35 +360,31 @@ class _GroupEngine:
     def aggregate(self, f: Aggregate) -> pl.Series:
         tl = self.tl
         w = _ms(f.window)
+        o = _ms(f.offset)
         m = self.masks[_mask_key(f.where)]
         if f.kind == "count":
-            return pl.Series(f.name, tl.window_sum(m, w), dtype=pl.Int64)
+            return pl.Series(f.name, tl.window_sum(m, w, o), dtype=pl.Int64)
         if f.kind == "time_since_last":
-            p = tl.latest(m, tl.f - 1)  # strictly before the as-of time
-            valid = (p >= 0) & (tl.t[p] > tl.tq - w)
+            # Strictly before the as-of time; with an offset every event of the window is.
+            p = tl.latest(m, tl.f - 1 if o == 0 else tl.upper(o) - 1)
+            valid = (p >= 0) & (tl.t[p] > tl.tq - o - w)
             return _float_series(f.name, (tl.tq - tl.t[p]) / 1000.0, valid)
         assert f.column is not None
         col = self.column(f.column)
         if f.kind in ("sum", "mean"):
             vals = col.cast(pl.Float64).to_numpy()
             nn = m & ~np.isnan(vals)
-            total = tl.window_sum(np.where(nn, vals, 0.0), w)
+            total = tl.window_sum(np.where(nn, vals, 0.0), w, o)
             if f.kind == "sum":
                 return _float_series(f.name, total)
-            k = tl.window_sum(nn, w)
+            k = tl.window_sum(nn, w, o)
             return _float_series(f.name, total / np.maximum(k, 1), k > 0)
         if f.kind in ("min", "max"):
-            frame = pl.DataFrame({"v": col, "_t": tl.t}).with_columns(
-                pl.when(pl.Series(m)).then(pl.col("v")).alias("v")
-            )
-            v = pl.col("v")
-            rolled = v.rolling_min_by if f.kind == "min" else v.rolling_max_by
-            out = frame.select(rolled("_t", window_size=f"{w}i", closed="right")).to_series()
-            return out.gather(tl.q).alias(f.name)
+            return self._rolling_extreme(f, col, m, w, o)
         nn_m = m & col.is_not_null().to_numpy()
         if f.kind == "last":
-            src = tl.latest(nn_m, tl.q)
-            valid = (src >= 0) & (tl.t[src] > tl.tq - w)
+            src = tl.latest(nn_m, tl.q if o == 0 else tl.upper(o) - 1)
+            valid = (src >= 0) & (tl.t[src] > tl.tq - o - w)
             vals = col.gather(np.maximum(src, 0)) if tl.n else col
             return pl.select(pl.when(pl.Series(valid)).then(vals)).to_series().alias(f.name)
         if f.kind == "distinct_count":
@@ -385,12 +392,35 @@ class _GroupEngine:
             if key not in self._occ:
                 values = self.shared.codes(f.column)[tl.pos]
                 self._occ[key] = _occurrences(tl, values, nn_m)
-            return pl.Series(f.name, _distinct(tl, self._occ[key], w), dtype=pl.Int64)
+            return pl.Series(f.name, _distinct(tl, self._occ[key], w, o), dtype=pl.Int64)
         raise AssertionError(f.kind)
+
+    def _rolling_extreme(self, f: Aggregate, col: pl.Series, m: np.ndarray, w: int, o: int) -> pl.Series:
+        """min / max: Polars' rolling window over ``T`` (closed right). With an offset the as-of
+        rows are not event rows, so one query row per as-of row is merged in at ``tq − o`` (after
+        the event rows of the same ``T``, with a null value that the rolling window ignores)."""
+        tl = self.tl
+        v = pl.col("v")
+        rolled = v.rolling_min_by if f.kind == "min" else v.rolling_max_by
+        values = pl.select(pl.when(pl.Series(m)).then(col)).to_series().alias("v")
+        if o == 0:
+            frame = pl.DataFrame({"v": values, "_t": tl.t})
+            out = frame.select(rolled("_t", window_size=f"{w}i", closed="right")).to_series()
+            return out.gather(tl.q).alias(f.name)
+        nq = len(tl.q)
+        t_all = np.concatenate([tl.t, tl.tq - o])
+        order = np.argsort(t_all, kind="stable")  # events first at equal T (they come first)
+        v_all = pl.concat([values, pl.Series("v", [None] * nq, dtype=col.dtype)])
+        frame = pl.DataFrame({"v": v_all.gather(order), "_t": t_all[order]})
+        out = frame.select(rolled("_t", window_size=f"{w}i", closed="right")).to_series()
+        where_q = np.empty(len(order), dtype=np.int64)
+        where_q[order] = np.arange(len(order))
+        return out.gather(where_q[tl.n :]).alias(f.name)
 
     def label_aggregate(self, f: LabelAggregate) -> pl.Series:
         tl = self.tl
         w = _ms(f.window)
+        o = _ms(f.offset)
         d = _ms(f.availability_delay)
         m = self.masks[_mask_key(f.where)]
         if self.labels is None:
@@ -406,17 +436,24 @@ class _GroupEngine:
         rel = tl.t[pos] - base
         # Clamp far-away label times so that the arithmetic cannot overflow.
         kk = np.clip(k.to_numpy()[pos].astype(np.int64), tl.origin - 1, tl.origin + tl.span)
-        a_rel = np.maximum(rel, kk - tl.origin + d)
-        keep = a_rel < rel + w
+        # In the window for T in [s + o, s + o + w); labelled from K + D on.
+        a_rel = np.maximum(rel + o, kk - tl.origin + d)
+        keep = a_rel < rel + o + w
         # Labelled event j counts for as-of T in [a, b): first as-of row at or after each bound.
         a = np.searchsorted(tl.tq, (base + a_rel)[keep], "left")
-        b = np.searchsorted(tl.tq, (tl.t[pos] + w)[keep], "left")
+        b = np.searchsorted(tl.tq, (tl.t[pos] + o + w)[keep], "left")
         nq = len(tl.q)
         delta = np.bincount(a, minlength=nq + 1) - np.bincount(b, minlength=nq + 1)
         labelled = np.cumsum(delta[:nq])
         if f.kind == "label_count":
             return pl.Series(f.name, labelled, dtype=pl.Int64)
-        n_events = tl.window_sum(m, w)
+        if f.denominator == "matured":
+            # Events of the window with event_ts <= tq − D: (tq − o − w, tq − max(o, D)].
+            p = np.zeros(tl.n + 1, dtype=np.int64)
+            np.cumsum(m, dtype=np.int64, out=p[1:])
+            n_events = np.maximum(p[tl.upper(max(o, d))] - p[tl.lower(w + o)], 0)
+        else:
+            n_events = tl.window_sum(m, w, o)
         return _float_series(f.name, labelled / np.maximum(n_events, 1), n_events > 0)
 
 
@@ -428,13 +465,15 @@ def _known_label_ts(labels: pl.DataFrame, f: LabelAggregate) -> pl.DataFrame:
     return lf.group_by("event_id").agg(pl.col("label_ts").dt.epoch("ms").min().alias("_k")).collect()
 
 
-def _ratio(name: str, num: pl.Series, den: pl.Series) -> pl.Series:
+def _ratio(f: Ratio, num: pl.Series, den: pl.Series) -> pl.Series:
     n = num.cast(pl.Float64)
     d = den.cast(pl.Float64)
+    defined = d.is_not_null() & (d != 0)
+    empty = pl.lit(0.0 if f.empty == "zero" else None, dtype=pl.Float64)
     return (
-        pl.select(pl.when(d.is_not_null() & (d != 0) & n.is_not_null()).then(n / d).otherwise(None))
+        pl.select(pl.when(defined & n.is_not_null()).then(n / d).when(~defined).then(empty).otherwise(None))
         .to_series()
-        .alias(name)
+        .alias(f.name)
     )
 
 
@@ -454,7 +493,7 @@ def _compute_prepared(
             cols[f.name] = engine.label_aggregate(f)
     for f in group.features:
         if isinstance(f, Ratio):
-            cols[f.name] = _ratio(f.name, cols[f.numerator], cols[f.denominator])
+            cols[f.name] = _ratio(f, cols[f.numerator], cols[f.denominator])
     out = shared.df.select([*group.entity.keys, EVENT_TS])[tl.pos[tl.q]]
     out = out.with_columns([cols[f.name].alias(f.name) for f in group.features])
     return out.select([pl.col(c).cast(dt) for c, dt in group.schema().items()])

@@ -68,7 +68,16 @@ def generated_description(feature: Feature, event_types: Sequence[str] = ()) -> 
     """What the definition computes, in one sentence (the semantics are those of ``spec.py``);
     ``event_types``: the group's source event types, named when the feature does not narrow them."""
     if isinstance(feature, Ratio):
-        return f"{feature.numerator} / {feature.denominator} (null when the denominator is 0 or null)."
+        empty = "0" if feature.empty == "zero" else "null"
+        return f"{feature.numerator} / {feature.denominator} ({empty} when the denominator is 0 or null)."
+    text = _generated(feature, event_types)
+    if feature.offset:
+        lo, hi = format_window(feature.offset), format_window(feature.offset + feature.window)
+        text += f" Delayed window: events between {hi} and {lo} before the as-of time."
+    return text
+
+
+def _generated(feature: Aggregate | LabelAggregate, event_types: Sequence[str]) -> str:
     window = format_window(feature.window)
     events, filters = _events(event_types, feature.where)
     where = _where(filters)
@@ -81,9 +90,10 @@ def generated_description(feature: Feature, event_types: Sequence[str] = ()) -> 
                 f"{events.capitalize()} of the last {window}{where} with a fraud label{labels} known at "
                 f"least {delay} before the as-of time."
             )
+        among = " among those at least that old" if feature.denominator == "matured" else ""
         return (
             f"Share of the last {window}'s {events}{where} with a fraud label{labels} known at least "
-            f"{delay} before the as-of time (null without events)."
+            f"{delay} before the as-of time{among} (null without events)."
         )
     assert isinstance(feature, Aggregate)
     col = feature.column
@@ -121,7 +131,10 @@ def _kind(feature: Feature) -> str:
 
 
 def _window(feature: Feature) -> str:
-    return "" if isinstance(feature, Ratio) else format_window(feature.window)
+    if isinstance(feature, Ratio):
+        return ""
+    window = format_window(feature.window)
+    return f"{window} offset {format_window(feature.offset)}" if feature.offset else window
 
 
 def catalog_frame(groups: Sequence[FeatureGroup]) -> pl.DataFrame:

@@ -20,9 +20,14 @@ one group event of that entity with ``start <= t < end``. Several events of one 
 millisecond give one row. Columns: entity key columns, ``event_ts`` (= ``t``), then one column per
 feature in definition order. Rows are sorted by (key columns, ``event_ts``).
 
-*Windows.* A feature with window ``w`` at as-of time ``t`` sees the entity's group events ``e`` with
-``t - w < e.event_ts <= t`` that pass all of the feature's filters (logical AND). Events at exactly
-``t`` are included (the event producing the row and any other event at the same millisecond).
+*Windows.* A feature with window ``w`` and offset ``o`` (default 0) at as-of time ``t`` sees the
+entity's group events ``e`` with ``t - o - w < e.event_ts <= t - o`` that pass all of the feature's
+filters (logical AND). With ``o = 0`` events at exactly ``t`` are included (the event producing the
+row and any other event at the same millisecond). The offset is an availability delay ("events
+between 37 and 7 days ago": ``w = 30d``, ``o = 7d``); every aggregation kind takes one.
+``MIN_WINDOW <= w <= MAX_WINDOW`` (1 minute … 366 days) and ``0 <= o <= MAX_OFFSET`` (366 days),
+separately: a 90-day window delayed 7 days is valid. A group's ``max_window`` is its longest
+``w + o`` (the lookback the engines need).
 ``ingest_ts`` is ignored: offline values are the *final* values, computed as if every event had
 arrived on time; lateness in event time is the streaming engine's concern.
 
@@ -47,23 +52,34 @@ last           value of the latest event in ``M`` whose value is non-null   colu
                (latest by (event_ts, event_id))
 time_since_last ``(t - s) / 1000`` seconds, ``s`` = the greatest event_ts   Float64          null
                of ``M`` strictly less than ``t`` (events at ``t`` itself
-               are not "previous"); null if no such event in the window
+               are not "previous"; with ``o > 0`` every event of ``M``
+               is before ``t``); null if no such event in the window
 ratio          ``numerator / denominator`` of two other (non-ratio)         Float64          —
-               features of the group; null if either is null or the
-               denominator is 0
+               features of the group; when the denominator is 0 or null:
+               null (``empty="null"``, the default) or 0.0
+               (``empty="zero"``); otherwise null if the numerator is null
 ============== ============================================================ ================ ==========
 
-*Label aggregates* (availability delay ``D``, ``0 <= D < w``). Labels join events on ``event_id``.
-An event counts as *labelled at t* if at least one label passing ``label_where`` has
-``label_ts <= t - D``. ``label_count`` = number of events of ``M`` labelled at ``t`` (Int64, 0 when
-none); ``label_rate`` = ``label_count / |M|`` (Float64, null when ``|M| = 0``). No label with
-``label_ts > t - D`` can influence a value. ``label_ts`` is the only label time used (not
-``ingest_ts``).
+*Label aggregates* (availability delay ``D``, ``0 <= D < w + o``; ``M`` is the window's matching
+events, offset included). Labels join events on ``event_id``. An event counts as *labelled at t* if
+at least one label passing ``label_where`` has ``label_ts <= t - D``. ``label_count`` = number of
+events of ``M`` labelled at ``t`` (Int64, 0 when none); ``label_rate`` = ``label_count / N``
+(Float64, null when ``N = 0``) where ``N = |M|`` (``denominator="all"``, the default) or, with
+``denominator="matured"``, ``N`` = the events of ``M`` with ``event_ts <= t - D`` — the events old
+enough for their label to be known (a recent event whose label cannot have arrived yet would only
+dilute the rate). No label with ``label_ts > t - D`` can influence a value. ``label_ts`` is the only
+label time used (not ``ingest_ts``).
+
+*Helpers.* Any feature may be marked ``model_input=False`` (e.g. a ratio's operands): it is
+computed, stored and synced like the others but is not a model input
+(:attr:`FeatureGroup.model_feature_names`, which the training set, the trainer and risk-serve use).
 
 *Versioning.* :attr:`FeatureGroup.version` is the first 12 hex digits of the SHA-256 of the canonical
 JSON of everything that determines values (name, entity, source types, features, ttl, semantics
 version), with keys sorted, features sorted by name, filters sorted, durations in milliseconds.
-Descriptions, owner and tags are documentation and do not change the version.
+Options at their default (offset 0, ``denominator="all"``, ``empty="null"``) are left out of the
+canonical form, so definitions that do not use them keep their versions. Descriptions, owner, tags
+and ``model_input`` are not values and do not change the version.
 """
 
 from __future__ import annotations
@@ -84,7 +100,8 @@ from risk_assets.events.schema import ARCHIVE_EVENT_COLUMNS, ARCHIVE_LABEL_COLUM
 
 SEMANTICS_VERSION = 1
 MIN_WINDOW = timedelta(minutes=1)
-MAX_WINDOW = timedelta(days=30)
+MAX_WINDOW = timedelta(days=366)
+MAX_OFFSET = timedelta(days=366)
 EVENT_TS = "event_ts"
 _TS_DTYPE = pl.Datetime("ms", "UTC")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -93,6 +110,8 @@ Scalar: TypeAlias = str | int | float | bool
 FilterOp = Literal["eq", "ne", "in", "not_in", "gt", "ge", "lt", "le", "is_null", "not_null"]
 AggKind = Literal["count", "sum", "mean", "min", "max", "distinct_count", "last", "time_since_last"]
 LabelKind = Literal["label_count", "label_rate"]
+LabelDenominator = Literal["all", "matured"]
+RatioEmpty = Literal["null", "zero"]
 
 _OPS: tuple[str, ...] = FilterOp.__args__  # type: ignore[attr-defined]
 _NUMERIC_KINDS = ("sum", "mean", "min", "max")
@@ -128,10 +147,13 @@ def days(n: int) -> timedelta:
     return timedelta(days=n)
 
 
-def _check_window(owner: str, window: timedelta) -> None:
+def _check_window(owner: str, window: timedelta, offset: timedelta = timedelta(0)) -> None:
     _ms(window)
+    _ms(offset)
     if not MIN_WINDOW <= window <= MAX_WINDOW:
         raise ValueError(f"{owner}: window {window} outside [{MIN_WINDOW}, {MAX_WINDOW}]")
+    if not timedelta(0) <= offset <= MAX_OFFSET:
+        raise ValueError(f"{owner}: offset {offset} outside [0, {MAX_OFFSET}]")
 
 
 def _check_name(name: str, what: str) -> None:
@@ -327,11 +349,15 @@ class Aggregate:
     column: str | None = None
     where: tuple[Where, ...] = ()
     description: str = field(default="", compare=False)
+    offset: timedelta = timedelta(0)
+    """Availability delay: the window ends ``offset`` before the as-of time."""
+    model_input: bool = True
+    """False for a helper (e.g. a ratio's operand): computed and stored, never a model input."""
 
     def __post_init__(self) -> None:
         _check_name(self.name, "feature")
         object.__setattr__(self, "where", _as_where_tuple(self.where))
-        _check_window(self.name, self.window)
+        _check_window(self.name, self.window, self.offset)
         if self.kind not in AggKind.__args__:  # type: ignore[attr-defined]
             raise ValueError(f"{self.name}: unknown aggregation {self.kind!r}")
         if self.kind in _COLUMN_KINDS:
@@ -346,6 +372,11 @@ class Aggregate:
     def windows(self) -> tuple[timedelta, ...]:
         return (self.window,)
 
+    @property
+    def lookback(self) -> timedelta:
+        """How far before the as-of time the window reaches: ``window + offset``."""
+        return self.window + self.offset
+
     def dtype(self) -> pl.DataType:
         """Polars dtype of the output column."""
         if self.kind in ("count", "distinct_count"):
@@ -356,7 +387,7 @@ class Aggregate:
         return ARCHIVE_EVENT_COLUMNS[self.column]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "type": "aggregate",
             "name": self.name,
             "kind": self.kind,
@@ -364,6 +395,9 @@ class Aggregate:
             "window_ms": _ms(self.window),
             "where": _canonical_filters(self.where),
         }
+        if self.offset:  # absent when 0: versions of definitions without offsets are unchanged
+            out["offset_ms"] = _ms(self.offset)
+        return out
 
 
 @dataclass(frozen=True)
@@ -374,20 +408,32 @@ class Ratio:
     numerator: str
     denominator: str
     description: str = field(default="", compare=False)
+    empty: RatioEmpty = "null"
+    """Value when the denominator is 0 or null: ``"null"`` (default) or ``"zero"`` (0.0)."""
+    model_input: bool = True
 
     def __post_init__(self) -> None:
         _check_name(self.name, "feature")
+        if self.empty not in RatioEmpty.__args__:  # type: ignore[attr-defined]
+            raise ValueError(f"{self.name}: empty must be one of {RatioEmpty.__args__}")  # type: ignore[attr-defined]
 
     @property
     def windows(self) -> tuple[timedelta, ...]:
         return ()
 
+    @property
+    def lookback(self) -> timedelta:
+        return timedelta(0)
+
     def dtype(self) -> pl.DataType:
         return pl.Float64()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "ratio", "name": self.name, "numerator": self.numerator,
-                "denominator": self.denominator}  # fmt: skip
+        out: dict[str, Any] = {"type": "ratio", "name": self.name, "numerator": self.numerator,
+                               "denominator": self.denominator}  # fmt: skip
+        if self.empty != "null":
+            out["empty"] = self.empty
+        return out
 
 
 @dataclass(frozen=True)
@@ -401,17 +447,27 @@ class LabelAggregate:
     where: tuple[Where, ...] = ()
     label_where: tuple[Where, ...] = ()
     description: str = field(default="", compare=False)
+    offset: timedelta = timedelta(0)
+    """The event window ends ``offset`` before the as-of time (labels still use ``t − D``)."""
+    denominator: LabelDenominator = "all"
+    """``label_rate`` only: ``"all"`` events of the window, or only the ``"matured"`` ones
+    (``event_ts <= t − availability_delay``: old enough for their label to be known)."""
+    model_input: bool = True
 
     def __post_init__(self) -> None:
         _check_name(self.name, "feature")
         object.__setattr__(self, "where", _as_where_tuple(self.where))
         object.__setattr__(self, "label_where", _as_where_tuple(self.label_where))
-        _check_window(self.name, self.window)
+        _check_window(self.name, self.window, self.offset)
         if self.kind not in LabelKind.__args__:  # type: ignore[attr-defined]
             raise ValueError(f"{self.name}: unknown label aggregation {self.kind!r}")
         _ms(self.availability_delay)
-        if not timedelta(0) <= self.availability_delay < self.window:
-            raise ValueError(f"{self.name}: availability_delay must be in [0, window)")
+        if not timedelta(0) <= self.availability_delay < self.window + self.offset:
+            raise ValueError(f"{self.name}: availability_delay must be in [0, window + offset)")
+        if self.denominator not in LabelDenominator.__args__:  # type: ignore[attr-defined]
+            raise ValueError(f"{self.name}: denominator must be one of {LabelDenominator.__args__}")  # type: ignore[attr-defined]
+        if self.denominator != "all" and self.kind != "label_rate":
+            raise ValueError(f"{self.name}: a denominator applies to label_rate only")
         for w in self.label_where:
             if w.column not in ARCHIVE_LABEL_COLUMNS:
                 raise ValueError(f"{self.name}: label filter column {w.column!r} is not a label column")
@@ -420,11 +476,16 @@ class LabelAggregate:
     def windows(self) -> tuple[timedelta, ...]:
         return (self.window,)
 
+    @property
+    def lookback(self) -> timedelta:
+        """How far before the as-of time the event window reaches: ``window + offset``."""
+        return self.window + self.offset
+
     def dtype(self) -> pl.DataType:
         return pl.Int64() if self.kind == "label_count" else pl.Float64()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "type": "label_aggregate",
             "name": self.name,
             "kind": self.kind,
@@ -433,57 +494,93 @@ class LabelAggregate:
             "where": _canonical_filters(self.where),
             "label_where": _canonical_filters(self.label_where),
         }
+        if self.offset:  # absent when default: versions of existing definitions are unchanged
+            out["offset_ms"] = _ms(self.offset)
+        if self.denominator != "all":
+            out["denominator"] = self.denominator
+        return out
 
 
 Feature: TypeAlias = Aggregate | Ratio | LabelAggregate
 
 
-# Constructors: short, readable definitions. ``where`` takes any number of filters (ANDed).
-def count(name: str, window: timedelta, *where: Where, description: str = "") -> Aggregate:
+# Constructors: short, readable definitions. ``where`` takes any number of filters (ANDed);
+# ``offset`` delays the window (it ends ``offset`` before the as-of time); ``model_input=False``
+# marks a helper that is computed and stored but never fed to a model.
+_ZERO = timedelta(0)
+
+
+def count(
+    name: str, window: timedelta, *where: Where, description: str = "", offset: timedelta = _ZERO,
+    model_input: bool = True,
+) -> Aggregate:  # fmt: skip
     """Number of matching events in the window."""
-    return Aggregate(name, "count", window, None, where, description)
+    return Aggregate(name, "count", window, None, where, description, offset, model_input)
 
 
-def sum_of(name: str, column: str, window: timedelta, *where: Where, description: str = "") -> Aggregate:
+def sum_of(
+    name: str, column: str, window: timedelta, *where: Where, description: str = "",
+    offset: timedelta = _ZERO, model_input: bool = True,
+) -> Aggregate:  # fmt: skip
     """Sum of ``column`` over matching events (nulls as 0, 0.0 when empty)."""
-    return Aggregate(name, "sum", window, column, where, description)
+    return Aggregate(name, "sum", window, column, where, description, offset, model_input)
 
 
-def mean_of(name: str, column: str, window: timedelta, *where: Where, description: str = "") -> Aggregate:
+def mean_of(
+    name: str, column: str, window: timedelta, *where: Where, description: str = "",
+    offset: timedelta = _ZERO, model_input: bool = True,
+) -> Aggregate:  # fmt: skip
     """Mean of the non-null values of ``column`` (null when none)."""
-    return Aggregate(name, "mean", window, column, where, description)
+    return Aggregate(name, "mean", window, column, where, description, offset, model_input)
 
 
-def min_of(name: str, column: str, window: timedelta, *where: Where, description: str = "") -> Aggregate:
+def min_of(
+    name: str, column: str, window: timedelta, *where: Where, description: str = "",
+    offset: timedelta = _ZERO, model_input: bool = True,
+) -> Aggregate:  # fmt: skip
     """Minimum of the non-null values of ``column`` (null when none)."""
-    return Aggregate(name, "min", window, column, where, description)
+    return Aggregate(name, "min", window, column, where, description, offset, model_input)
 
 
-def max_of(name: str, column: str, window: timedelta, *where: Where, description: str = "") -> Aggregate:
+def max_of(
+    name: str, column: str, window: timedelta, *where: Where, description: str = "",
+    offset: timedelta = _ZERO, model_input: bool = True,
+) -> Aggregate:  # fmt: skip
     """Maximum of the non-null values of ``column`` (null when none)."""
-    return Aggregate(name, "max", window, column, where, description)
+    return Aggregate(name, "max", window, column, where, description, offset, model_input)
 
 
 def distinct_count(
-    name: str, column: str, window: timedelta, *where: Where, description: str = ""
-) -> Aggregate:
+    name: str, column: str, window: timedelta, *where: Where, description: str = "",
+    offset: timedelta = _ZERO, model_input: bool = True,
+) -> Aggregate:  # fmt: skip
     """Exact number of distinct non-null values of ``column`` in the window."""
-    return Aggregate(name, "distinct_count", window, column, where, description)
+    return Aggregate(name, "distinct_count", window, column, where, description, offset, model_input)
 
 
-def last_value(name: str, column: str, window: timedelta, *where: Where, description: str = "") -> Aggregate:
+def last_value(
+    name: str, column: str, window: timedelta, *where: Where, description: str = "",
+    offset: timedelta = _ZERO, model_input: bool = True,
+) -> Aggregate:  # fmt: skip
     """Latest non-null value of ``column`` in the window (ties by event_id)."""
-    return Aggregate(name, "last", window, column, where, description)
+    return Aggregate(name, "last", window, column, where, description, offset, model_input)
 
 
-def time_since_last(name: str, window: timedelta, *where: Where, description: str = "") -> Aggregate:
+def time_since_last(
+    name: str, window: timedelta, *where: Where, description: str = "", offset: timedelta = _ZERO,
+    model_input: bool = True,
+) -> Aggregate:  # fmt: skip
     """Seconds since the latest matching event strictly before the as-of time, within the window."""
-    return Aggregate(name, "time_since_last", window, None, where, description)
+    return Aggregate(name, "time_since_last", window, None, where, description, offset, model_input)
 
 
-def ratio(name: str, numerator: str, denominator: str, description: str = "") -> Ratio:
-    """``numerator / denominator`` of two features of the same group."""
-    return Ratio(name, numerator, denominator, description)
+def ratio(
+    name: str, numerator: str, denominator: str, description: str = "", *, empty: RatioEmpty = "null",
+    model_input: bool = True,
+) -> Ratio:  # fmt: skip
+    """``numerator / denominator`` of two features of the same group; ``empty`` ("null" or "zero")
+    when the denominator is 0 or null."""
+    return Ratio(name, numerator, denominator, description, empty, model_input)
 
 
 def label_count(
@@ -493,9 +590,14 @@ def label_count(
     *where: Where,
     label_filters: tuple[Where, ...] = (),
     description: str = "",
+    offset: timedelta = _ZERO,
+    model_input: bool = True,
 ) -> LabelAggregate:
     """Matching events in the window with a label known at least ``availability_delay`` ago."""
-    return LabelAggregate(name, "label_count", window, availability_delay, where, label_filters, description)
+    return LabelAggregate(
+        name, "label_count", window, availability_delay, where, label_filters, description, offset, "all",
+        model_input,
+    )  # fmt: skip
 
 
 def label_rate(
@@ -505,9 +607,17 @@ def label_rate(
     *where: Where,
     label_filters: tuple[Where, ...] = (),
     description: str = "",
+    offset: timedelta = _ZERO,
+    denominator: LabelDenominator = "all",
+    model_input: bool = True,
 ) -> LabelAggregate:
-    """Share of matching events in the window with a label known at least ``availability_delay`` ago."""
-    return LabelAggregate(name, "label_rate", window, availability_delay, where, label_filters, description)
+    """Share of matching events in the window with a label known at least ``availability_delay``
+    ago; ``denominator="matured"`` divides by the window's events with ``event_ts <= t − delay``
+    only (those whose label could be known)."""
+    return LabelAggregate(
+        name, "label_rate", window, availability_delay, where, label_filters, description, offset,
+        denominator, model_input,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -573,8 +683,19 @@ class FeatureGroup:
 
     @property
     def max_window(self) -> timedelta:
-        """Longest window: the lookback the engine needs before the first as-of time."""
-        return max(self.windows)
+        """Longest ``window + offset`` of the group's features: the lookback the engine needs
+        before the first as-of time (the longest window when no feature has an offset)."""
+        return max(f.lookback for f in self.features)
+
+    @property
+    def helper_feature_names(self) -> tuple[str, ...]:
+        """Features marked ``model_input=False``: stored and served, never model inputs."""
+        return tuple(f.name for f in self.features if not f.model_input)
+
+    @property
+    def model_feature_names(self) -> tuple[str, ...]:
+        """The features that are model inputs (helpers marked ``model_input=False`` left out)."""
+        return tuple(f.name for f in self.features if f.model_input)
 
     @property
     def needs_labels(self) -> bool:
@@ -632,4 +753,5 @@ class FeatureGroup:
             "tags": dict(self.tags),
             "columns": {name: str(dtype) for name, dtype in self.schema().items()},
             "feature_descriptions": {f.name: f.description for f in self.features if f.description},
+            **({"helper_features": list(helpers)} if (helpers := self.helper_feature_names) else {}),
         }

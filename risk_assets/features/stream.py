@@ -11,7 +11,8 @@ arrived yet when a row was computed.
 Contract
 --------
 For a stream row of entity ``k`` at as-of time ``t``: if every event of ``k`` with ``event_ts`` in
-``(t − window, t]`` was *known* when the batch was processed, the value equals the batch value at
+``(t − offset − window, t − offset]`` (offset 0 unless the feature has one) was *known* when the batch
+was processed, the value equals the batch value at
 ``t`` (exactly for counts/distinct counts/min/max/last, up to float rounding for sums, means and
 ratios — both sides run the same code on the same rows, so in practice bit-identical).
 

@@ -8,10 +8,10 @@ aggregates — which is what makes stream values equal batch values (``docs/stre
 
 Which groups stream
 -------------------
-:func:`stream_groups`: groups without label aggregates whose ``max_window`` is at most
-``STREAM_MAX_WINDOW`` (one day). Label groups need labels that arrive days later and 7–30 day
-windows would make the state large; both are batch-only and reach the online store through the
-offline → online sync.
+:func:`stream_groups`: groups without label aggregates whose ``max_window`` (longest window +
+offset) is at most ``STREAM_MAX_WINDOW`` (one day). Label groups need labels that arrive days later
+and 7–30 day windows would make the state large; both are batch-only and reach the online store
+through the offline → online sync.
 
 Key layout (one Redis sorted set per entity key)
 ------------------------------------------------

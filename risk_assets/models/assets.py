@@ -30,7 +30,14 @@ from risk_assets.models.coverage import WindowCoverage, window_coverage
 from risk_assets.models.promotion import promote_if_better, recent_holdout, rollback
 from risk_assets.models.thresholds import MANIFEST_KEY as THRESHOLDS_KEY
 from risk_assets.models.thresholds import ThresholdPolicy, choose_thresholds, manifest_thresholds
-from risk_assets.models.training import TrainingParams, feature_matrix, manifest_for, predict, train
+from risk_assets.models.training import (
+    TrainingParams,
+    drop_known_entities,
+    feature_matrix,
+    manifest_for,
+    predict,
+    train,
+)
 from risk_assets.models.training_set import (
     SPINE_COLUMNS,
     TrainingSetSpec,
@@ -101,15 +108,33 @@ class ModelTrainingConfig(RunConfig):
     nthread: int = 2
     """XGBoost threads."""
     early_stopping_rounds: int = 50
-    """Stop after this many rounds without a better validation average precision."""
+    """Stop after this many rounds without a better validation average precision (0: never)."""
     train_fraction: float = 0.6
     """Share of the set's time span used for training (the oldest part)."""
     validation_fraction: float = 0.2
-    """Share of the time span for validation (early stopping); test gets the rest."""
+    """Share of the time span for validation (early stopping; 0: none, fixed rounds); test gets the rest."""
     gap_hours: float = 24.0
     """Hours dropped before validation and before test (label delay, cases straddling a boundary)."""
     top_k: int = 50
     """Daily review-queue size for the precision@k metric."""
+    train_start: str | None = None
+    """Date split (ISO 8601, naive = UTC): train window start (empty: the first row)."""
+    train_end: str | None = None
+    """Date split: train window end, exclusive (set with test_start to split by dates, not fractions)."""
+    validation_start: str | None = None
+    """Date split: validation window start (with validation_end; neither: no validation, fixed rounds)."""
+    validation_end: str | None = None
+    """Date split: validation window end, exclusive."""
+    test_start: str | None = None
+    """Date split: test window start."""
+    test_end: str | None = None
+    """Date split: test window end, exclusive (empty: through the last row)."""
+    entity_column: str | None = "user_id"
+    """Entity column of the per-entity daily precision@k (empty: not computed)."""
+    entity_top_k: int = 100
+    """Entities per day in the per-entity precision@k review queue."""
+    drop_known_entities: bool = False
+    """Drop from the test split the entities with a positive label in the train split."""
     review_fpr: float = 0.01
     """Threshold policy: weighted false-positive rate of `review` on the test split."""
     block_fpr: float = 0.001
@@ -341,7 +366,10 @@ def model_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
                 f"{frame.height} rows, {ts_manifest['positives']} positives): {exc}. Materialize a "
                 "longer window or more days of features and labels, then train again."
             ) from exc
-        test = frame.filter(pl.col("event_ts") >= trained.split.test_start)
+        parts = trained.split.parts(frame)
+        test = parts["test"]
+        if trained.params.drop_known_entities and trained.params.entity_column:
+            test = drop_known_entities(parts["train"], test, trained.params.entity_column)
         scores = predict(trained.booster, feature_matrix(test, trained.features))
         y, w = test["is_fraud"].to_numpy(), test["weight"].to_numpy()
         thresholds = choose_thresholds(y, scores, w, test["event_ts"].to_numpy(), config.threshold_policy())
@@ -491,11 +519,37 @@ class RollbackConfig(RunConfig):
     to_version: str = ""
     """Empty: the version the current champion replaced."""
     reason: str = "manual rollback"
+    holdout_as_of: str = ""
+    """The training set (``YYYY-MM-DD``) whose recent days are the gate's holdout for the target."""
+    holdout_days: float = 2.0
+    force: bool = False
+    """Skip the holdout checks (integrity is still checked); needs ``operator``; audited."""
+    operator: str = ""
 
 
-@dg.op(description="Point the champion back at the previous version (or `to_version`), audited.")
+@dg.op(
+    description=(
+        "Point the champion back at the previous version (or `to_version`) through the gate's checks "
+        "on the `holdout_as_of` training set's recent days, or forced by a named operator; audited."
+    )
+)
 def rollback_champion(context: dg.OpExecutionContext, config: RollbackConfig, lake: LakeResource) -> None:
-    new = rollback(lake.lake(), config.to_version or None, config.reason)
+    store = lake.lake()
+    holdout = None
+    if config.holdout_as_of and not config.force:
+        frame, _ = _training_set(store, config.holdout_as_of)
+        holdout = recent_holdout(frame, config.holdout_days)
+    try:
+        new = rollback(
+            store,
+            config.to_version or None,
+            config.reason,
+            holdout_frame=holdout,
+            force=config.force,
+            operator=config.operator,
+        )
+    except ValueError as exc:  # refused by the gate or the integrity check (audited), or misconfigured
+        raise dg.Failure(str(exc)) from exc
     context.log.info("champion is now %s (was %s)", new.version, new.previous)
 
 

@@ -11,8 +11,17 @@ A challenger is promoted when **all** of these hold (``decide``):
 * and, when there is a champion, the challenger's ``metric`` (default: weighted average precision)
   on the holdout beats the champion's on the same holdout by at least ``margin`` (absolute).
 
-Without a champion, passing the sanity checks is enough. ``rollback`` points the champion back at
-the previous version (or a given one).
+Without a champion, passing the sanity checks is enough. A challenger whose bytes, hash or
+signature do not verify (``registry.verify_version``) is refused with that reason. A champion that
+does not verify (corrupt or tampered) cannot be compared against: the gate says so in the audit
+entry and judges the challenger as if there were no champion, so a healthy challenger can replace
+a broken champion — the gate never crashes on it.
+
+``rollback`` points the champion back at the previous version (or a given one). It goes through the
+gate's checks — integrity, and the sanity checks on a holdout — but is not required to beat the
+champion it replaces (that is what a rollback is for). ``force=True`` skips the holdout checks (an
+emergency without a holdout at hand); it needs an ``operator`` and is audited as such. Integrity
+is checked even when forced: the pointer never names bytes that do not verify.
 """
 
 from __future__ import annotations
@@ -93,8 +102,8 @@ def evaluate_on_holdout(
 ) -> dict[str, Any]:
     """Load a registered version (hash-checked), score ``holdout_frame`` and return its ``metrics``
     (``metrics.evaluate``), ``prediction_stats`` and ``sanity_failures``."""
-    manifest = registry.load_manifest(lake, version)
-    booster = load_booster(registry.load_model_bytes(lake, version, manifest["model_sha256"]))
+    manifest, data = registry.verify_version(lake, version)  # IntegrityError when it does not verify
+    booster = load_booster(data)
     features: list[str] = list(manifest["features"])
     missing = [f for f in features if f not in holdout_frame.columns]
     # Missing columns are scored as NaN (XGBoost's missing value) and reported as a failure.
@@ -180,8 +189,21 @@ def promote_if_better(
     current = registry.champion(lake)
     if current is not None and current.version == challenger_version:
         return Decision(False, [f"{challenger_version} is already the champion"])
-    mine = evaluate_on_holdout(lake, challenger_version, holdout_frame, k=k)
-    theirs = evaluate_on_holdout(lake, current.version, holdout_frame, k=k) if current else None
+    champion_integrity: str | None = None
+    try:
+        mine = evaluate_on_holdout(lake, challenger_version, holdout_frame, k=k)
+    except registry.IntegrityError as exc:
+        mine = {
+            "metrics": {},
+            "prediction_stats": None,
+            "sanity_failures": [f"integrity ({exc.reason}): {exc}"],
+        }
+    theirs = None
+    if current is not None:
+        try:
+            theirs = evaluate_on_holdout(lake, current.version, holdout_frame, k=k)
+        except registry.IntegrityError as exc:
+            champion_integrity = f"{exc.reason}: {exc}"
     decision = decide(
         mine["metrics"],
         theirs["metrics"] if theirs else None,
@@ -189,6 +211,9 @@ def promote_if_better(
         margin=margin,
         sanity=mine["sanity_failures"],
     )
+    if champion_integrity is not None:
+        note = f"champion {current.version} does not verify ({champion_integrity}); judged without it"  # type: ignore[union-attr]
+        decision = Decision(decision.promote, [*decision.reasons, note])
     holdout = {
         "rows": holdout_frame.height,
         "positives": int(holdout_frame[LABEL].sum()) if holdout_frame.height else 0,
@@ -209,6 +234,7 @@ def promote_if_better(
             "challenger_metrics": _summary(mine["metrics"]),
             "champion_metrics": _summary(theirs["metrics"]) if theirs else None,
             "challenger_prediction_stats": mine["prediction_stats"],
+            "champion_integrity": champion_integrity,
         },
     )
     if decision.promote:
@@ -216,12 +242,59 @@ def promote_if_better(
     return decision
 
 
-def rollback(lake: Lake, to_version: str | None = None, reason: str = "manual rollback") -> registry.Champion:
-    """Point the champion back at ``to_version``, or at the version the current champion replaced."""
+class RollbackRefused(ValueError):
+    """A rollback the gate did not allow (its reasons are audited as ``rollback_refused``)."""
+
+
+def rollback(
+    lake: Lake,
+    to_version: str | None = None,
+    reason: str = "manual rollback",
+    *,
+    holdout_frame: pl.DataFrame | None = None,
+    force: bool = False,
+    operator: str = "",
+    k: int = mx.DEFAULT_TOP_K,
+) -> registry.Champion:
+    """Point the champion back at ``to_version``, or at the version the current champion replaced.
+
+    Not forced: the target must pass the gate's checks on ``holdout_frame`` (integrity, non-empty,
+    non-NaN, non-constant predictions, servable with the current feature-group versions, holdout
+    after its training split) — else :class:`RollbackRefused`, audited. Forced: ``operator`` is
+    required, the holdout checks are skipped, the audit entry records ``forced`` and the operator.
+    Integrity (bytes, sha256, signature) is checked either way (``registry.set_champion``)."""
     current = registry.champion(lake)
     target = to_version
     if target is None:
         if current is None or current.previous is None:
             raise ValueError("no previous champion to roll back to")
         target = current.previous
-    return registry.set_champion(lake, target, reason, action="rollback")
+    if force:
+        if not operator.strip():
+            raise ValueError("a forced rollback needs the operator's name (it is audited)")
+        return registry.set_champion(
+            lake, target, reason, action="rollback", audit={"forced": True, "operator": operator}
+        )
+    if holdout_frame is None:
+        raise ValueError(
+            "a rollback goes through the promotion gate: give a holdout frame, or force=True with an operator"
+        )
+    try:
+        failures = evaluate_on_holdout(lake, target, holdout_frame, k=k)["sanity_failures"]
+    except registry.IntegrityError as exc:
+        failures = [f"integrity ({exc.reason}): {exc}"]
+    if failures:
+        registry.append_audit(
+            lake,
+            {
+                "action": "rollback_refused",
+                "version": target,
+                "reason": reason,
+                "reasons": failures,
+                "champion": current.version if current else None,
+            },
+        )
+        raise RollbackRefused(f"rollback to {target} refused by the gate: {'; '.join(failures)}")
+    return registry.set_champion(
+        lake, target, reason, action="rollback", audit={"forced": False, "operator": operator or None}
+    )

@@ -13,12 +13,23 @@ Layout (all under ``models/registry/`` of the lake, local or S3)::
 A version is immutable once written (its id includes the model's hash). The champion pointer is
 one small object replaced atomically; the scoring service polls it and loads the version it names,
 checking ``model_sha256`` before serving it.
+
+Integrity (``verify_version``): every pointer change (``set_champion``, hence promotion and
+rollback) first reads the version's bytes, checks them against the manifest's ``model_sha256`` and
+loads them as a booster; a version that fails is never pointed at (``IntegrityError``, audited as
+``pointer_refused``). A sha256 in the manifest only proves the bytes match the manifest, not who
+wrote both: with ``RISK_MODEL_SIGNING_KEY`` set (read when called, never at import), ``register``
+adds ``signature`` = HMAC-SHA256(key, the manifest's canonical JSON without ``signature``) and
+``verify_version`` refuses a version whose signature is missing or wrong — so a booster altered
+together with a consistent manifest is refused by the registry and by ``risk-serve``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +39,49 @@ from risk_assets.lake import Lake
 ROOT = "models/registry"
 CHAMPION = f"{ROOT}/champion.json"
 AUDIT = f"{ROOT}/audit.jsonl"
+ENV_SIGNING_KEY = "RISK_MODEL_SIGNING_KEY"
+SIGNATURE = "signature"
+
+
+class IntegrityError(ValueError):
+    """A version whose bytes, hash or signature cannot be trusted; ``reason`` is a short label
+    (``missing``, ``sha_mismatch``, ``corrupt``, ``unsigned``, ``bad_signature``, ``bad_manifest``)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def signing_key_from_env(env: dict[str, str] | None = None) -> bytes | None:
+    """The manifest signing key (``RISK_MODEL_SIGNING_KEY``), or ``None`` when signing is off."""
+    raw = (os.environ if env is None else env).get(ENV_SIGNING_KEY, "")
+    return raw.encode() if raw else None
+
+
+def _resolve_key(signing_key: bytes | None) -> bytes | None:
+    """``signing_key`` if given (``b""`` = explicitly off), else the environment's."""
+    if signing_key is not None:
+        return signing_key or None
+    return signing_key_from_env()
+
+
+def manifest_signature(manifest: dict[str, Any], key: bytes) -> str:
+    """HMAC-SHA256 (hex) of the manifest's canonical JSON without its ``signature`` field."""
+    body = {k: v for k, v in manifest.items() if k != SIGNATURE}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
+
+
+def signature_failure(manifest: dict[str, Any], key: bytes | None) -> tuple[str, str] | None:
+    """``(reason, message)`` when signing is on and the manifest's signature is missing or wrong."""
+    if key is None:
+        return None
+    sig = manifest.get(SIGNATURE)
+    if not isinstance(sig, str) or not sig:
+        return "unsigned", f"manifest of {manifest.get('version')} carries no signature"
+    if not hmac.compare_digest(sig, manifest_signature(manifest, key)):
+        return "bad_signature", f"manifest of {manifest.get('version')}: signature does not verify"
+    return None
 
 
 def version_paths(version: str) -> tuple[str, str]:
@@ -50,9 +104,15 @@ class Champion:
 
 
 def register(
-    lake: Lake, model_bytes: bytes, manifest: dict[str, Any], created: datetime | None = None
+    lake: Lake,
+    model_bytes: bytes,
+    manifest: dict[str, Any],
+    created: datetime | None = None,
+    *,
+    signing_key: bytes | None = None,
 ) -> str:
-    """Store a new version (model + manifest); returns its id. Never overwrites another version."""
+    """Store a new version (model + manifest); returns its id. Never overwrites another version.
+    The manifest is signed when a signing key is given or set in the environment."""
     created = created or datetime.now(UTC)
     version = model_version_id(created, model_bytes)
     model_path, manifest_path = version_paths(version)
@@ -62,6 +122,10 @@ def register(
         "created_at": created.astimezone(UTC).isoformat(),
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
     }
+    body.pop(SIGNATURE, None)
+    key = _resolve_key(signing_key)
+    if key is not None:
+        body[SIGNATURE] = manifest_signature(body, key)
     lake.write_bytes(model_path, model_bytes)
     lake.write_bytes(manifest_path, (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
     return version
@@ -79,6 +143,44 @@ def load_model_bytes(lake: Lake, version: str, expected_sha256: str | None = Non
     return data
 
 
+def verify_version(
+    lake: Lake, version: str, expected_sha256: str | None = None, *, signing_key: bytes | None = None
+) -> tuple[dict[str, Any], bytes]:
+    """The manifest and model bytes of ``version`` after checking them: the manifest parses, the
+    bytes exist and match the manifest's ``model_sha256`` (and ``expected_sha256`` if given, e.g. a
+    champion pointer's), the booster loads, and — with a signing key — the signature verifies.
+    Raises :class:`IntegrityError`; lake I/O errors other than a missing object propagate."""
+    model_path, manifest_path = version_paths(version)
+    try:
+        manifest = json.loads(lake.read_bytes(manifest_path))
+    except FileNotFoundError:
+        raise IntegrityError("missing", f"version {version} is not in the registry") from None
+    except ValueError as exc:  # JSON or UTF-8 decoding
+        raise IntegrityError("bad_manifest", f"manifest of {version} unreadable: {exc}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("model_sha256"), str):
+        raise IntegrityError("bad_manifest", f"manifest of {version} has no model_sha256")
+    if expected_sha256 is not None and manifest["model_sha256"] != expected_sha256:
+        raise IntegrityError("sha_mismatch", f"{version}: the pointer's sha256 differs from the manifest's")
+    failure = signature_failure(manifest, _resolve_key(signing_key))
+    if failure is not None:
+        raise IntegrityError(*failure)
+    try:
+        data = lake.read_bytes(model_path)
+    except FileNotFoundError:
+        raise IntegrityError("missing", f"model.ubj of {version} is missing") from None
+    if hashlib.sha256(data).hexdigest() != manifest["model_sha256"]:
+        raise IntegrityError("sha_mismatch", f"model {version}: content does not match its recorded sha256")
+    import xgboost as xgb  # the registry is importable without loading XGBoost
+
+    try:
+        xgb.Booster(model_file=bytearray(data))
+    except Exception as exc:  # XGBoostError, or a UnicodeDecodeError of the error text itself
+        text = str(exc).strip()
+        first = text.splitlines()[0][:200] if text else type(exc).__name__
+        raise IntegrityError("corrupt", f"{version}: model.ubj does not load: {first}") from None
+    return manifest, data
+
+
 def list_versions(lake: Lake) -> list[str]:
     """Every registered version, oldest first."""
     return sorted(p.split("/")[3] for p in lake.list(f"{ROOT}/versions", suffix="manifest.json"))
@@ -91,10 +193,38 @@ def champion(lake: Lake) -> Champion | None:
     return Champion(**json.loads(lake.read_bytes(CHAMPION)))
 
 
-def set_champion(lake: Lake, version: str, reason: str, *, action: str = "promote") -> Champion:
-    """Point the champion at ``version`` (which must exist) and append to the audit trail."""
-    manifest = load_manifest(lake, version)
-    current = champion(lake)
+def set_champion(
+    lake: Lake,
+    version: str,
+    reason: str,
+    *,
+    action: str = "promote",
+    signing_key: bytes | None = None,
+    audit: dict[str, Any] | None = None,
+) -> Champion:
+    """Point the champion at ``version`` and append to the audit trail — only after
+    :func:`verify_version` passed (bytes, sha256, loadable booster, signature when signing is on).
+    A version that fails is audited as ``pointer_refused`` and raises :class:`IntegrityError`; the
+    pointer is unchanged. ``audit``: extra fields for the audit entry (e.g. who forced a rollback)."""
+    try:
+        manifest, _ = verify_version(lake, version, signing_key=signing_key)
+    except IntegrityError as exc:
+        append_audit(
+            lake,
+            {
+                "action": "pointer_refused",
+                "attempted": action,
+                "version": version,
+                "reason": reason,
+                "integrity": exc.reason,
+                "detail": str(exc),
+            },
+        )
+        raise
+    try:
+        current = champion(lake)
+    except (ValueError, TypeError):  # an unreadable pointer is replaced, not a reason to stay stuck
+        current = None
     new = Champion(
         version=version,
         model_sha256=manifest["model_sha256"],
@@ -103,7 +233,10 @@ def set_champion(lake: Lake, version: str, reason: str, *, action: str = "promot
         previous=current.version if current else None,
     )
     lake.write_bytes(CHAMPION, (json.dumps(vars(new), indent=1, sort_keys=True) + "\n").encode())
-    append_audit(lake, {"action": action, "version": version, "previous": new.previous, "reason": reason})
+    append_audit(
+        lake,
+        {**(audit or {}), "action": action, "version": version, "previous": new.previous, "reason": reason},
+    )
     return new
 
 

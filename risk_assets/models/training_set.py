@@ -132,8 +132,10 @@ def feature_tables(
 
 
 def model_feature_columns(groups: Sequence[FeatureGroup]) -> list[str]:
-    """Every model input column of a training set, in a stable order."""
-    numeric = [f"{g.name}__{f}" for g in groups for f in g.feature_names if g.schema()[f].is_numeric()]
+    """Every model input column of a training set, in a stable order: the request features, then
+    the numeric features of every group that are model inputs (helpers marked
+    ``model_input=False`` — e.g. a ratio's operands — are stored and served, never model inputs)."""
+    numeric = [f"{g.name}__{f}" for g in groups for f in g.model_feature_names if g.schema()[f].is_numeric()]
     return [*REQUEST_FEATURES, *numeric]
 
 

@@ -13,6 +13,8 @@ Layout::
     monitoring/realized/dt=YYYY-MM-DD/report.json
     monitoring/prediction_log/p={partition}/offsets={start:012d}-{end:012d}.parquet   log rows
     monitoring/prediction_log/state.json           {topic, partitions: {p: next offset}}
+    monitoring/prediction_log_dead_letters/p={partition}/offsets={start:012d}-{end:012d}.parquet
+                                                   poison records: partition, offset, reason, error, value
     monitoring/serving_skew/state.json             {partitions: {p: next offset compared}}
     monitoring/serving_skew/at=YYYYMMDDTHHMMSS/report.json, features.parquet, examples.parquet
     monitoring/service_health/last_scrape.json     the previous scrape (for per-interval figures)
@@ -30,6 +32,7 @@ from risk_assets.lake import Lake
 
 LOG_PREFIX = "monitoring/prediction_log"
 LOG_STATE = f"{LOG_PREFIX}/state.json"
+LOG_DEAD_LETTERS = "monitoring/prediction_log_dead_letters"
 SKEW_PREFIX = "monitoring/serving_skew"
 SKEW_STATE = f"{SKEW_PREFIX}/state.json"
 HEALTH_STATE = "monitoring/service_health/last_scrape.json"
@@ -73,6 +76,11 @@ def _range_tag(rng: OffsetRange) -> str:
 def prediction_log_path(rng: OffsetRange) -> str:
     """Lake path of the log rows of one offset range (re-reading a range rewrites the same object)."""
     return f"{LOG_PREFIX}/{_range_tag(rng)}.parquet"
+
+
+def prediction_log_dead_letter_path(rng: OffsetRange) -> str:
+    """Lake path of the dead letters (poison records) of one offset range of the prediction log."""
+    return f"{LOG_DEAD_LETTERS}/{_range_tag(rng)}.parquet"
 
 
 def prediction_log_profile_path(rng: OffsetRange) -> str:

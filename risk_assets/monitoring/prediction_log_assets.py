@@ -17,6 +17,7 @@ from risk_assets.ingest.kafka_reader import KafkaReadError, OffsetRange
 from risk_assets.monitoring import profiles
 from risk_assets.monitoring.artifacts import (
     LOG_STATE,
+    prediction_log_dead_letter_path,
     prediction_log_path,
     prediction_log_profile_path,
     read_state,
@@ -52,7 +53,10 @@ class PredictionLogConfig(RunConfig):
         "(event id, event/scored time, model version, score, decision, the served feature vector "
         "with names from the version's manifest) and writes "
         "`monitoring/prediction_log/p=P/offsets=START-END.parquet` plus a whylogs profile under "
-        "`profiles/prediction_log/`. The cursor (`state.json`) moves only after the writes."
+        "`profiles/prediction_log/`. A record that cannot become a row (poison: not JSON, invalid "
+        "UTF-8, impossible timestamp, unknown model version, ...) is a dead letter with its reason "
+        "under `monitoring/prediction_log_dead_letters/` and never stops the run. The cursor "
+        "(`state.json`) moves only after the writes."
     ),
 )
 def prediction_log(
@@ -68,6 +72,8 @@ def prediction_log(
     paths: list[str] = []
     malformed = retention_gaps = 0
     first_error = ""
+    dead_by_reason: dict[str, int] = {}
+    dead_paths: list[str] = []
     with kafka.range_reader() as reader:
         try:
             partitions = reader.partitions(config.topic)
@@ -90,6 +96,11 @@ def prediction_log(
                 raise dg.Failure(f"{rng.key()}: {exc}") from exc
             malformed += decoded.malformed
             first_error = first_error or decoded.first_error
+            if decoded.dead_letters.height:
+                store.write_parquet(decoded.dead_letters, prediction_log_dead_letter_path(rng))
+                dead_paths.append(prediction_log_dead_letter_path(rng))
+                for reason, n in decoded.dead_letter_counts().items():
+                    dead_by_reason[reason] = dead_by_reason.get(reason, 0) + n
             frame = decoded.frame
             store.write_parquet(frame, prediction_log_path(rng))
             profile_cols = [c for c in frame.columns if c not in ("event_id", "partition", "offset")]
@@ -120,6 +131,12 @@ def prediction_log(
         metadata[f"decision_share/{decision}"] = metadata_float(share)
     if first_error:
         metadata["first_malformed"] = first_error
+    metadata["dead_letters"] = malformed
+    metadata["dead_letter_reasons"] = dg.MetadataValue.json(dead_by_reason)
+    if dead_paths:
+        metadata["dead_letter_paths"] = dg.MetadataValue.md(
+            "\n".join(f"- `{store.uri(p)}`" for p in dead_paths)
+        )
     if base is not None and rows:
         scores = base["score"].to_numpy()
         metadata["score_p50"] = metadata_float(base["score"].quantile(0.5))
@@ -130,5 +147,11 @@ def prediction_log(
     metadata["cursor"] = dg.MetadataValue.json(cursor)
     metadata["paths"] = dg.MetadataValue.md("\n".join(f"- `{store.uri(p)}`" for p in paths) or "-")
     metadata["seconds"] = round(time.perf_counter() - t0, 3)
-    context.log.info("prediction_log: %d rows in %d ranges, %d malformed", rows, len(paths), malformed)
+    context.log.info(
+        "prediction_log: %d rows in %d ranges, %d dead letters %s",
+        rows,
+        len(paths),
+        malformed,
+        dead_by_reason,
+    )
     return dg.MaterializeResult(metadata=metadata)

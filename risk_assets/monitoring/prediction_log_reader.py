@@ -22,8 +22,15 @@ decodes messages into one frame:
   their features (first-seen version's order, then new names); a feature a row's version does not
   have is null for that row, so compare per version (``model_version``) with that version's list.
 
-Malformed messages (not JSON, wrong fields, a ``values`` length that does not match the manifest)
-are not rows: they are counted in :attr:`PredictionFrame.malformed` with one example error.
+Poison records never stop a range: a message that cannot become a row — not JSON, invalid UTF-8,
+nesting too deep, wrong fields, a timestamp outside the event schema's bounds (``event_ts`` ≥ 2^63
+used to fail the frame build and with it the whole asset), a model version the registry does not
+hold, a ``values`` length that does not match the manifest, or any other exception while decoding
+it — is a **dead letter**: a row of :attr:`PredictionFrame.dead_letters` (partition, offset, reason
+code, error text, the raw value) and counted in :attr:`PredictionFrame.malformed` with one example
+error. The asset writes them next to the range (``artifacts.prediction_log_dead_letter_path``).
+Reason codes (stable): ``invalid_json``, ``invalid_utf8``, ``too_deep``, ``schema``,
+``timestamp_out_of_bounds``, ``unknown_model_version``, ``values_length``, ``other``.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import msgspec
 import numpy as np
 import polars as pl
 
+from risk_assets.events.schema import MAX_EVENT_TS_MS, MIN_EVENT_TS_MS
 from risk_assets.ingest.kafka_reader import KafkaRangeReader, MessageBatch, OffsetRange
 
 BASE_SCHEMA: dict[str, pl.DataType] = {
@@ -50,6 +58,35 @@ BASE_SCHEMA: dict[str, pl.DataType] = {
     "features_missing": pl.Int64(),
 }
 BASE_COLUMNS: tuple[str, ...] = tuple(BASE_SCHEMA)
+DEAD_LETTER_SCHEMA: dict[str, pl.DataType] = {
+    "partition": pl.Int32(),
+    "offset": pl.Int64(),
+    "reason": pl.String(),
+    "error": pl.String(),
+    "value": pl.Binary(),
+}
+
+
+class PoisonRecord(ValueError):
+    """A prediction-log message that cannot become a row; ``reason`` is a stable code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, PoisonRecord):
+        return exc.reason
+    if isinstance(exc, UnicodeDecodeError):
+        return "invalid_utf8"
+    if isinstance(exc, RecursionError):
+        return "too_deep"
+    if isinstance(exc, msgspec.ValidationError):
+        return "schema"
+    if isinstance(exc, msgspec.DecodeError):
+        return "invalid_json"
+    return "other"
 
 
 class _Message(msgspec.Struct):
@@ -78,6 +115,14 @@ class PredictionFrame:
     features: dict[str, list[str]] = field(default_factory=dict)
     malformed: int = 0
     first_error: str = ""
+    dead_letters: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=DEAD_LETTER_SCHEMA))
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        """Dead letters by reason code."""
+        if not self.dead_letters.height:
+            return {}
+        counts = self.dead_letters.group_by("reason").len().sort("reason")
+        return dict(zip(counts["reason"].to_list(), counts["len"].to_list(), strict=True))
 
     @property
     def versions(self) -> list[str]:
@@ -92,24 +137,48 @@ def empty_frame() -> pl.DataFrame:
 
 def predictions_frame(batch: MessageBatch, features_of: Callable[[str], Sequence[str]]) -> PredictionFrame:
     """Decode ``batch`` (see the module docstring); ``features_of(version)`` returns the manifest's
-    ``features`` list of a version (called once per version; an exception it raises propagates)."""
+    ``features`` list of a version (called once per version). A ``ValueError``/``KeyError``/
+    ``TypeError`` it raises (version not in the registry, manifest without ``features``) makes that
+    version's records dead letters; anything else (lake I/O) propagates: the run fails and retries."""
     base: dict[str, list] = {c: [] for c in BASE_COLUMNS}
     per_version_rows: dict[str, list[int]] = {}
     per_version_values: dict[str, list[list[float | None]]] = {}
     features: dict[str, list[str]] = {}
-    malformed = 0
+    unknown: dict[str, str] = {}  # version -> why its manifest is unusable
+    dead: dict[str, list] = {c: [] for c in DEAD_LETTER_SCHEMA}
     first_error = ""
     for i, raw in enumerate(batch.values):
         try:
             msg = _decode(raw)
-            if msg.model_version not in features:
-                features[msg.model_version] = list(features_of(msg.model_version))
-            n = len(features[msg.model_version])
+            for name, ts in (("event_ts", msg.event_ts), ("scored_at", msg.scored_at)):
+                if not MIN_EVENT_TS_MS <= ts <= MAX_EVENT_TS_MS:
+                    raise PoisonRecord(
+                        "timestamp_out_of_bounds", f"{name} {ts} outside the event schema's bounds"
+                    )
+            if not 0 <= msg.features_missing <= len(msg.values):
+                raise PoisonRecord("schema", f"features_missing {msg.features_missing} out of range")
+            version = msg.model_version
+            if version in unknown:
+                raise PoisonRecord("unknown_model_version", unknown[version])
+            if version not in features:
+                try:
+                    features[version] = list(features_of(version))
+                except (ValueError, KeyError, TypeError) as exc:
+                    unknown[version] = f"model version {version!r}: {exc}"
+                    raise PoisonRecord("unknown_model_version", unknown[version]) from None
+            n = len(features[version])
             if len(msg.values) != n:
-                raise ValueError(f"{len(msg.values)} values, manifest of {msg.model_version} lists {n}")
-        except (msgspec.DecodeError, ValueError) as exc:
-            malformed += 1
-            first_error = first_error or f"offset {int(batch.offsets[i])}: {exc}"
+                raise PoisonRecord(
+                    "values_length", f"{len(msg.values)} values, manifest of {version} lists {n}"
+                )
+        except Exception as exc:  # one poison record never stops the range
+            text = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            dead["partition"].append(int(batch.partitions[i]))
+            dead["offset"].append(int(batch.offsets[i]))
+            dead["reason"].append(_reason(exc))
+            dead["error"].append(text)
+            dead["value"].append(bytes(raw))
+            first_error = first_error or f"offset {int(batch.offsets[i])}: {text}"
             continue
         row = len(base["event_id"])
         base["partition"].append(int(batch.partitions[i]))
@@ -155,7 +224,8 @@ def predictions_frame(batch: MessageBatch, features_of: Callable[[str], Sequence
             {f: pl.Series(f, matrix[:, j], dtype=pl.Float64) for j, f in enumerate(names)}
         ).with_columns(pl.all().fill_nan(None))
         frame = pl.concat([frame, feats], how="horizontal")
-    return PredictionFrame(frame, features, malformed, first_error)
+    dead_letters = pl.DataFrame(dead, schema=DEAD_LETTER_SCHEMA)
+    return PredictionFrame(frame, features, dead_letters.height, first_error, dead_letters)
 
 
 def read_prediction_range(

@@ -9,6 +9,16 @@ Routes (docs/serving.md has the full contract):
 * ``GET /readyz``           200 when a champion is loaded and Redis answered recently with its epoch
   marker (not emptied), else 503 (open)
 * ``GET /metrics``          Prometheus text format (open)
+* ``GET /openapi.json``     OpenAPI 3.1 description of these routes; events are the event schema's
+  JSON Schema (``risk_assets/events/jsonschema/risk_event.v1.json``) (open)
+
+Abuse and overload (docs/serving.md, "Hardening"): bodies are read streamed and reading stops at
+``max_body_bytes`` (413, connection closed; chunked bodies too) or after ``body_timeout_s`` (408);
+any body that does not decode — invalid JSON, invalid UTF-8, nesting too deep, out-of-bounds
+fields — is a 4xx with one (rate-limited) log line, never a 500; a client that disconnects
+mid-request is counted as ``client_disconnect``, not as an internal error; requests the protocol
+marked for shedding (``risk_assets.serving.protocol``) get 503 ``overloaded`` at once; a wrong
+method gets 405 with ``Allow``.
 
 The hot path runs on the event loop thread without hops to a thread pool: msgspec decoding into the
 event schema, one Redis ``MGET`` (sync redis-py with a 50 ms socket timeout — a thread hop would
@@ -23,6 +33,7 @@ import asyncio
 import contextlib
 import gc
 import hmac
+import json
 import logging
 import os
 import time
@@ -35,17 +46,19 @@ import numpy as np
 import xgboost as xgb
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from risk_assets.events.schema import RiskEvent
+from risk_assets.events.schema import JSON_SCHEMA_DIR, RiskEvent
 from risk_assets.features.online_store import OnlineStore
 from risk_assets.lake import Lake
 from risk_assets.serving.config import ServeConfig
 from risk_assets.serving.feature_fetch import FeatureFetcher, RedisBreaker
 from risk_assets.serving.model_holder import LoadedModel, ModelHolder
 from risk_assets.serving.prediction_log import PredictionLog
+from risk_assets.serving.protocol import SHED_KEY, connection_metric_lines
 from risk_assets.serving.service_metrics import ENV_METRICS_DIR, ServiceMetrics
 
 log = logging.getLogger("risk_assets.serving")
@@ -93,7 +106,14 @@ class ScoringService:
         self.config = config
         self.metrics = ServiceMetrics()
         self.lake = lake or build_lake(config)
-        self.holder = ModelHolder(self.lake, self.metrics, config.poll_s)
+        self.holder = ModelHolder(
+            self.lake,
+            self.metrics,
+            config.poll_s,
+            retry_s=config.model_retry_s,
+            verify_s=config.model_verify_s,
+            signing_key=config.signing_key,
+        )
         self.store = OnlineStore.from_url(
             config.redis_url,
             namespace=config.redis_namespace,
@@ -112,7 +132,12 @@ class ScoringService:
             buffer_messages=config.prediction_buffer,
         )
         self._auth = ("Bearer " + config.token).encode()
-        self.metrics.gauges += [self.holder.info_lines, self.predictions.metric_lines, self._gauge_lines]
+        self.metrics.gauges += [
+            self.holder.info_lines,
+            self.predictions.metric_lines,
+            self._gauge_lines,
+            connection_metric_lines,
+        ]
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -244,10 +269,168 @@ class NoModel(Exception):
     """No champion has been loaded yet."""
 
 
+# Client errors a decoder can raise besides msgspec's own: invalid UTF-8 in a string
+# (UnicodeDecodeError, a ValueError), nesting deeper than msgspec's recursion limit (RecursionError).
+_CLIENT_DECODE_ERRORS = (msgspec.MsgspecError, ValueError, RecursionError)
+
+
+class _OncePerKind:
+    """One log line per kind of client error, then at most one a minute with the count since."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+        self._since: dict[str, int] = {}
+
+    def __call__(self, kind: str, detail: str) -> None:
+        now = time.monotonic()
+        self._since[kind] = self._since.get(kind, 0) + 1
+        if now - self._last.get(kind, -1e9) >= self.every_s:
+            log.warning("client error %s (%d since last line): %s", kind, self._since[kind], detail[:200])
+            self._last[kind] = now
+            self._since[kind] = 0
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the service; events are the event schema's JSON Schema."""
+    event_schema = json.loads((JSON_SCHEMA_DIR / "risk_event.v1.json").read_text())
+    defs = event_schema.pop("$defs")
+
+    def rebase(node: Any) -> Any:  # "#/$defs/X" -> "#/components/schemas/X"
+        if isinstance(node, dict):
+            return {
+                k: (v.replace("#/$defs/", "#/components/schemas/") if k == "$ref" else rebase(v))
+                for k, v in node.items()
+            }
+        if isinstance(node, list):
+            return [rebase(v) for v in node]
+        if isinstance(node, str) and node.startswith("#/$defs/"):
+            return node.replace("#/$defs/", "#/components/schemas/")
+        return node
+
+    schemas: dict[str, Any] = {name: rebase(d) for name, d in defs.items()}
+    schemas["RiskEvent"] = rebase(event_schema)
+    ref = {"$ref": "#/components/schemas/RiskEvent"}
+    schemas["BatchRequest"] = {
+        "type": "object",
+        "properties": {"events": {"type": "array", "items": ref}},
+        "required": ["events"],
+        "additionalProperties": False,
+    }
+    schemas["Reason"] = {
+        "type": "object",
+        "properties": {"feature": {"type": "string"}, "contribution": {"type": "number"}},
+        "required": ["feature", "contribution"],
+    }
+    schemas["ScoreResult"] = {
+        "type": "object",
+        "properties": {
+            "event_id": {"type": "string"},
+            "score": {"type": "number", "minimum": 0, "maximum": 1},
+            "decision": {"type": "string", "enum": ["allow", "review", "block"]},
+            "model_version": {"type": "string"},
+            "reasons": {"type": "array", "items": {"$ref": "#/components/schemas/Reason"}},
+            "features_missing": {"type": "integer", "minimum": 0},
+            "degraded": {"type": "boolean"},
+        },
+        "required": [
+            "event_id",
+            "score",
+            "decision",
+            "model_version",
+            "reasons",
+            "features_missing",
+            "degraded",
+        ],
+    }
+    schemas["BatchResult"] = {
+        "type": "object",
+        "properties": {
+            "model_version": {"type": ["string", "null"]},
+            "results": {"type": "array", "items": {"$ref": "#/components/schemas/ScoreResult"}},
+        },
+        "required": ["model_version", "results"],
+    }
+    schemas["Error"] = {
+        "type": "object",
+        "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+        "required": ["error", "detail"],
+    }
+
+    def err(description: str) -> dict[str, Any]:
+        return {
+            "description": description,
+            "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+
+    def ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+        return {"description": description, "content": {JSON: {"schema": schema}}}
+
+    scoring_errors = {
+        "400": err("body is not JSON, not UTF-8, or nested too deeply (invalid_json)"),
+        "401": err("missing or invalid bearer token"),
+        "408": err("the body did not arrive in time"),
+        "413": err("body larger than the limit, or too many events"),
+        "422": err("the JSON does not match the event schema (validation)"),
+        "503": err("no model loaded yet (no_model), or overloaded (Retry-After)"),
+    }
+    status_obj = {"type": "object", "additionalProperties": True}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "risk-serve",
+            "version": "1",
+            "description": "Real-time fraud scoring; events follow the risk_event.v1 JSON Schema.",
+        },
+        "paths": {
+            "/v1/score": {
+                "post": {
+                    "operationId": "score",
+                    "security": [{"bearer": []}],
+                    "requestBody": {"required": True, "content": {JSON: {"schema": ref}}},
+                    "responses": {"200": ok({"$ref": "#/components/schemas/ScoreResult"}), **scoring_errors},
+                }
+            },
+            "/v1/score/batch": {
+                "post": {
+                    "operationId": "score_batch",
+                    "security": [{"bearer": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {JSON: {"schema": {"$ref": "#/components/schemas/BatchRequest"}}},
+                    },
+                    "responses": {"200": ok({"$ref": "#/components/schemas/BatchResult"}), **scoring_errors},
+                }
+            },
+            "/healthz": {"get": {"operationId": "healthz", "responses": {"200": ok(status_obj)}}},
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "responses": {"200": ok(status_obj, "ready"), "503": ok(status_obj, "not ready")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "responses": {
+                        "200": {"description": "Prometheus text format", "content": {"text/plain": {}}}
+                    },
+                }
+            },
+            "/openapi.json": {"get": {"operationId": "openapi", "responses": {"200": ok(status_obj)}}},
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
 def create_app(
     config: ServeConfig, *, lake: Lake | None = None, metrics_dir: str | Path | None = None
-) -> Starlette:
-    """The Starlette app for ``config`` (threads start in the lifespan, not here).
+) -> ASGIApp:
+    """The ASGI app for ``config``: the Starlette app behind the shedding guard (threads start in
+    the lifespan, not here). ``.state.service`` is the :class:`ScoringService`.
 
     ``metrics_dir``: the directory this service's workers share so ``/metrics`` merges them all
     (see :mod:`risk_assets.serving.service_metrics`); ``None`` for this process's metrics only.
@@ -256,6 +439,21 @@ def create_app(
     metrics = svc.metrics
     metrics.share(metrics_dir)
     max_body = config.max_body_bytes
+
+    client_error_log = _OncePerKind()
+    too_large = f"request body exceeds {max_body} bytes"
+
+    def body_too_large(endpoint: str) -> Response:
+        metrics.error("body_too_large")
+        metrics.request(endpoint, 413)
+        client_error_log("body_too_large", too_large)
+        # Connection: close — the rest of the body is never read; the connection cannot be reused.
+        return Response(
+            _encode({"error": "body_too_large", "detail": too_large}),
+            status_code=413,
+            media_type=JSON,
+            headers={"Connection": "close"},
+        )
 
     async def read_body(request: Request, endpoint: str) -> bytes | Response:
         if not svc.authorized(request):
@@ -269,25 +467,53 @@ def create_app(
             )
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_body:
-            metrics.error("body_too_large")
-            metrics.request(endpoint, 413)
-            return _error(413, "body_too_large", f"request body exceeds {max_body} bytes")
-        body = await request.body()
-        if len(body) > max_body:
-            metrics.error("body_too_large")
-            metrics.request(endpoint, 413)
-            return _error(413, "body_too_large", f"request body exceeds {max_body} bytes")
-        return body
+            return body_too_large(endpoint)
+        # Streamed: stop at the limit (a chunked body has no Content-Length to check up front).
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(config.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > max_body:
+                        return body_too_large(endpoint)
+                    chunks.append(chunk)
+        except TimeoutError:
+            metrics.error("body_timeout")
+            metrics.request(endpoint, 408)
+            client_error_log("body_timeout", f"body not received within {config.body_timeout_s}s")
+            return Response(
+                _encode({"error": "body_timeout", "detail": "request body not received in time"}),
+                status_code=408,
+                media_type=JSON,
+                headers={"Connection": "close"},
+            )
+        except ClientDisconnect:
+            metrics.error("client_disconnect")
+            metrics.request(endpoint, 499)
+            return Response(b"", status_code=499)  # nobody reads it; uvicorn drops it
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def invalid(endpoint: str, exc: msgspec.MsgspecError) -> Response:
-        kind = (
-            "invalid_json"
-            if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError)
-            else "validation"
-        )
+    def invalid(endpoint: str, exc: BaseException) -> Response:
+        """A body that does not decode: 422 ``validation`` when it is JSON that breaks the schema
+        (including out-of-bounds values such as ``event_ts``), 422 ``invalid_json`` for a JSON
+        syntax error, 400 ``invalid_json`` for bytes msgspec cannot even read as JSON text (invalid
+        UTF-8, nesting too deep)."""
+        if isinstance(exc, msgspec.ValidationError):
+            kind, status = "validation", 422
+        elif isinstance(exc, msgspec.DecodeError):
+            kind, status = "invalid_json", 422
+        else:
+            kind, status = "invalid_json", 400
+        detail = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        if isinstance(exc, UnicodeDecodeError):
+            detail = f"invalid UTF-8 at byte {exc.start}"
+        elif isinstance(exc, RecursionError):
+            detail = "JSON nested too deeply"
         metrics.error(kind)
-        metrics.request(endpoint, 422)
-        return _error(422, kind, str(exc))
+        metrics.request(endpoint, status)
+        client_error_log(kind, f"{endpoint}: {detail}")
+        return _error(status, kind, detail)
 
     def failure(endpoint: str, exc: BaseException) -> Response:
         if isinstance(exc, NoModel):
@@ -306,7 +532,7 @@ def create_app(
             return body
         try:
             event = _decode_event(body)
-        except msgspec.MsgspecError as exc:
+        except _CLIENT_DECODE_ERRORS as exc:
             return invalid("score", exc)
         try:
             _, results = svc.score_events([event])
@@ -324,7 +550,7 @@ def create_app(
             return body
         try:
             batch = _decode_batch(body)
-        except msgspec.MsgspecError as exc:
+        except _CLIENT_DECODE_ERRORS as exc:
             return invalid("score_batch", exc)
         if len(batch.events) > config.max_batch:
             metrics.error("batch_too_large")
@@ -352,9 +578,11 @@ def create_app(
         cur = svc.holder.current
         body = {
             "model_version": cur.version if cur else None,
+            "model_fallback": svc.holder.fallback,
             "thresholds": dict(zip(("review", "block"), svc.thresholds(cur), strict=True)) if cur else None,
             "redis": svc.breaker.status,
             "last_refused": svc.holder.last_refused[0] if svc.holder.last_refused else None,
+            "last_refusal_reason": svc.holder.last_refusal_reason,
         }
         status = 200 if svc.ready() else 503
         metrics.request("readyz", status)
@@ -364,12 +592,24 @@ def create_app(
         metrics.request("metrics", 200)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    openapi_body = _encode(openapi_document())
+
+    async def openapi(_: Request) -> Response:
+        metrics.request("openapi", 200)
+        return Response(openapi_body, media_type=JSON)
+
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         metrics.error(f"http_{exc.status_code}")
-        return _error(exc.status_code, "http_error", str(exc.detail))
+        response = _error(exc.status_code, "http_error", str(exc.detail))
+        if exc.headers:  # e.g. 405's Allow
+            response.headers.update(exc.headers)
+        return response
 
     async def server_error(_: Request, exc: Exception) -> Response:
+        if isinstance(exc, ClientDisconnect):  # the client went away: not our error
+            metrics.error("client_disconnect")
+            return Response(b"", status_code=499)
         metrics.error("internal")
         log.error("unhandled error: %s: %s", type(exc).__name__, exc)
         return _error(500, "internal", "internal error; see the service log")
@@ -393,14 +633,35 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,
     )
     app.state.service = svc
-    return app
+    shed_body = _encode({"error": "overloaded", "detail": "too many requests in progress; retry shortly"})
+    shed_headers = [
+        (b"content-type", JSON.encode()),
+        (b"content-length", str(len(shed_body)).encode()),
+        (b"retry-after", b"1"),
+    ]
+    endpoints = {"/v1/score": "score", "/v1/score/batch": "score_batch"}
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        """Requests the protocol marked for shedding get 503 at once (body unread, nothing scored)."""
+        if scope.get(SHED_KEY):
+            metrics.error("overloaded")
+            metrics.request(endpoints.get(scope.get("path", ""), "other"), 503)
+            await send({"type": "http.response.start", "status": 503, "headers": shed_headers})
+            await send({"type": "http.response.body", "body": shed_body})
+            return
+        await app(scope, receive, send)
+
+    guarded.state = app.state  # type: ignore[attr-defined]
+    guarded.app = app  # type: ignore[attr-defined]
+    return guarded
 
 
-def app_from_env() -> Starlette:
+def app_from_env() -> ASGIApp:
     """uvicorn factory (``risk_assets.serving.app:app_from_env``): config from the environment."""
     return create_app(ServeConfig.from_env(), metrics_dir=os.environ.get(ENV_METRICS_DIR) or None)

@@ -2,8 +2,9 @@
 
 Configuration comes from the environment (``risk_assets.serving.config``); it is validated here
 first so a bad setting fails with one line and exit code 2 before any worker starts. Each uvicorn
-worker then builds its app from the same environment (``app_from_env`` factory). uvloop + httptools,
-no access log (the hot path must not log per request).
+worker then builds its app from the same environment (``app_from_env`` factory). uvloop + httptools
+with the guards of ``risk_assets.serving.protocol`` (header timeout, connection cap, admission for
+load shedding), no access log (the hot path must not log per request).
 
 With more than one worker, the workers share a metrics directory so ``/metrics`` is the service's
 (``risk_assets.serving.service_metrics``): ``$RISK_SERVE_METRICS_DIR`` if set (emptied of old
@@ -80,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             workers=max(1, args.workers),
             loop="uvloop",
-            http="httptools",
+            # uvicorn's httptools protocol + header timeout, connection cap, admission (protocol.py)
+            http="risk_assets.serving.protocol:GuardedHttpToolsProtocol",
+            timeout_keep_alive=config.keepalive_s,
             access_log=False,
             log_level=args.log_level,
             timeout_graceful_shutdown=10,

@@ -22,7 +22,17 @@ variable                       meaning                                     defau
 ``RISK_MODEL_POLL_S``          champion pointer poll interval              ``2``
 ``RISK_REASONS_TOP_K``         reasons returned for review/block           ``5``
 ``RISK_MAX_BATCH``             events per ``/v1/score/batch`` request      ``1000``
-``RISK_MAX_BODY_BYTES``        request body limit                          ``4194304``
+``RISK_MAX_BODY_BYTES``        request body limit (read streamed, stops    ``4194304``
+                               at the limit, chunked bodies too)
+``RISK_BODY_TIMEOUT_S``        whole request body must arrive within       ``10``
+``RISK_HEADER_TIMEOUT_S``      a request head must arrive within           ``5``
+``RISK_KEEPALIVE_S``           idle keep-alive connection closed after     ``5``
+``RISK_MAX_CONNECTIONS``       open connections per worker (idle evicted)  ``1024``
+``RISK_MAX_INFLIGHT``          scoring requests in progress per worker;    ``64``
+                               beyond: immediate 503 ``overloaded``
+``RISK_MODEL_RETRY_S``         retry a refused champion every              ``10``
+``RISK_MODEL_VERIFY_S``        re-hash the served champion's bytes every   ``60``
+``RISK_MODEL_SIGNING_KEY``     require HMAC-signed manifests (unset: off)  —
 =============================  ==========================================  =====================
 
 Decision thresholds belong to the model: chosen at training by its policy and stored in its manifest
@@ -37,6 +47,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from risk_assets.models.registry import ENV_SIGNING_KEY
 from risk_assets.names import PREDICTIONS_TOPIC
 
 FALLBACK_REVIEW = 0.5
@@ -91,6 +102,14 @@ class ServeConfig:
     reasons_top_k: int = 5
     max_batch: int = 1000
     max_body_bytes: int = 4 * 1024 * 1024
+    body_timeout_s: float = 10.0
+    header_timeout_s: float = 5.0
+    keepalive_s: float = 5.0
+    max_connections: int = 1024
+    max_inflight: int = 64
+    model_retry_s: float = 10.0
+    model_verify_s: float = 60.0
+    signing_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.token:
@@ -106,10 +125,27 @@ class ServeConfig:
                 "thresholds must satisfy RISK_REVIEW_THRESHOLD <= RISK_BLOCK_THRESHOLD, got "
                 f"{self.review_threshold} and {self.block_threshold}"
             )
-        for name in ("redis_timeout_s", "redis_probe_s", "redis_fresh_s", "poll_s"):
+        for name in (
+            "redis_timeout_s",
+            "redis_probe_s",
+            "redis_fresh_s",
+            "poll_s",
+            "body_timeout_s",
+            "header_timeout_s",
+            "keepalive_s",
+            "model_retry_s",
+            "model_verify_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
-        for name in ("prediction_queue", "prediction_buffer", "max_batch", "max_body_bytes"):
+        for name in (
+            "prediction_queue",
+            "prediction_buffer",
+            "max_batch",
+            "max_body_bytes",
+            "max_connections",
+            "max_inflight",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
         if self.reasons_top_k < 0:
@@ -151,4 +187,12 @@ class ServeConfig:
             reasons_top_k=int(_num(e, "RISK_REASONS_TOP_K", 5, integer=True)),
             max_batch=int(_num(e, "RISK_MAX_BATCH", 1000, integer=True)),
             max_body_bytes=int(_num(e, "RISK_MAX_BODY_BYTES", 4 * 1024 * 1024, integer=True)),
+            body_timeout_s=_num(e, "RISK_BODY_TIMEOUT_S", 10.0),
+            header_timeout_s=_num(e, "RISK_HEADER_TIMEOUT_S", 5.0),
+            keepalive_s=_num(e, "RISK_KEEPALIVE_S", 5.0),
+            max_connections=int(_num(e, "RISK_MAX_CONNECTIONS", 1024, integer=True)),
+            max_inflight=int(_num(e, "RISK_MAX_INFLIGHT", 64, integer=True)),
+            model_retry_s=_num(e, "RISK_MODEL_RETRY_S", 10.0),
+            model_verify_s=_num(e, "RISK_MODEL_VERIFY_S", 60.0),
+            signing_key=e.get(ENV_SIGNING_KEY, "").encode() or None,
         )

@@ -40,6 +40,7 @@ from risk_assets.features.online_store import (
     OnlineStoreError,
     OnlineStoreUnavailable,
 )
+from risk_assets.features.spec import FeatureGroup
 from risk_assets.models.request_features import REQUEST_FEATURE_NAMES, request_features
 from risk_assets.serving.service_metrics import ServiceMetrics
 
@@ -77,13 +78,19 @@ class FeaturePlan:
         return len(self.features)
 
 
-def build_plan(features: Sequence[str], feature_groups: Mapping[str, str] | None = None) -> FeaturePlan:
+def build_plan(
+    features: Sequence[str],
+    feature_groups: Mapping[str, str] | None = None,
+    groups: Mapping[str, FeatureGroup] | None = None,
+) -> FeaturePlan:
     """The plan for a model input list; raises :class:`UnservableFeatures` naming what is unknown.
 
     ``feature_groups`` (the manifest's ``{group: version}``) is checked against the deployed group
-    definitions: a model trained on another version of a group would read rows of a different
-    feature list, so it is refused.
+    definitions (``groups``, by name; default: the deployed set): a model trained on another version
+    of a group would read rows of a different feature list, so it is refused. A helper feature
+    (``model_input=False``) is never a model input and is refused too.
     """
+    groups_by_name = GROUPS_BY_NAME if groups is None else groups
     features = tuple(features)
     if not features:
         raise UnservableFeatures("manifest lists no features")
@@ -93,13 +100,14 @@ def build_plan(features: Sequence[str], feature_groups: Mapping[str, str] | None
     request: list[tuple[str, int]] = []
     by_group: dict[str, list[tuple[int, int]]] = {}
     unknown: list[str] = []
+    helpers: list[str] = []
     positions: dict[str, dict[str, int]] = {}
     for idx, name in enumerate(features):
         if name in request_names:
             request.append((name, idx))
             continue
         group_name, sep, feature = name.partition(GROUP_SEPARATOR)
-        group = GROUPS_BY_NAME.get(group_name) if sep else None
+        group = groups_by_name.get(group_name) if sep else None
         if group is None:
             unknown.append(name)
             continue
@@ -107,21 +115,26 @@ def build_plan(features: Sequence[str], feature_groups: Mapping[str, str] | None
         if feature not in pos:
             unknown.append(name)
             continue
+        if feature in group.helper_feature_names:
+            helpers.append(name)
+            continue
         by_group.setdefault(group_name, []).append((idx, pos[feature]))
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
         raise UnservableFeatures(f"{len(unknown)} feature(s) unknown to this service: {shown}")
+    if helpers:
+        raise UnservableFeatures(f"helper feature(s) are not model inputs (model_input=False): {helpers[:5]}")
     stale = {
-        g: (v, GROUPS_BY_NAME[g].version)
+        g: (v, groups_by_name[g].version)
         for g, v in (feature_groups or {}).items()
-        if g in by_group and GROUPS_BY_NAME[g].version != v
+        if g in by_group and groups_by_name[g].version != v
     }
     if stale:
         detail = ", ".join(f"{g} trained on {v}, deployed {d}" for g, (v, d) in sorted(stale.items()))
         raise UnservableFeatures(f"feature group version mismatch: {detail}")
     groups = []
     for group_name, pairs in by_group.items():
-        layout = group_layout(GROUPS_BY_NAME[group_name])
+        layout = group_layout(groups_by_name[group_name])
         dest = np.array([d for d, _ in pairs], dtype=np.intp)
         src = np.array([s for _, s in pairs], dtype=np.intp)
         whole = len(src) == len(layout.features) and bool(np.all(src == np.arange(len(src))))

@@ -14,8 +14,21 @@ version refused), it
 
 then swaps it in with a single reference assignment (``holder.current = new``). A request reads
 ``holder.current`` once and uses that object to the end, so in-flight requests finish on the old
-model and no request ever sees a half-loaded one. A refused version is logged, counted in metrics,
-recorded as ``last_refused`` and not retried until the pointer changes; the old model keeps serving.
+model and no request ever sees a half-loaded one.
+
+With a manifest signing key (``RISK_MODEL_SIGNING_KEY``, see ``risk_assets.models.registry``) step 1
+also requires the manifest's HMAC signature → refusal ``unsigned`` / ``bad_signature``: a booster
+altered together with a consistent manifest is not served.
+
+A refused version is logged and counted once, recorded as ``last_refused``, and the model already
+in memory keeps serving. The refused ``(version, sha256)`` is retried every ``retry_s`` (the bytes
+may be repaired in place: a re-upload, a restored backup) and served as soon as it verifies. When
+nothing is in memory yet (a restart onto a corrupt champion, or an unreadable pointer) the holder
+falls back to the newest earlier champion of the audit trail that verifies (``fallback`` is then
+true, in ``/readyz`` and ``/metrics``) instead of answering every request with 503. Every
+``verify_s`` the served champion's bytes in the lake are re-hashed, so a corruption is noticed
+(logged once, ``risk_model_champion_intact 0``) while the process runs, not only at the next
+restart.
 """
 
 from __future__ import annotations
@@ -65,17 +78,29 @@ class LoadedModel:
         return self.plan.features
 
 
-def load_version(lake: Lake, version: str, expected_sha256: str) -> LoadedModel:
+def load_version(
+    lake: Lake, version: str, expected_sha256: str, signing_key: bytes | None = None
+) -> LoadedModel:
     """Load and validate ``version``; raises :class:`ModelRefused` (never anything else for bad
-    model content — lake I/O errors propagate as ``OSError``/botocore errors)."""
+    model content — lake I/O errors propagate as ``OSError``/botocore errors). ``signing_key``:
+    require a valid manifest signature (``None``: signing off)."""
     try:
         manifest = registry.load_manifest(lake, version)
+    except FileNotFoundError:
+        raise ModelRefused("missing", f"manifest of {version} is missing") from None
     except (ValueError, KeyError) as exc:
         raise ModelRefused("bad_manifest", f"manifest of {version} unreadable: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise ModelRefused("bad_manifest", f"manifest of {version} is not an object")
     if manifest.get("model_sha256") not in (None, expected_sha256):
         raise ModelRefused("sha_mismatch", f"{version}: champion pointer sha256 differs from the manifest's")
+    failure = registry.signature_failure(manifest, signing_key)
+    if failure is not None:
+        raise ModelRefused(*failure)
     try:
         data = registry.load_model_bytes(lake, version, expected_sha256)
+    except FileNotFoundError:
+        raise ModelRefused("missing", f"model.ubj of {version} is missing") from None
     except ValueError as exc:
         raise ModelRefused("sha_mismatch", str(exc)) from None
     booster = xgb.Booster()
@@ -118,21 +143,40 @@ def load_version(lake: Lake, version: str, expected_sha256: str) -> LoadedModel:
 class ModelHolder:
     """Holds the served model and reloads it when the champion pointer changes."""
 
-    def __init__(self, lake: Lake, metrics: ServiceMetrics, poll_s: float) -> None:
+    def __init__(
+        self,
+        lake: Lake,
+        metrics: ServiceMetrics,
+        poll_s: float,
+        *,
+        retry_s: float = 10.0,
+        verify_s: float = 60.0,
+        signing_key: bytes | None = None,
+        max_fallbacks: int = 5,
+    ) -> None:
         self.lake = lake
         self.metrics = metrics
         self.poll_s = poll_s
+        self.retry_s = retry_s
+        self.verify_s = verify_s
+        self.signing_key = signing_key
+        self.max_fallbacks = max_fallbacks
         self.current: LoadedModel | None = None
+        self.fallback = False  # serving an earlier champion because the current one was refused
+        self.champion_intact = True  # the served champion's bytes in the lake still match
         self.last_refused: tuple[str, str] | None = None
         self.last_refusal_reason: str | None = None
         self.last_check_ok = 0.0
+        self._refused_at = 0.0
+        self._verified_at = 0.0
         self._pointer_error_logged = False
         self._io_error_logged: tuple[str, str] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def check_once(self) -> bool:
-        """Read the pointer; load and swap in a new champion if it changed. True if swapped."""
+        """Read the pointer; load and swap in a new champion if it changed (or a refused one was
+        repaired). True if swapped."""
         try:
             champ = registry.champion(self.lake)
         except Exception as exc:
@@ -140,6 +184,11 @@ class ModelHolder:
             if not self._pointer_error_logged:
                 log.warning("cannot read the champion pointer: %s: %s", type(exc).__name__, exc)
                 self._pointer_error_logged = True
+            content_error = isinstance(exc, ValueError | TypeError | KeyError)  # not lake I/O
+            now = time.monotonic()
+            if self.current is None and content_error and now - self._refused_at >= self.retry_s:
+                self._refused_at = now
+                self._fall_back("(unreadable champion.json)")
             return False
         self._pointer_error_logged = False
         self.last_check_ok = time.time()
@@ -147,23 +196,17 @@ class ModelHolder:
             return False
         wanted = (champ.version, champ.model_sha256)
         cur = self.current
-        if cur is not None and (cur.version, cur.model_sha256) == wanted:
+        now = time.monotonic()
+        if cur is not None and (cur.version, cur.model_sha256) == wanted and not self.fallback:
+            if now - self._verified_at >= self.verify_s:
+                self._verify_served(cur)
             return False
-        if wanted == self.last_refused:
+        if wanted == self.last_refused and now - self._refused_at < self.retry_s:
             return False
         try:
-            model = load_version(self.lake, champ.version, champ.model_sha256)
+            model = load_version(self.lake, champ.version, champ.model_sha256, self.signing_key)
         except ModelRefused as exc:
-            self.last_refused = wanted
-            self.last_refusal_reason = exc.reason
-            self.metrics.refused(exc.reason)
-            log.error(
-                "refused champion %s (%s): %s; still serving %s",
-                champ.version,
-                exc.reason,
-                exc,
-                cur.version if cur else "nothing",
-            )
+            self._refused(wanted, exc, cur)
             return False
         except Exception as exc:  # lake I/O trouble: retry at the next poll, say it once
             self.metrics.error("model_load_io")
@@ -171,17 +214,101 @@ class ModelHolder:
                 self._io_error_logged = wanted
                 log.warning("could not read champion %s: %s: %s", champ.version, type(exc).__name__, exc)
             return False
+        repaired = wanted == self.last_refused
+        self._swap(model, cur)
+        if repaired:
+            log.warning("champion %s verifies again (repaired): serving it", model.version)
+        return True
+
+    def _swap(self, model: LoadedModel, previous: LoadedModel | None, *, fallback: bool = False) -> None:
         self.current = model  # the atomic swap
-        self.last_refused = None
-        self.last_refusal_reason = None
+        self.fallback = fallback
+        self.champion_intact = True
+        self._verified_at = time.monotonic()
+        if not fallback:
+            self.last_refused = None
+            self.last_refusal_reason = None
         self.metrics.model_reloads["loaded"] += 1
         log.info(
-            "serving model %s (%d features, previous %s)",
+            "serving model %s (%d features, previous %s%s)",
             model.version,
             model.plan.n,
-            cur.version if cur else "none",
+            previous.version if previous else "none",
+            ", fallback" if fallback else "",
         )
-        return True
+
+    def _refused(self, wanted: tuple[str, str], exc: ModelRefused, cur: LoadedModel | None) -> None:
+        new = wanted != self.last_refused or exc.reason != self.last_refusal_reason
+        self.last_refused = wanted
+        self.last_refusal_reason = exc.reason
+        self._refused_at = time.monotonic()
+        if new:  # a retry that fails the same way is neither logged nor counted again
+            self.metrics.refused(exc.reason)
+            log.error(
+                "refused champion %s (%s): %s; still serving %s; retrying every %gs",
+                wanted[0],
+                exc.reason,
+                exc,
+                cur.version if cur else "nothing",
+                self.retry_s,
+            )
+        if cur is None:
+            self._fall_back(wanted[0])
+
+    def _fall_back(self, refused_version: str) -> None:
+        """Nothing in memory and the champion refused: serve the newest earlier champion that verifies."""
+        try:
+            trail = registry.audit_trail(self.lake)
+        except Exception as exc:
+            log.warning("no fallback: cannot read the audit trail: %s: %s", type(exc).__name__, exc)
+            return
+        seen = {refused_version}
+        tried = 0
+        for entry in reversed(trail):
+            version = entry.get("version")
+            if entry.get("action") not in ("promote", "rollback") or not isinstance(version, str):
+                continue
+            if version in seen:
+                continue
+            seen.add(version)
+            tried += 1
+            if tried > self.max_fallbacks:
+                break
+            try:
+                sha = registry.load_manifest(self.lake, version).get("model_sha256", "")
+                model = load_version(self.lake, version, sha, self.signing_key)
+            except Exception as exc:
+                log.warning("fallback candidate %s refused: %s", version, exc)
+                continue
+            log.warning(
+                "champion %s refused: serving the earlier champion %s as a fallback", refused_version, version
+            )
+            self._swap(model, None, fallback=True)
+            return
+        log.error("no earlier champion verifies: nothing to serve until the champion is repaired")
+
+    def _verify_served(self, cur: LoadedModel) -> None:
+        """Re-hash the served champion's bytes in the lake; log a change of state once."""
+        self._verified_at = time.monotonic()
+        try:
+            registry.load_model_bytes(self.lake, cur.version, cur.model_sha256)
+            intact = True
+        except ValueError:
+            intact = False
+        except Exception:  # lake I/O: not a verdict about the bytes
+            return
+        if intact != self.champion_intact:
+            if intact:
+                log.warning("champion %s bytes in the lake match again", cur.version)
+            else:
+                self.metrics.error("champion_corrupt_in_lake")
+                log.error(
+                    "champion %s: model.ubj in the lake no longer matches its sha256 (still serving the "
+                    "copy loaded at %s; a restart would fall back)",
+                    cur.version,
+                    time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cur.loaded_at)),
+                )
+        self.champion_intact = intact
 
     def start(self) -> None:
         """Load the champion now (if any), then keep polling in a daemon thread."""
@@ -218,6 +345,15 @@ class ModelHolder:
             "# HELP risk_model_pointer_checked_timestamp_seconds Last successful read of champion.json.",
             "# TYPE risk_model_pointer_checked_timestamp_seconds gauge",
             f"risk_model_pointer_checked_timestamp_seconds {self.last_check_ok}",
+            "# HELP risk_model_fallback 1 while an earlier champion serves (the current one was refused).",
+            "# TYPE risk_model_fallback gauge",
+            f"risk_model_fallback {int(self.fallback)}",
+            "# HELP risk_model_champion_intact 0 when the served champion's lake bytes stopped matching.",
+            "# TYPE risk_model_champion_intact gauge",
+            f"risk_model_champion_intact {int(self.champion_intact)}",
+            "# HELP risk_model_champion_refused 1 while the champion pointer names a refused version.",
+            "# TYPE risk_model_champion_refused gauge",
+            f"risk_model_champion_refused {int(self.last_refused is not None)}",
         ]
         return out
 

@@ -74,6 +74,9 @@ GAUGE_RULES: dict[str, str] = {
     "risk_model_loaded_timestamp_seconds": "min",
     "risk_model_features": "max",
     "risk_model_pointer_checked_timestamp_seconds": "min",
+    "risk_model_fallback": "max",
+    "risk_model_champion_refused": "max",
+    "risk_model_champion_intact": "min",
     "process_start_time_seconds": "min",
 }
 """How a gauge of several live workers becomes one value; a gauge not listed here is summed

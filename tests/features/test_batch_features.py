@@ -16,6 +16,7 @@ from risk_assets.events.schema import ARCHIVE_EVENT_COLUMNS, ARCHIVE_LABEL_COLUM
 from risk_assets.features.batch import compute_feature_group, compute_feature_groups
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.spec import (
+    CARD,
     DEVICE,
     USER,
     USER_WALLET,
@@ -150,7 +151,10 @@ def oracle(
                 if isinstance(f, Ratio):
                     continue
                 w = f.window // timedelta(milliseconds=1)
-                m = [e for e in es if t - w < e["event_ts"] <= t and all(c.matches(e) for c in f.where)]
+                o = f.offset // timedelta(milliseconds=1)
+                m = [
+                    e for e in es if t - o - w < e["event_ts"] <= t - o and all(c.matches(e) for c in f.where)
+                ]
                 if isinstance(f, LabelAggregate):
                     row[f.name] = _oracle_label(f, m, t, labels or [])
                 else:
@@ -158,7 +162,10 @@ def oracle(
             for f in group.features:
                 if isinstance(f, Ratio):
                     num, den = row[f.numerator], row[f.denominator]
-                    row[f.name] = None if num is None or den is None or den == 0 else num / den
+                    if den is None or den == 0:
+                        row[f.name] = 0.0 if f.empty == "zero" else None
+                    else:
+                        row[f.name] = None if num is None else num / den
             out.append(row)
     return out
 
@@ -195,7 +202,8 @@ def _oracle_label(f: LabelAggregate, m: list[dict[str, Any]], t: int, labels: li
     n = sum(1 for e in m if e["event_id"] in known and known[e["event_id"]] <= t - d)
     if f.kind == "label_count":
         return n
-    return n / len(m) if m else None
+    base = m if f.denominator == "all" else [e for e in m if e["event_ts"] <= t - d]
+    return n / len(base) if base else None
 
 
 def assert_matches(group: FeatureGroup, got: pl.DataFrame, expected: list[dict[str, Any]]) -> None:
@@ -306,6 +314,193 @@ def test_label_aggregates_match_oracle(seed: int) -> None:
     expected = oracle(group, rows, T0_MS + 2 * 3_600_000, T0_MS + 10 * 3_600_000, labels)
     assert any(r["fraud_n_6h"] for r in expected)
     assert_matches(group, got, expected)
+
+
+def offset_group(entity: Entity, name: str = "offsets") -> FeatureGroup:
+    """Every aggregation kind with an offset (shorter, equal to and longer than its window), a
+    matured label rate, and ratios with both empty values."""
+    money = event_type("deposit", "withdrawal", "card_payment", "p2p_trade")
+    lab = {"label_filters": (label_where("label_type", "eq", "chargeback"),)}
+    return FeatureGroup(
+        name=name,
+        entity=entity,
+        description="every aggregation kind, delayed",
+        owner="tests",
+        source_event_types=ALL,
+        features=(
+            count("n_1h_o20m", hours(1), offset=minutes(20)),
+            count("n_20m_o1h", minutes(20), offset=hours(1), model_input=False),
+            count("logins_1h_o1h", hours(1), event_type("login"), offset=hours(1)),
+            sum_of("usd_1h_o30m", AMT, hours(1), money, offset=minutes(30)),
+            mean_of("mean_usd_2h_o1h", AMT, hours(2), offset=hours(1)),
+            min_of("min_usd_30m_o2h", AMT, minutes(30), offset=hours(2)),
+            max_of("max_usd_1h_o20s", AMT, hours(1), offset=timedelta(seconds=20)),
+            min_of("min_asn_1h_o1m", "ip_asn", hours(1), offset=minutes(1)),
+            distinct_count("devices_1h_o40m", "device_id", hours(1), offset=minutes(40)),
+            distinct_count("countries_3h_o1h", "ip_country", hours(3), offset=hours(1)),
+            last_value("last_country_2h_o30m", "ip_country", hours(2), offset=minutes(30)),
+            last_value("last_usd_1h_o1h", AMT, hours(1), offset=hours(1)),
+            time_since_last("since_1h_o10m", hours(1), offset=minutes(10)),
+            time_since_last("since_sec_3h_o1h", hours(3), event_type("security_change"), offset=hours(1)),
+            label_count("fraud_n_3h_o1h", hours(3), hours(1), offset=hours(1)),
+            label_count("cb_n_2h_o30m_d2h", hours(2), hours(2), offset=minutes(30), **lab),
+            label_rate("rate_3h_d1h", hours(3), hours(1)),
+            label_rate("rate_3h_d1h_matured", hours(3), hours(1), denominator="matured"),
+            label_rate("rate_2h_o30m_d1h_m", hours(2), hours(1), offset=minutes(30), denominator="matured"),
+            label_rate("rate_1h_o2h_d1h_m", hours(1), hours(1), offset=hours(2), denominator="matured"),
+            ratio("share_null", "n_20m_o1h", "logins_1h_o1h"),
+            ratio("share_zero", "n_20m_o1h", "logins_1h_o1h", empty="zero"),
+            ratio("usd_per_mean_zero", "usd_1h_o30m", "mean_usd_2h_o1h", empty="zero"),
+        ),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("entity", [USER, DEVICE, USER_WALLET])
+def test_offsets_on_every_aggregation_match_oracle(seed: int, entity: Entity) -> None:
+    """Offsets on every kind (incl. label aggregates and the matured denominator) against the
+    oracle. Timestamps on a 20 s grid and offsets/windows that are multiples of it put events
+    exactly on window edges all the time."""
+    rows = random_events(seed, n=500)
+    labels = random_labels(seed, rows)
+    group = offset_group(entity)
+    start, end = T0 + hours(4), T0 + hours(10)
+    got = compute_feature_group(
+        group, to_frame(rows, ARCHIVE_EVENT_COLUMNS), start, end, to_frame(labels, ARCHIVE_LABEL_COLUMNS)
+    )
+    expected = oracle(group, rows, T0_MS + 4 * 3_600_000, T0_MS + 10 * 3_600_000, labels)
+    assert len(expected) > 20
+    assert any(r["share_zero"] == 0.0 and r["share_null"] is None for r in expected)
+    assert any(r["rate_3h_d1h_matured"] != r["rate_3h_d1h"] for r in expected)
+    assert_matches(group, got, expected)
+
+
+@pytest.mark.parametrize("offset_ms", [1, 60_000, 3_600_000, 7_200_000])
+def test_offset_window_edges_at_one_millisecond(offset_ms: int) -> None:
+    """Window (t − o − w, t − o]: probes at t − o − w (out), t − o − w + 1 (in), t − o (in) and
+    t − o + 1 (out) — for every aggregation kind, checked against the oracle and by hand."""
+    w = 3_600_000
+    t = T0_MS + 5 * 3_600_000
+    probes = [t - offset_ms - w, t - offset_ms - w + 1, t - offset_ms, t - offset_ms + 1]
+    amounts = [1.0, 10.0, 100.0, 1000.0]
+    rows = []
+    for i, (ts, amt) in enumerate(zip(probes, amounts, strict=True)):
+        r: dict[str, Any] = {c: None for c in ARCHIVE_EVENT_COLUMNS}
+        r.update(event_id=f"p{i}", event_type="withdrawal", event_ts=ts, user_id="u", amount_usd=amt,
+                 wallet_address=f"w{i}", ip_asn=i)  # fmt: skip
+        rows.append(r)
+    anchor: dict[str, Any] = {c: None for c in ARCHIVE_EVENT_COLUMNS}
+    anchor.update(event_id="a", event_type="login", event_ts=t, user_id="u", success=True)
+    rows.append(anchor)
+    labels = [
+        {"label_id": f"l{i}", "label_type": "chargeback", "schema_version": 1, "event_id": r["event_id"],
+         "event_ts": r["event_ts"], "label_ts": r["event_ts"], "user_id": "u", "scenario": "ato",
+         "ingest_ts": r["event_ts"]}
+        for i, r in enumerate(rows[:4])
+    ]  # fmt: skip
+    o, win = timedelta(milliseconds=offset_ms), timedelta(milliseconds=w)
+    wd = event_type("withdrawal")
+    group = FeatureGroup(
+        name="edges", entity=USER, description="d", owner="o", source_event_types=("withdrawal", "login"),
+        features=(
+            count("n", win, wd, offset=o), sum_of("usd", AMT, win, offset=o),
+            mean_of("mean", AMT, win, offset=o),
+            min_of("mn", AMT, win, offset=o), max_of("mx", AMT, win, offset=o),
+            distinct_count("wallets", "wallet_address", win, offset=o),
+            last_value("last_asn", "ip_asn", win, wd, offset=o), time_since_last("since", win, wd, offset=o),
+            label_count("lab", win, timedelta(0), offset=o), label_rate("rate", win, timedelta(0), offset=o),
+        ),
+    )  # fmt: skip
+    got = compute_feature_group(
+        group,
+        to_frame(rows, ARCHIVE_EVENT_COLUMNS),
+        T0,
+        T0 + days(1),
+        to_frame(labels, ARCHIVE_LABEL_COLUMNS),
+    ).filter(pl.col("event_ts").dt.epoch("ms") == t)
+    expected = oracle(group, rows, t, t + 1, labels)
+    assert_matches(group, got, expected)
+    # By hand: only the probes at t − o − w + 1 (10.0, w1, asn 1) and t − o (100.0, w2, asn 2) count.
+    row = got.row(0, named=True)
+    assert (row["n"], row["usd"], row["mean"], row["mn"], row["mx"]) == (2, 110.0, 55.0, 10.0, 100.0)
+    assert (row["wallets"], row["last_asn"], row["since"]) == (2, 2, offset_ms / 1000)
+    assert (row["lab"], row["rate"]) == (2, 1.0)
+
+
+def test_matured_label_rate_divides_by_matured_events_only() -> None:
+    """A terminal-style delayed fraud rate: events 10 days and 2 days old, the old one labelled.
+    With D = 7 days only the old event is matured: rate 1/1 (not 1/2, which the default gives)."""
+    t = T0_MS + 20 * 86_400_000
+    rows = []
+    for i, age_days in enumerate((10, 2, 0)):
+        r: dict[str, Any] = {c: None for c in ARCHIVE_EVENT_COLUMNS}
+        r.update(event_id=f"e{i}", event_type="card_payment", event_ts=t - age_days * 86_400_000,
+                 user_id="u", card_id="c", amount_usd=5.0)  # fmt: skip
+        rows.append(r)
+    label = {"label_id": "l", "label_type": "chargeback", "schema_version": 1, "event_id": "e0",
+             "event_ts": rows[0]["event_ts"], "label_ts": rows[0]["event_ts"] + 86_400_000, "user_id": "u",
+             "scenario": "card_testing", "ingest_ts": t}  # fmt: skip
+    group = FeatureGroup(
+        name="matured", entity=CARD, description="d", owner="o", source_event_types=("card_payment",),
+        features=(label_rate("all", days(90), days(7)),
+                  label_rate("matured", days(90), days(7), denominator="matured"),
+                  label_rate("matured_o", days(30), days(7), offset=days(7), denominator="matured")),
+    )  # fmt: skip
+    out = compute_feature_group(
+        group,
+        to_frame(rows, ARCHIVE_EVENT_COLUMNS),
+        T0,
+        T0 + days(30),
+        to_frame([label], ARCHIVE_LABEL_COLUMNS),
+    )
+    last = out.filter(pl.col("event_ts").dt.epoch("ms") == t).row(0, named=True)
+    assert (last["all"], last["matured"], last["matured_o"]) == (pytest.approx(1 / 3), 1.0, 1.0)
+    first = out.row(0, named=True)  # the old event's own row: not matured yet at its own time
+    assert (first["all"], first["matured"], first["matured_o"]) == (0.0, None, None)
+
+
+def test_offset_features_through_the_point_in_time_join_are_the_oracle_at_the_last_row() -> None:
+    """Offline rows of delayed windows joined to a spine (as training sets are, at ``t − 1 ms``):
+    every value equals the oracle at the entity's latest row before the spine time, so no event
+    later than (that row − offset) can reach a training example."""
+    from risk_assets.features.offline_store import with_created_ts
+    from risk_assets.features.point_in_time import FeatureTable, point_in_time_join
+
+    rows = random_events(4, n=500)
+    labels = random_labels(4, rows)
+    group = offset_group(USER)
+    events = to_frame(rows, ARCHIVE_EVENT_COLUMNS).with_columns(pl.col("event_ts").alias("ingest_ts"))
+    start, end = T0 + hours(4), T0 + hours(10)
+    offline = with_created_ts(
+        compute_feature_group(group, events, start, end, to_frame(labels, ARCHIVE_LABEL_COLUMNS)),
+        group,
+        events,
+    )
+    rng = random.Random(7)
+    spine_ms = [T0_MS + 4 * 3_600_000 + rng.randrange(0, 6 * 3_600_000) for _ in range(300)]
+    spine = pl.DataFrame(
+        {"user_id": [rng.choice(["u0", "u1", "u2", "u3", "u4"]) for _ in spine_ms], "t": spine_ms}
+    ).with_columns(pl.col("t").cast(pl.Datetime("ms", "UTC")))
+    table = FeatureTable(group.name, offline, ["user_id"], "event_ts", "created_ts")
+    joined = point_in_time_join(spine, [table], spine_timestamp="t").to_dicts()
+    by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in oracle(group, rows, T0_MS + 4 * 3_600_000, T0_MS + 10 * 3_600_000, labels):
+        by_user[r["user_id"]].append(r)
+    matched = 0
+    for j, s_ms in zip(joined, spine_ms, strict=True):
+        before = [r for r in by_user[j["user_id"]] if r["event_ts"] <= s_ms]
+        if not before:
+            assert all(j[f"{group.name}__{f}"] is None for f in group.feature_names)
+            continue
+        expected = before[-1]
+        matched += 1
+        for f in group.feature_names:
+            got, exp = j[f"{group.name}__{f}"], expected[f]
+            if isinstance(exp, float) and got is not None:
+                assert math.isclose(got, exp, rel_tol=1e-9, abs_tol=1e-9), (f, got, exp)
+            else:
+                assert got == exp, (f, got, exp)
+    assert matched > 200
 
 
 def test_full_range_lazy_input_and_missing_columns() -> None:

@@ -54,3 +54,21 @@ def test_the_column_schema_in_the_ui_describes_every_column() -> None:
         schema: dg.TableSchema = spec.metadata["dagster/column_schema"]
         assert [c.name for c in schema.columns] == [*group.schema(), "created_ts"]
         assert all(c.description for c in schema.columns), group.name
+
+
+def test_offsets_matured_rates_and_ratio_empty_values_are_described() -> None:
+    delayed = s.count("n", s.days(30), offset=s.days(7))
+    assert generated_description(delayed, ("card_payment",)) == (
+        "Number of card_payment events in the last 30d. "
+        "Delayed window: events between 37d and 7d before the as-of time."
+    )
+    rate = s.label_rate("r", s.days(90), s.days(7), offset=s.days(7), denominator="matured")
+    assert "known at least 7d before the as-of time among those at least that old" in generated_description(
+        rate
+    )
+    assert (
+        generated_description(s.ratio("r", "a", "b", empty="zero"))
+        == "a / b (0 when the denominator is 0 or null)."
+    )
+    group = s.FeatureGroup("g", s.USER, "d", "o", ("login",), (delayed, s.ratio("q", "n", "n", empty="zero")))
+    assert catalog_frame([group])["window"].to_list() == ["30d offset 7d", ""]

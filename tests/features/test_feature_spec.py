@@ -15,9 +15,11 @@ import pytest
 from risk_assets.features.groups import FEATURE_GROUPS, GROUPS_BY_NAME
 from risk_assets.features.spec import (
     DEVICE,
+    MAX_WINDOW,
     USER,
     Entity,
     FeatureGroup,
+    LabelAggregate,
     Where,
     count,
     days,
@@ -25,6 +27,7 @@ from risk_assets.features.spec import (
     event_type,
     format_window,
     hours,
+    label_count,
     label_rate,
     label_where,
     last_value,
@@ -157,7 +160,14 @@ def test_starter_set_versions_are_distinct_and_json_round_trips() -> None:
     ("build", "message"),
     [
         (lambda: count("n", timedelta(seconds=30)), "window"),
-        (lambda: count("n", days(31)), "window"),
+        (lambda: count("n", days(367)), "window"),
+        (lambda: count("n", days(90), offset=days(367)), "offset"),
+        (lambda: count("n", days(90), offset=timedelta(days=-1)), "offset"),
+        (lambda: count("n", days(1), offset=timedelta(microseconds=1)), "whole milliseconds"),
+        (lambda: label_rate("r", days(1), days(2), offset=days(1)), "availability_delay"),
+        (lambda: LabelAggregate("r", "label_count", days(1), hours(1), denominator="matured"), "label_rate"),
+        (lambda: label_rate("r", days(1), hours(1), denominator="some"), "denominator"),
+        (lambda: ratio("r", "a", "b", empty="nan"), "empty"),
         (lambda: count("Bad-Name", hours(1)), "snake_case"),
         (lambda: max_of("m", "user_id", hours(1)), "numeric"),
         (lambda: sum_of("s", "nope", hours(1)), "archive event column"),
@@ -259,3 +269,61 @@ def test_starter_set_is_a_real_set() -> None:
     for g in FEATURE_GROUPS:
         assert g.description and g.owner
         assert {f.name for f in g.features} == set(g.feature_names)
+
+
+# ---------------------------------------------------------------------------------------------
+# Offsets, long windows, matured label rates, ratio empty values, helper features
+# ---------------------------------------------------------------------------------------------
+def test_long_windows_with_offsets_are_accepted_and_set_the_lookback() -> None:
+    """90 days + a 7-day offset (the card-fraud baseline's delayed terminal windows) is valid; the
+    lookback is window + offset (before: windows were capped at 30 days including the delay)."""
+    g = tiny(
+        features=(
+            count("n_90d_d7", days(90), offset=days(7)),
+            label_rate("rate_90d_d7", days(90), days(7), offset=days(7), denominator="matured"),
+            sum_of("usd_366d", "amount_usd", MAX_WINDOW, offset=days(30)),
+            label_count("n_30d_d7", days(30), days(7)),
+        )
+    )
+    assert g.max_window == MAX_WINDOW + days(30)
+    assert g.metadata()["max_window"] == "396d"
+    assert g.feature("n_90d_d7").lookback == days(97)
+    assert label_rate("r", days(1), days(2), offset=days(2)).availability_delay == days(2)  # D < w + o
+
+
+def test_default_options_keep_versions_and_every_option_changes_them() -> None:
+    base = tiny()
+    f0, f1, f2 = base.features
+    same = tiny(
+        features=(dataclasses.replace(f0, offset=timedelta(0)), f1, dataclasses.replace(f2, empty="null"))
+    )
+    assert same.version == base.version == "eb8a2a440205"
+    versions = {
+        tiny(features=(dataclasses.replace(f0, offset=hours(1)), f1, f2)).version,
+        tiny(features=(f0, f1, dataclasses.replace(f2, empty="zero"))).version,
+        base.version,
+    }
+    assert len(versions) == 3
+    all_rate = tiny(features=(label_rate("r", days(30), days(7)),))
+    matured = tiny(features=(label_rate("r", days(30), days(7), denominator="matured"),))
+    assert all_rate.version != matured.version
+    assert json.loads(matured.canonical_json())["features"][0]["denominator"] == "matured"
+    # model_input is not a value: it does not change the version.
+    helper = tiny(features=(dataclasses.replace(f0, model_input=False), f1, f2))
+    assert helper.version == base.version
+
+
+def test_helper_features_are_not_model_inputs() -> None:
+    g = tiny(
+        features=(
+            count("logins_1h", hours(1), model_input=False),
+            sum_of("usd_24h", "amount_usd", hours(24), model_input=False),
+            ratio("usd_per_login", "usd_24h", "logins_1h", empty="zero"),
+        )
+    )
+    assert g.feature_names == ("logins_1h", "usd_24h", "usd_per_login")
+    assert g.model_feature_names == ("usd_per_login",)
+    assert g.helper_feature_names == ("logins_1h", "usd_24h")
+    assert g.metadata()["helper_features"] == ["logins_1h", "usd_24h"]
+    assert "helper_features" not in tiny().metadata()
+    assert tiny().model_feature_names == tiny().feature_names

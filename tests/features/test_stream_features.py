@@ -273,3 +273,65 @@ def test_empty_batch_and_unknown_group(state):
     assert all(f.height == 0 for f in out.values())
     with pytest.raises(ValueError, match="not part of the stream state"):
         process_events(_frame([_login(0, T0, T0)]), [GROUPS_BY_NAME["ato_user"]], state)
+
+
+def test_offset_windows_stream_equal_batch(session_stack, key_prefix, sim):
+    """A stream group whose features all have offsets (availability delays): the state keeps
+    window + offset of events per entity, and every row whose delayed window was complete equals
+    the batch value."""
+    from risk_assets.features.spec import IP, count, distinct_count, hours, max_of, minutes, time_since_last
+
+    group = FeatureGroup(
+        name="ip_delayed", entity=IP, description="delayed ip windows", owner="tests",
+        source_event_types=("login", "withdrawal"),
+        features=(
+            count("logins_30m_o1h", minutes(30), offset=hours(1)),
+            distinct_count("users_1h_o30m", "user_id", hours(1), offset=minutes(30)),
+            max_of("usd_max_20m_o10m", "amount_usd", minutes(20), offset=minutes(10)),
+            time_since_last("since_1h_o5m", hours(1), offset=minutes(5)),
+        ),
+    )  # fmt: skip
+    assert group.max_window == timedelta(hours=1, minutes=30)
+    cfg, events = sim
+    chunk = 4000
+    with StreamState.from_url(session_stack.redis_url, [group], namespace=key_prefix + "off") as st:
+        assert st.max_window_ms == _ms(group.max_window)
+        st.mark_complete()
+        parts = []
+        for b, i in enumerate(range(0, events.height, chunk)):
+            out = process_events(events.slice(i, chunk), None, st)[group.name]
+            parts.append(out.with_columns(pl.lit(b).alias("_batch")))
+        st.delete_all()
+    rows = pl.concat(parts)
+    end = events["event_ts"].max() + timedelta(milliseconds=1)
+    ref = compute_feature_groups([group], events, cfg.start, end)[group.name]
+    keys = ["ip"]
+    batch_of = events.select("event_id", (pl.col("_offset") // chunk).alias("_ebatch"))
+    gev = (
+        events.filter(pl.col("event_type").is_in(["login", "withdrawal"]), pl.col("ip").is_not_null())
+        .join(batch_of, on="event_id")
+        .select(*keys, pl.col("event_ts").alias("_ets"), "_ebatch")
+    )
+    late = (
+        rows.with_row_index("_row")
+        .join(gev, on=keys)
+        .filter((pl.col("_ebatch") > pl.col("_batch")) & (pl.col("_ets") <= pl.col("event_ts")))
+        .group_by("_row")
+        .agg(pl.col("_ets").max().alias("_late_ts"))
+    )
+    both = (
+        rows.with_row_index("_row")
+        .join(late, on="_row", how="left")
+        .join(ref, on=[*keys, "event_ts"], how="left", suffix="_ref")
+    )
+    gap = (pl.col("event_ts") - pl.col("_late_ts")).dt.total_milliseconds()
+    complete = both.select(pl.col("_late_ts").is_null() | (gap >= _ms(group.max_window))).to_series()
+    equal = both.select(
+        pl.all_horizontal(
+            [_equal(pl.col(f), pl.col(f + "_ref"), group.schema()[f]) for f in group.feature_names]
+        )
+    ).to_series()
+    assert rows.height == ref.height > 1000
+    assert complete.mean() > 0.8
+    assert equal.filter(complete).all()
+    assert both["logins_30m_o1h"].max() > 0 and both["users_1h_o30m"].max() > 1

@@ -4,6 +4,7 @@ compared with the hand-written rules baseline on the same test split."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -353,3 +354,157 @@ def test_end_to_end_model_beats_rules_on_simulated_traffic() -> None:
     }
     assert json.loads(json.dumps(manifest)) == manifest
     assert sum(m.feature_importance.values()) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Label dtypes, date splits, optional validation, per-entity precision@k, known entities
+def with_users(frame: pl.DataFrame, n_users: int = 300, seed: int = 4) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    return frame.with_columns(pl.Series("user_id", [f"u{i}" for i in rng.integers(0, n_users, frame.height)]))
+
+
+@pytest.mark.parametrize("dtype", [pl.Int8, pl.Int64, pl.Boolean, pl.Float64])
+def test_label_dtypes_give_the_same_weighting_and_model(dtype: pl.DataType) -> None:
+    """Before: ``~y`` on an integer label is a bitwise NOT (scale_pos_weight became ~1, class
+    weighting silently off) and a float label crashed with a TypeError."""
+    frame = synthetic_frame(n=3_000, seed=6)
+    params = TrainingParams(n_estimators=15, early_stopping_rounds=5)
+    reference = train(frame, ["f0", "f1", "f2", "f3"], params)
+    assert reference.scale_pos_weight > 10
+    m = train(frame.with_columns(pl.col("is_fraud").cast(dtype)), ["f0", "f1", "f2", "f3"], params)
+    assert m.scale_pos_weight == reference.scale_pos_weight
+    assert m.model_bytes == reference.model_bytes
+    assert m.metrics == reference.metrics
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype"),
+    [([0, 2], pl.Int64), ([0.0, 0.5], pl.Float64), ([0, None], pl.Int8), (["0", "1"], pl.String)],
+)
+def test_labels_other_than_0_1_are_refused(values: list, dtype: pl.DataType) -> None:
+    frame = synthetic_frame(n=2, seed=1).with_columns(pl.Series("is_fraud", values, dtype=dtype))
+    with pytest.raises(ValueError, match="label column"):
+        train(frame, ["f0"], TrainingParams())
+
+
+def test_date_split_uses_the_given_windows_and_no_validation_means_fixed_rounds() -> None:
+    frame = with_users(synthetic_frame())  # 2026-11-01 .. 11-11
+    params = TrainingParams(
+        n_estimators=25, early_stopping_rounds=3, train_start="2026-11-01T12:00:00",
+        train_end="2026-11-06", test_start="2026-11-07", test_end="2026-11-10T00:00:00+00:00",
+    )  # fmt: skip
+    bounds, tr, va, te = time_split(frame, params)
+    ts = frame["event_ts"]
+    utc = lambda s: datetime.fromisoformat(s).replace(tzinfo=UTC)  # noqa: E731
+    assert tr.height == frame.filter(ts.is_between(utc("2026-11-01T12:00"), utc("2026-11-06"), "left")).height
+    assert te.height == frame.filter(ts.is_between(utc("2026-11-07"), utc("2026-11-10"), "left")).height
+    assert va.height == 0 and not bounds.has_validation
+    assert tr["event_ts"].min() >= utc("2026-11-01T12:00") and tr["event_ts"].max() < utc("2026-11-06")
+    assert te["event_ts"].min() >= utc("2026-11-07") and te["event_ts"].max() < utc("2026-11-10")
+    m = train(frame, ["f0", "f1", "f2", "f3"], params)
+    assert m.booster.num_boosted_rounds() == 25 and m.best_iteration == 24  # no early stopping
+    assert m.validation_metrics == {}
+    assert m.split.rows == {"train": tr.height, "validation": 0, "test": te.height}
+    assert m.split.to_dict()["mode"] == "dates" and m.split.to_dict()["test_end"].startswith("2026-11-10")
+    assert m.metrics["rows"] == te.height
+    # With validation dates: early stopping on that window.
+    with_val = dataclasses.replace(params, validation_start="2026-11-06", validation_end="2026-11-07")
+    _, _, va2, _ = time_split(frame, with_val)
+    assert va2.height == frame.filter(ts.is_between(utc("2026-11-06"), utc("2026-11-07"), "left")).height > 0
+    assert train(frame, ["f0", "f1", "f2", "f3"], with_val).validation_metrics["rows"] == va2.height
+
+
+@pytest.mark.parametrize(
+    ("dates", "message"),
+    [
+        ({"train_end": "2026-11-06"}, "train_end and test_start"),
+        ({"train_end": "2026-11-08", "test_start": "2026-11-07"}, "out of order"),
+        ({"train_end": "2026-11-05", "validation_start": "2026-11-05", "test_start": "2026-11-07"}, "both"),
+        ({"train_end": "2026-11-05", "test_start": "not a date"}, "ISO 8601"),
+        ({"train_fraction": 0.6, "validation_fraction": -0.1}, "validation_fraction"),
+    ],
+)
+def test_bad_splits_are_refused(dates: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainingParams(**dates)
+
+
+def test_fraction_split_without_validation_trains_fixed_rounds() -> None:
+    frame = synthetic_frame()
+    params = TrainingParams(n_estimators=12, validation_fraction=0.0, gap_hours=24)
+    bounds, tr, va, te = time_split(frame, params)
+    assert va.height == 0 and not bounds.has_validation
+    assert te["event_ts"].min() >= tr["event_ts"].max() + timedelta(hours=24)
+    assert (
+        tr.height + te.height
+        == frame.height
+        - frame.filter(
+            pl.col("event_ts").is_between(bounds.train_end, bounds.test_start, closed="left")
+        ).height
+    )
+    m = train(frame, ["f0", "f1", "f2", "f3"], params)
+    assert m.booster.num_boosted_rounds() == 12 and m.metrics["rows"] == te.height
+
+
+def test_entity_precision_at_k_per_day_hand_computed() -> None:
+    """Day 1 entities (max score, any positive): A (0.9, +), B (0.8, −), C (0.7, +), D (0.1, −);
+    day 2: B (0.95, +), E (0.6, +), A (0.3, −). Top-2 → 1/2 and 2/2, mean 0.75; top-3 → 2/3 and
+    2/3; top-5 → 2/5 and 2/5 (÷ k even on a short day). Transactions would give 1/4 at k=2."""
+    d1, d2 = np.datetime64("2026-11-03T01:00", "ms"), np.datetime64("2026-11-04T05:00", "ms")
+    rows = [
+        ("A", 0.9, False, d1), ("A", 0.2, True, d1), ("B", 0.8, False, d1), ("C", 0.7, True, d1),
+        ("D", 0.1, False, d1), (None, 0.99, True, d1),
+        ("A", 0.3, False, d2), ("B", 0.95, True, d2), ("E", 0.5, True, d2), ("E", 0.6, False, d2),
+    ]  # fmt: skip
+    ent, s, y, ts = (np.array([r[i] for r in rows], dtype=object if i == 0 else None) for i in range(4))
+    ts = ts.astype("datetime64[ms]")
+    assert mx.entity_precision_at_top_k_per_day(y, s, ts, ent, k=2) == pytest.approx(0.75)
+    assert mx.entity_precision_at_top_k_per_day(y, s, ts, ent, k=3) == pytest.approx(2 / 3)
+    assert mx.entity_precision_at_top_k_per_day(y, s, ts, ent, k=5) == pytest.approx(0.4)
+    known = ent != None  # noqa: E711
+    assert mx.precision_at_top_k_per_day(y[known], s[known], ts[known], k=2) == pytest.approx(1 / 4)
+    out = mx.evaluate(y, s, None, ts, None, k=2, entity=ent, entity_k=2)
+    assert out["entity_precision_at_top_k_per_day"] == pytest.approx(0.75) and out["entity_top_k"] == 2
+
+
+def test_trainer_reports_entity_precision_and_can_drop_known_entities() -> None:
+    frame = with_users(synthetic_frame(n=8_000, seed=3), n_users=400)
+    features = ["f0", "f1", "f2", "f3"]
+    params = TrainingParams(n_estimators=20, early_stopping_rounds=5, entity_top_k=20)
+    m = train(frame, features, params)
+    _, tr, _, te = time_split(frame, params)
+    scores = predict(m.booster, feature_matrix(te, features))
+    expected = mx.entity_precision_at_top_k_per_day(
+        te["is_fraud"].to_numpy(), scores, te["event_ts"].to_numpy(), te["user_id"].to_list(), 20
+    )
+    assert m.metrics["entity_precision_at_top_k_per_day"] == pytest.approx(expected)
+    assert m.metrics["entity_column"] == "user_id" and m.metrics["entity_top_k"] == 20
+    assert "entity_precision_at_top_k_per_day" in manifest_for(m, {}, [])["metrics"]
+
+    dropped = train(frame, features, dataclasses.replace(params, drop_known_entities=True))
+    known = set(tr.filter("is_fraud")["user_id"])
+    kept = te.filter(~pl.col("user_id").is_in(list(known)))
+    assert known and 0 < kept.height < te.height
+    assert dropped.metrics["rows"] == kept.height == dropped.split.rows["test"]
+    assert dropped.split.to_dict()["dropped_known_entities"] == te.height - kept.height
+    assert dropped.model_bytes == m.model_bytes  # the model is the same; only the test rows differ
+    # Without the entity column the metric is reported as not computed.
+    plain = train(synthetic_frame(n=3_000, seed=6), features, TrainingParams(n_estimators=5))
+    assert plain.metrics["entity_precision_at_top_k_per_day"] is None
+
+
+def test_a_model_trained_on_a_helper_feature_gets_no_manifest() -> None:
+    """The trainer's side of helper features: manifest_for refuses a model whose inputs name one."""
+    from risk_assets.features.spec import USER, FeatureGroup, count, days, hours, ratio, sum_of
+
+    group = FeatureGroup(
+        name="g", entity=USER, description="d", owner="o", source_event_types=("login", "withdrawal"),
+        features=(count("n", hours(1), model_input=False), sum_of("usd", "amount_usd", days(1)),
+                  ratio("usd_per_n", "usd", "n")),
+    )  # fmt: skip
+    frame = synthetic_frame(n=3_000, seed=6).rename({"f0": "g__n", "f1": "g__usd", "f2": "g__usd_per_n"})
+    params = TrainingParams(n_estimators=5)
+    with pytest.raises(ValueError, match="helper"):
+        manifest_for(train(frame, ["g__n", "g__usd", "g__usd_per_n"], params), {}, [group])
+    ok = manifest_for(train(frame, ["g__usd", "g__usd_per_n"], params), {}, [group])
+    assert ok["feature_groups"] == {"g": group.version}

@@ -4,6 +4,7 @@ stale and worse challengers, accepts better ones, records every decision, and ro
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from risk_assets.lake import Lake
 from risk_assets.models import registry
 from risk_assets.models.promotion import (
     Decision,
+    RollbackRefused,
     decide,
     evaluate_on_holdout,
     prediction_failures,
@@ -142,9 +144,9 @@ def test_gate_end_to_end(tmp_path: Path) -> None:
     assert [e["version"] for e in trail if e["action"] == "gate_pass"] == [weak, best]
 
     # 8. Rollback: to the previous champion, then forward to a named version.
-    back = rollback(lake, reason="alert volume doubled")
+    back = rollback(lake, reason="alert volume doubled", holdout_frame=holdout)
     assert back.version == weak and registry.champion(lake).version == weak
-    assert rollback(lake, to_version=best, reason="false alarm").version == best
+    assert rollback(lake, to_version=best, reason="false alarm", holdout_frame=holdout).version == best
     rollbacks = [e for e in registry.audit_trail(lake) if e["action"] == "rollback"]
     assert [(e["version"], e["reason"]) for e in rollbacks] == [
         (weak, "alert volume doubled"),
@@ -169,7 +171,147 @@ def test_holdout_overlapping_training_is_refused(tmp_path: Path) -> None:
 
 
 def test_params_are_plain_values() -> None:
-    """``TrainingParams`` holds only scalars, so the Launchpad config can mirror it field by field."""
+    """``TrainingParams`` holds only scalars (dates as ISO strings), so the Launchpad config can mirror it
+    field by field."""
     from dataclasses import fields
 
-    assert all(f.type in ("int", "float", "float | None") for f in fields(TrainingParams))
+    assert all(
+        f.type in ("int", "float", "float | None", "bool", "str | None") for f in fields(TrainingParams)
+    )
+
+
+# ---- registry integrity (issue 9, D11) ------------------------------------------------------------
+
+
+def _corrupt(lake: Lake, version: str) -> None:
+    """Flip bytes in the middle of a version's model.ubj (the manifest keeps the old sha256)."""
+    path = Path(lake.uri(registry.version_paths(version)[0]))
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 64] = bytes(b ^ 0xFF for b in data[mid : mid + 64])
+    path.write_bytes(bytes(data))
+
+
+def _weak_and_best(lake: Lake) -> tuple[str, str, pl.DataFrame]:
+    s = simulated_training_set()
+    weak = _register(lake, train(s.frame, list(REQUEST_FEATURE_NAMES), AUX))
+    best = _register(lake, trained_model())
+    return weak, best, recent_holdout(s.frame, days=2.0)
+
+
+def test_pointer_changes_check_bytes_and_sha(tmp_path: Path) -> None:
+    """set_champion, promotion and rollback never point at a version whose bytes do not match its
+    sha256: refused, audited, pointer unchanged."""
+    lake = Lake(str(tmp_path))
+    weak, best, holdout = _weak_and_best(lake)
+    assert promote_if_better(lake, weak, holdout).promote
+    _corrupt(lake, best)
+    with pytest.raises(registry.IntegrityError, match="sha256") as info:
+        registry.set_champion(lake, best, "direct")
+    assert info.value.reason == "sha_mismatch"
+    assert registry.champion(lake).version == weak
+    d = promote_if_better(lake, best, holdout)
+    assert not d.promote and any("integrity (sha_mismatch)" in r for r in d.reasons), d
+    with pytest.raises(registry.IntegrityError):
+        rollback(lake, to_version=best, reason="forced at a corrupt one", force=True, operator="ops")
+    assert registry.champion(lake).version == weak
+    refused = [e for e in registry.audit_trail(lake) if e["action"] == "pointer_refused"]
+    assert [(e["version"], e["attempted"], e["integrity"]) for e in refused] == [
+        (best, "promote", "sha_mismatch"),
+        (best, "rollback", "sha_mismatch"),
+    ]
+    # A missing version is refused the same way.
+    with pytest.raises(registry.IntegrityError, match="not in the registry"):
+        registry.set_champion(lake, "20260101T000000-000000000000", "typo")
+
+
+def test_gate_survives_a_corrupt_champion(tmp_path: Path) -> None:
+    """A corrupt champion does not crash the gate: a healthy challenger replaces it, and the audit
+    says the champion did not verify."""
+    lake = Lake(str(tmp_path))
+    weak, best, holdout = _weak_and_best(lake)
+    assert promote_if_better(lake, weak, holdout).promote
+    _corrupt(lake, weak)
+    d = promote_if_better(lake, best, holdout)
+    assert d.promote, d
+    assert any(f"champion {weak} does not verify" in r for r in d.reasons), d
+    assert registry.champion(lake).version == best
+    entry = [e for e in registry.audit_trail(lake) if e["action"] == "gate_pass"][-1]
+    assert entry["champion_integrity"].startswith("sha_mismatch")
+    assert entry["champion_metrics"] is None
+
+
+def test_rollback_goes_through_the_gate_unless_forced(tmp_path: Path) -> None:
+    lake = Lake(str(tmp_path))
+    s = simulated_training_set()
+    weak, best, holdout = _weak_and_best(lake)
+    stale_versions = {**manifest_for(trained_model(), s.manifest, FEATURE_GROUPS)["feature_groups"]}
+    stale_versions["ato_user"] = "000000000000"
+    stale_manifest = {
+        **manifest_for(trained_model(), s.manifest, FEATURE_GROUPS),
+        "feature_groups": stale_versions,
+    }
+    # Same bytes as ``best``: a different creation time keeps the two version ids apart.
+    stale = registry.register(
+        lake, trained_model().model_bytes, stale_manifest, created=datetime(2026, 1, 1, tzinfo=UTC)
+    )
+    assert stale != best
+    assert promote_if_better(lake, weak, holdout).promote
+    assert promote_if_better(lake, best, holdout, margin=0.05).promote
+    # A rollback to a version the gate refuses (built on another feature-group version): refused.
+    with pytest.raises(RollbackRefused, match="'ato_user' is version"):
+        rollback(lake, to_version=stale, reason="try the stale one", holdout_frame=holdout)
+    assert registry.champion(lake).version == best
+    # Without a holdout and not forced: the gate cannot run, nothing moves.
+    with pytest.raises(ValueError, match="goes through the promotion gate"):
+        rollback(lake, reason="no holdout")
+    with pytest.raises(ValueError, match="operator"):
+        rollback(lake, to_version=stale, reason="forced anonymously", force=True)
+    assert registry.champion(lake).version == best
+    # Forced by a named operator: allowed (integrity still checked) and audited as forced.
+    assert (
+        rollback(lake, to_version=stale, reason="incident 42", force=True, operator="alice").version == stale
+    )
+    trail = registry.audit_trail(lake)
+    assert [e["version"] for e in trail if e["action"] == "rollback_refused"] == [stale]
+    last = trail[-1]
+    assert (last["action"], last["version"], last["forced"], last["operator"]) == (
+        "rollback",
+        stale,
+        True,
+        "alice",
+    )
+
+
+def test_signed_manifests_refuse_a_consistent_tamper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A booster replaced together with a consistent manifest sha256 passes the hash check; with a
+    signing key the signature catches it."""
+    import hashlib
+    import json
+
+    lake = Lake(str(tmp_path))
+    s = simulated_training_set()
+    monkeypatch.setenv(registry.ENV_SIGNING_KEY, "k" * 32)
+    weak = _register(lake, train(s.frame, list(REQUEST_FEATURE_NAMES), AUX))
+    target = _register(lake, trained_model())
+    manifest, _ = registry.verify_version(lake, target)
+    assert manifest[registry.SIGNATURE] == registry.manifest_signature(manifest, b"k" * 32)
+    # Tamper: the target's booster becomes the weak one, the manifest's sha256 follows it.
+    model_path, manifest_path = registry.version_paths(target)
+    other = lake.read_bytes(registry.version_paths(weak)[0])
+    lake.write_bytes(model_path, other)
+    tampered = {**manifest, "model_sha256": hashlib.sha256(other).hexdigest()}
+    lake.write_bytes(manifest_path, json.dumps(tampered).encode())
+    with pytest.raises(registry.IntegrityError) as info:
+        registry.set_champion(lake, target, "tampered")
+    assert info.value.reason == "bad_signature"
+    assert registry.champion(lake) is None
+    # Without the key the tamper is invisible (a sha256 is not a signature): that is why the key exists.
+    monkeypatch.delenv(registry.ENV_SIGNING_KEY)
+    registry.verify_version(lake, target)
+    # With the key, an unsigned manifest is refused as well.
+    monkeypatch.setenv(registry.ENV_SIGNING_KEY, "k" * 32)
+    unsigned = registry.register(lake, other, {"features": []}, signing_key=b"")
+    with pytest.raises(registry.IntegrityError) as info:
+        registry.verify_version(lake, unsigned)
+    assert info.value.reason == "unsigned"

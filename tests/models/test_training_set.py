@@ -170,3 +170,74 @@ def test_window_coverage_reports_missing_feature_days_and_a_short_label_archive(
     assert window_coverage(
         lake, [group], START + timedelta(days=1), START + timedelta(days=5), START + timedelta(days=6)
     ).complete
+
+
+def test_helper_features_are_left_out_of_training_sets_the_gate_and_risk_serve(world):
+    """Features marked model_input=False are stored (the offline rows keep them) but never become
+    training-set columns, manifest features, servable features or risk-serve inputs."""
+    import dataclasses
+
+    from risk_assets.models.promotion import servability_failures
+    from risk_assets.models.training_set import model_feature_columns
+    from risk_assets.serving.feature_fetch import UnservableFeatures, build_plan
+
+    data, offline, _ = world
+    base = GROUPS_BY_NAME["card_testing_device"]
+    helper_names = base.feature_names[:2]
+    group = dataclasses.replace(
+        base,
+        features=tuple(
+            dataclasses.replace(f, model_input=False) if f.name in helper_names else f for f in base.features
+        ),
+    )
+    assert group.version == base.version  # not a value: the offline rows are the same rows
+    assert set(helper_names) <= set(offline[group.name].columns)
+    frame, manifest = build_training_set(SPEC, data.events, data.labels, offline, [group])
+    helpers = {f"{group.name}__{f}" for f in helper_names}
+    model_inputs = {f"{group.name}__{f}" for f in group.model_feature_names}
+    assert not helpers & set(frame.columns) and not helpers & set(manifest["features"])
+    assert model_inputs <= set(manifest["features"]) == set(model_feature_columns([group]))
+    assert helpers <= set(model_feature_columns([base]))  # unmarked, they were inputs
+    some_helper = sorted(helpers)[0]
+    assert servability_failures([some_helper], {group.name: group.version}, [group])
+    assert not servability_failures(sorted(model_inputs), {group.name: group.version}, [group])
+    with pytest.raises(UnservableFeatures, match="helper"):
+        build_plan([some_helper], {group.name: group.version}, {group.name: group})
+    plan = build_plan(sorted(model_inputs), {group.name: group.version}, {group.name: group})
+    assert plan.n == len(model_inputs)
+
+
+def test_challenger_asset_trains_on_a_date_split_without_validation(world):
+    """The Launchpad config reaches the trainer: date windows, no validation (fixed rounds),
+    known entities dropped from the test split, per-entity precision@k in the registered manifest."""
+    from risk_assets.models import registry
+    from risk_assets.models.artifacts import read_challenger
+
+    _, offline, tmp = world
+    lake = Lake(str(tmp.mktemp("lake")))
+    write_history(SIM, lake)
+    for name, rows in offline.items():
+        write_days(lake, GROUPS_BY_NAME[name], rows, [START + timedelta(days=d) for d in range(8)])
+    day = (AS_OF - timedelta(days=1)).strftime("%Y-%m-%d")
+    model_config = {
+        "n_estimators": 7, "train_end": "2026-09-05T12:00:00", "test_start": "2026-09-06",
+        "drop_known_entities": True, "entity_top_k": 10,
+    }  # fmt: skip
+    result = dg.materialize(
+        [training_set, asset_def(CHALLENGER_MODEL)],
+        resources={"lake": LakeResource(url=lake.url), "raw_event_source": RawEventSource()},
+        partition_key=day,
+        run_config={
+            "ops": {
+                "training_set": {"config": {"window_days": 4, "maturity_days": 2}},
+                "challenger_model": {"config": model_config},
+            }
+        },
+    )
+    assert result.success
+    manifest = registry.load_manifest(lake, read_challenger(lake, day))
+    assert manifest["split"]["mode"] == "dates" and manifest["split"]["rows"]["validation"] == 0
+    assert manifest["split"]["train_end"].startswith("2026-09-05T12:00")
+    assert manifest["best_iteration"] == 6 and manifest["validation_metrics"] == {}
+    assert manifest["metrics"]["entity_column"] == "user_id" and manifest["metrics"]["entity_top_k"] == 10
+    assert manifest["metrics"]["rows"] == manifest["split"]["rows"]["test"]

@@ -75,6 +75,20 @@ def manifest(features: list[str] | None = None) -> dict[str, Any]:
     }
 
 
+def point_at(lake: Lake, version: str, sha256: str | None = None) -> None:
+    """Write the champion pointer directly, as a hand edit of the bucket would (``set_champion``
+    refuses versions that do not verify; this is how a bad pointer reaches a running service)."""
+    sha = sha256 or registry.load_manifest(lake, version)["model_sha256"]
+    pointer = {
+        "version": version,
+        "model_sha256": sha,
+        "promoted_at": "x",
+        "reason": "hand edit",
+        "previous": None,
+    }
+    lake.write_bytes(registry.CHAMPION, json.dumps(pointer).encode())
+
+
 def register(lake: Lake, model_bytes: bytes, *, champion: bool = True, **kw: Any) -> str:
     created = kw.pop("created", None) or datetime.now(UTC)
     version = registry.register(lake, model_bytes, kw.pop("manifest", None) or manifest(), created=created)
@@ -520,9 +534,13 @@ def test_hot_reload_under_load_and_refusals(session_stack, tmp_path: Path, key_p
         assert all(t >= switched_at for t, v in seen if v == v2)
 
         c = svc.client()
-        # Garbage bytes with a matching sha256: registered properly, but not a model.
+        # Garbage bytes with a matching sha256: registered properly, but not a model. The registry
+        # refuses to point at it (set_champion loads the booster); a hand-edited pointer does.
         garbage = np.random.default_rng(3).bytes(4096)
-        v3 = register(lake, garbage, created=T0 + timedelta(seconds=2))
+        v3 = register(lake, garbage, champion=False, created=T0 + timedelta(seconds=2))
+        with pytest.raises(registry.IntegrityError, match="does not load"):
+            registry.set_champion(lake, v3, "garbage")
+        point_at(lake, v3)
         wait_for(
             lambda: c.metrics().get('risk_serve_model_refusals_total{reason="corrupt"}', 0) == 1,
             what="corrupt refusal",
