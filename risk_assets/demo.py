@@ -156,8 +156,17 @@ def run(
     step("starting the local stack (risk-stack up)")
     # DAGSTER_STORAGE=postgres (Makefile): the instance in DAGSTER_HOME stores into PostgreSQL.
     with_postgres = os.environ.get("DAGSTER_STORAGE") == "postgres"
+    # REDIS_CLUSTER=3 (Makefile): a local 3-primary Redis Cluster instead of one Redis.
+    try:
+        redis_cluster = int(os.environ.get("REDIS_CLUSTER") or 0)
+    except ValueError:
+        raise DemoFailure(
+            f"REDIS_CLUSTER must be a number of primaries, not {os.environ['REDIS_CLUSTER']!r}"
+        ) from None
     endpoints = launcher.up(
-        launcher.StackConfig(state_dir=launcher.default_stack_dir(), with_postgres=with_postgres)
+        launcher.StackConfig(
+            state_dir=launcher.default_stack_dir(), with_postgres=with_postgres, redis_cluster=redis_cluster
+        )
     )
     exported = ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "DAGSTER_PG_URL")
     for k in exported:
