@@ -693,7 +693,7 @@ class FeatureGroup:
                 raise ValueError(
                     f"{self.name}: entity {self.entity.name} key {k!r} is not a column of source {src.name}"
                 )
-        if self.label_source is None and src == EXCHANGE_EVENTS:
+        if self.label_source is None and src == EXCHANGE_EVENTS and self.needs_labels:
             object.__setattr__(self, "label_source", EXCHANGE_LABELS)
         if self.needs_labels and self.label_source is None:
             raise ValueError(f"{self.name}: label aggregates need a label_source for source {src.name}")

@@ -5,6 +5,7 @@ offline store and the point-in-time join into a training frame."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -324,7 +325,18 @@ def test_source_identity_is_in_the_version_and_the_exchange_source_is_left_out()
     assert "label_source" not in customer_terminal_group().to_dict()  # no label aggregates
     for eg in FEATURE_GROUPS:  # the exchange groups name no source: their versions are unchanged
         assert eg.source == EXCHANGE_EVENTS and "source" not in eg.to_dict()
-        assert eg.label_source == EXCHANGE_LABELS and "label_source" not in eg.to_dict()
+        assert eg.label_source == (EXCHANGE_LABELS if eg.needs_labels else None)
+        assert "label_source" not in eg.to_dict()
+    # A group without label aggregates moves to another source as is (no label source carried over).
+    plain = next(e for e in FEATURE_GROUPS if not e.needs_labels)
+    moved = dataclasses.replace(
+        plain,
+        source=CARD_TX,
+        entity=CUSTOMER,
+        source_event_types=("purchase",),
+        features=(count("n", days(1)),),
+    )
+    assert moved.label_source is None and moved.to_dict()["source"]["name"] == "card_transactions"
     md = g.metadata()
     assert (md["source"], md["label_source"], md["keys"]) == (
         "card_transactions",
