@@ -34,6 +34,23 @@ from risk_assets.definitions import all_assets, build_definitions
 from risk_assets.partitions import TimePartitions
 from risk_assets.stack import launcher, postgres
 
+_FAKESNOW_SERVER: list[Callable[..., Any]] = []
+
+
+def fakesnow_server() -> AbstractContextManager[dict[str, Any]]:
+    """``fakesnow.server()``: a fake Snowflake server, yielding its connection arguments.
+
+    fakesnow's first ``server()`` call imports its ``fakesnow.server`` submodule, which rebinds the
+    package's ``server`` name to that module, so a second ``fakesnow.server()`` in the same process
+    fails; tests call this instead, which keeps the function from before its first call.
+    """
+    if not _FAKESNOW_SERVER:
+        import fakesnow
+
+        _FAKESNOW_SERVER.append(fakesnow.server)
+    return _FAKESNOW_SERVER[0]()
+
+
 _EXTERNAL_ENV = ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "S3_ENDPOINT_URL", "DAGSTER_PG_URL")
 ROOT = Path(__file__).resolve().parents[1]
 DAGSTER_STORAGES = ("sqlite", "postgres")

@@ -27,6 +27,7 @@ from risk_assets.ingest.kafka_reader import MessageBatch
 from risk_assets.ingest.raw_reader import read_source
 from risk_assets.lake import Lake
 from risk_assets.sources import EXCHANGE_EVENTS, EXCHANGE_LABELS, EventSource
+from tests.conftest import fakesnow_server
 from tests.features.test_batch_features import assert_matches, oracle
 from tests.features.test_sources import CARD_FRAUD, CARD_TX, customer_group
 
@@ -192,10 +193,6 @@ def test_declared_payloads_check_integer_widths_and_schema_version() -> None:
 def test_card_transactions_mirror_into_snowflake_in_their_own_layout() -> None:
     """The Snowflake mirror per source (fakesnow server): the card layout's table, time-range
     replace, read back with the source's dtypes, resends removed by tx_id (first arrival wins)."""
-    import fakesnow
-
-    from risk_assets.ingest import snowflake_mirror
-    from risk_assets.resources import RawEventSource
     from tests.features.test_batch_features import to_frame
     from tests.features.test_sources import random_card_transactions
 
@@ -203,7 +200,19 @@ def test_card_transactions_mirror_into_snowflake_in_their_own_layout() -> None:
     frame = to_frame(rows, CARD_TX.schema)
     resend = frame.head(3).with_columns(pl.col("ingested_at") + timedelta(hours=3))
     start, end = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 3, tzinfo=UTC)
-    with fakesnow.server() as conn_kwargs:
+    back, some = _mirror_round_trip(pl.concat([frame, resend]), frame.height + 3, start, end)
+    assert back.schema == pl.Schema(CARD_TX.schema)
+    assert back.sort("tx_id").equals(frame.sort("tx_id"))
+    assert some.columns == ["tx_id", "amount"] and some.height == frame.height
+
+
+def _mirror_round_trip(
+    rows: pl.DataFrame, expected: int, start: datetime, end: datetime
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    from risk_assets.ingest import snowflake_mirror
+    from risk_assets.resources import RawEventSource
+
+    with fakesnow_server() as conn_kwargs:
         extra = {k: v for k, v in conn_kwargs.items() if k in ("host", "port", "protocol")}
         res = RawEventSource(
             backend="snowflake",
@@ -219,16 +228,11 @@ def test_card_transactions_mirror_into_snowflake_in_their_own_layout() -> None:
             cur.execute("USE SCHEMA RISK.RAW")
             table = CARD_TX.snowflake_table
             assert table is not None
-            written = snowflake_mirror.write_hours(
-                cur, table, pl.concat([frame, resend]), start, end, CARD_TX
-            )
-            assert written == frame.height + 3
+            assert snowflake_mirror.write_hours(cur, table, rows, start, end, CARD_TX) == expected
             # Re-running the range replaces it (no doubling).
-            snowflake_mirror.write_hours(cur, table, pl.concat([frame, resend]), start, end, CARD_TX)
+            snowflake_mirror.write_hours(cur, table, rows, start, end, CARD_TX)
             back = snowflake_mirror.read_events(cur, table, start, end, source=CARD_TX)
             some = snowflake_mirror.read_events(cur, table, start, end, ["tx_id", "amount"], source=CARD_TX)
             with pytest.raises(ValueError, match="unknown columns of source card_transactions"):
                 snowflake_mirror.read_events(cur, table, start, end, ["event_id"], source=CARD_TX)
-    assert back.schema == pl.Schema(CARD_TX.schema)
-    assert back.sort("tx_id").equals(frame.sort("tx_id"))
-    assert some.columns == ["tx_id", "amount"] and some.height == frame.height
+    return back, some
