@@ -99,18 +99,7 @@ class Stack:
     def restart_redis(self) -> None:
         """An operator's bad day: SIGKILL the stack's redis-server and start a new one on the same
         port through the launcher — empty, since the project's Redis keeps nothing on disk."""
-        pid = launcher.pids(self.config)["redis"]
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while "redis" in launcher.pids(self.config) or not _bindable(self.config.redis_port):
-            # The killed server's listening socket can outlive the reaped process by a few ms.
-            assert time.monotonic() < deadline, f"redis-server {pid} did not release its port"
-            time.sleep(0.02)
-        saved = {k: os.environ.pop(k) for k in _EXTERNAL_ENV if k in os.environ}
-        try:
-            launcher.up(self.config)
-        finally:
-            os.environ.update(saved)
+        self._restart("redis", self.config.redis_port)
 
     def restart_kafka(self) -> None:
         """SIGKILL the stack's tansu broker and start a new one on the same port through the
@@ -129,6 +118,7 @@ class Stack:
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while service in launcher.pids(self.config) or not _bindable(port):
+            # The killed server's listening socket can outlive the reaped process by a few ms.
             assert time.monotonic() < deadline, f"{service} {pid} did not release its port"
             time.sleep(0.02)
         saved = {k: os.environ.pop(k) for k in _EXTERNAL_ENV if k in os.environ}
