@@ -115,6 +115,22 @@ class RawEventSource(dg.ConfigurableResource):
             raise dg.Failure(f"unknown raw event backend {self.backend!r} (expected 'lake' or 'snowflake')")
         return raw_reader.read_events(lake, start, end, columns)
 
+    def scan_events(
+        self,
+        lake: Lake,
+        start: datetime,
+        end: datetime,
+        columns: Sequence[str] | None = None,
+        predicate: pl.Expr | None = None,
+    ) -> pl.LazyFrame:
+        """Lazily, the events of ``[start, end)`` matching ``predicate`` (``columns`` only). On the
+        lake the predicate is pushed into the Parquet scan, so a shard reads only its rows; the
+        Snowflake mirror is read whole and filtered in Polars (no memory bound there)."""
+        if self.backend == "lake":
+            return raw_reader.scan_events(lake, start, end, columns, predicate)
+        frame = self.events(lake, start, end, columns).lazy()
+        return frame if predicate is None else frame.filter(predicate)
+
     def labels(self, lake: Lake, start: datetime, end: datetime) -> pl.DataFrame:
         """Fraud labels with ``label_ts`` in ``[start, end)`` (always from the lake archive)."""
         return raw_reader.read_labels(lake, start, end)

@@ -16,7 +16,8 @@ How it works (one group):
    A window with offset ``o`` is ``(T − o − w, T − o]``: every kind below evaluates its question
    at the virtual time ``T − o`` instead of ``T`` (``o = 0`` is the plain window).
    * count / sum / mean: prefix sums over the matching rows; window value =
-     ``P[#S ≤ T − o] − P[#S ≤ T − o − w]`` (integer counts exact; sums in 80-bit long double);
+     ``P[#S ≤ T − o] − P[#S ≤ T − o − w]`` (integer counts exact; float sums in 80-bit long double,
+     prefix sums restarting at each entity so a value's bits depend on its entity alone);
    * min / max: Polars ``rolling_{min,max}_by`` over ``T`` (closed right, ties included); with an
      offset, null-valued query rows at ``T − o`` are merged into the rolled series;
    * distinct_count: each (entity, value, ts) occurrence contributes +1 on the interval
@@ -33,7 +34,7 @@ How it works (one group):
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -217,6 +218,8 @@ class _Timeline:
     origin: int  # event_ts origin (ms)
     span: int  # B: T = eidx·B + (event_ts − origin)
     _lw: dict[int, np.ndarray]
+    _px: dict[object, np.ndarray] = field(default_factory=dict)
+    _lw_other: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -233,12 +236,63 @@ class _Timeline:
         ``o``; ``q + 1`` when ``o = 0``)."""
         return self.q + 1 if o == 0 else self.lower(o)
 
-    def window_sum(self, values: np.ndarray, w: int, o: int = 0) -> np.ndarray:
-        """Per as-of row: sum of ``values`` (timeline order) over its window ``(tq − o − w, tq − o]``."""
-        dtype = np.longdouble if values.dtype.kind == "f" else np.int64
-        p = np.zeros(self.n + 1, dtype=dtype)
-        np.cumsum(values, dtype=dtype, out=p[1:])
-        return p[self.upper(o)] - p[self.lower(w + o)]
+    def window_sum(self, values: np.ndarray, w: int, o: int = 0, key: object = None) -> np.ndarray:
+        """Per as-of row: sum of ``values`` (timeline order) over its window ``(tq − o − w, tq − o]``.
+
+        Integer sums: one global prefix sum (exact). Float sums: per-entity prefix sums
+        (:meth:`entity_prefix`), so that a value depends on its entity's events only, bit for bit —
+        an entity-hash shard (``sharding.py``) then gives the same bytes as the whole run.
+        ``key`` names ``values`` so that several windows share one float prefix."""
+        if values.dtype.kind != "f":
+            p = np.zeros(self.n + 1, dtype=np.int64)
+            np.cumsum(values, dtype=np.int64, out=p[1:])
+            return p[self.upper(o)] - p[self.lower(w + o)]
+        if key is None or key not in self._px:
+            px = self.entity_prefix(values)
+            if key is None:
+                return self._local_diff(px, w, o)
+            self._px[key] = px
+        return self._local_diff(self._px[key], w, o)
+
+    def _local_diff(self, px: np.ndarray, w: int, o: int) -> np.ndarray:
+        if not self.n:
+            return np.zeros(0, dtype=np.longdouble)
+        a = self.start[self.q]
+
+        def before(idx: np.ndarray) -> np.ndarray:  # sum of the entity's positions < idx
+            return np.where(idx > a, px[np.maximum(idx - 1, 0)], np.longdouble(0))
+
+        return before(self.upper(o)) - before(self.lower(w + o))
+
+    @property
+    def start(self) -> np.ndarray:
+        """First timeline position of each position's entity."""
+        if "start" not in self._lw_other:
+            change = np.ones(self.n, dtype=bool)
+            change[1:] = self.eidx[1:] != self.eidx[:-1]
+            self._lw_other["start"] = np.maximum.accumulate(np.where(change, np.arange(self.n), 0))
+        return self._lw_other["start"]
+
+    def entity_prefix(self, values: np.ndarray) -> np.ndarray:
+        """Inclusive prefix sums of ``values`` restarting at each entity, in 80-bit long double.
+
+        A Hillis–Steele scan (``log2`` of the longest entity passes): the sum at a position is built
+        from its entity's values by a tree that depends only on the offset inside the entity, so the
+        bits do not depend on which other entities share the time line (a sequential global
+        ``cumsum`` would carry every earlier entity's rounding)."""
+        p = values.astype(np.longdouble)
+        if not self.n:
+            return p
+        rel = np.arange(self.n) - self.start
+        s, longest = 1, int(rel.max())
+        zero = np.longdouble(0)
+        while s <= longest:
+            shifted = np.empty_like(p)
+            shifted[:s] = zero
+            shifted[s:] = p[:-s]
+            p = p + np.where(rel >= s, shifted, zero)
+            s *= 2
+        return p
 
     def latest(self, sel: np.ndarray, upto: np.ndarray) -> np.ndarray:
         """Per entry of ``upto`` (positions, −1 allowed): latest position ≤ it with ``sel``, or −1."""
@@ -399,7 +453,7 @@ class _GroupEngine:
         if f.kind in ("sum", "mean"):
             vals = col.cast(pl.Float64).to_numpy()
             nn = m & ~np.isnan(vals)
-            total = tl.window_sum(np.where(nn, vals, 0.0), w, o)
+            total = tl.window_sum(np.where(nn, vals, 0.0), w, o, key=(f.column, _mask_key(f.where)))
             if f.kind == "sum":
                 return _float_series(f.name, total)
             k = tl.window_sum(nn, w, o)

@@ -44,6 +44,18 @@ class RawDataSource(Protocol):
         """Every fraud label with ``label_ts`` in ``[start, end)``."""
         ...
 
+    def scan_events(
+        self,
+        lake: Lake,
+        start: datetime,
+        end: datetime,
+        columns: Sequence[str] | None = None,
+        predicate: pl.Expr | None = None,
+    ) -> pl.LazyFrame:
+        """Lazily, the events of ``[start, end)`` matching ``predicate`` (pushed into the scan where
+        the backend can)."""
+        ...
+
 
 def first_copies(frame: pl.LazyFrame, id_column: str, ingest_column: str = "ingest_ts") -> pl.LazyFrame:
     """One row per id: the copy with the earliest arrival (``ingest_ts``; two copies of one id never
@@ -51,14 +63,35 @@ def first_copies(frame: pl.LazyFrame, id_column: str, ingest_column: str = "inge
     return frame.filter(pl.col(ingest_column).rank("ordinal").over(id_column) == 1)
 
 
+def scan_events(
+    lake: Lake,
+    start: datetime,
+    end: datetime,
+    columns: Sequence[str] | None = None,
+    predicate: pl.Expr | None = None,
+) -> pl.LazyFrame:
+    """Lazily, what :func:`read_events` returns, optionally only the rows matching ``predicate``.
+
+    The predicate is applied *before* the cross-hour deduplication so that Polars pushes it into the
+    Parquet scan (a filter after the ``over`` window would read every row): it must therefore give
+    the same answer for every copy of one event, which holds for any function of the payload (a
+    resend carries the same payload), e.g. an entity-hash shard of the keys
+    (``features/sharding.py``).
+    """
+    frame = read_archive(lake, EVENTS.dataset, archive_hours(start, end + GRACE + LATE_READ))
+    keep = (pl.col("event_ts") >= start) & (pl.col("event_ts") < end)
+    if predicate is not None:
+        keep = keep & predicate
+    frame = first_copies(frame.filter(keep), "event_id")
+    return frame.select(list(columns)) if columns else frame
+
+
 def read_events(
     lake: Lake, start: datetime, end: datetime, columns: Sequence[str] | None = None
 ) -> pl.DataFrame:
     """Every valid archived event with ``event_ts`` in ``[start, end)`` (``columns`` only), each
     ``event_id`` once (resends in later archive hours removed)."""
-    frame = read_archive(lake, EVENTS.dataset, archive_hours(start, end + GRACE + LATE_READ))
-    frame = first_copies(frame.filter((pl.col("event_ts") >= start) & (pl.col("event_ts") < end)), "event_id")
-    return (frame.select(list(columns)) if columns else frame).collect()
+    return scan_events(lake, start, end, columns).collect()
 
 
 def read_labels(lake: Lake, start: datetime, end: datetime) -> pl.DataFrame:
