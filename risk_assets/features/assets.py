@@ -4,9 +4,11 @@ Thin wiring around ``batch.compute_feature_groups``, ``offline_store`` and ``qua
 multi-asset with one spec per group (so each group has its own lineage, owner, version and metadata
 in the UI), subset to what the run selected. A run over a range of days reads the lookback it needs
 once, computes every selected group over the whole range, and replaces each day (delete-then-write),
-so a 30-day backfill is a single run and re-running a day gives the same bytes. Each day still gets
-its own figures (``context.add_asset_metadata(..., partition_key=day)``), so plots across partitions
-show the days, not the run.
+so a 30-day backfill is a single run and re-running a day gives the same bytes. The run's memory
+is bounded by its ``shards`` / ``max_rows_in_memory`` config (entity-hash shards computed in turn,
+``features/sharding.py``), not by the window; the bytes written do not depend on the shard count.
+Each day still gets its own figures (``context.add_asset_metadata(..., partition_key=day)``), so
+plots across partitions show the days, not the run.
 
 Checks per group: ``feature_rows_per_day`` (ERROR, blocking: a day without rows never flows on),
 ``feature_schema`` (ERROR: the written frame matches the definition), ``feature_null_shares`` (WARN:
@@ -23,14 +25,13 @@ import polars as pl
 
 from risk_assets.automation import FEATURE_DAYS
 from risk_assets.backfills import DAILY_BACKFILL, POOL_LAKE_BATCH
-from risk_assets.features.batch import compute_feature_groups, required_event_columns
+from risk_assets.features.batch import required_event_columns
 from risk_assets.features.catalog import catalog_frame, describe
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.offline_store import (
     days_of,
     group_prefix,
     read_offline,
-    with_created_ts,
     write_days,
 )
 from risk_assets.features.quality import (
@@ -41,6 +42,7 @@ from risk_assets.features.quality import (
     null_shares,
     schema_problems,
 )
+from risk_assets.features.sharding import iter_sharded, shards_for
 from risk_assets.features.spec import FeatureGroup
 from risk_assets.lake import Lake
 from risk_assets.names import (
@@ -55,6 +57,20 @@ from risk_assets.names import (
 )
 from risk_assets.partitions import DAY_KEY_FORMAT, TimePartitions
 from risk_assets.resources import LakeResource, RawEventSource
+from risk_assets.run_config import RunConfig
+
+
+class BatchFeaturesConfig(RunConfig):
+    """How a batch feature run bounds its memory (``features/sharding.py``)."""
+
+    shards: int = 1
+    """Entity-hash shards computed in turn: each holds about 1/N of the window + lookback's events
+    (1: every group over one shared scan, the whole window in memory). Output bytes do not depend on it."""
+
+    max_rows_in_memory: int = 0
+    """If set, at least ceil(events in window + lookback / this) shards (counted before the run
+    reads anything); 0: no cap, ``shards`` alone decides."""
+
 
 GROUPS_BY_KEY: dict[dg.AssetKey, FeatureGroup] = {feature_asset_key(g.name): g for g in FEATURE_GROUPS}
 NULL_HISTORY = timedelta(days=7)
@@ -144,7 +160,10 @@ def build_batch_features(partitions: TimePartitions) -> dg.AssetsDefinition:
         retry_policy=dg.RetryPolicy(max_retries=1, delay=10),
     )
     def batch_features(
-        context: dg.AssetExecutionContext, lake: LakeResource, raw_event_source: RawEventSource
+        context: dg.AssetExecutionContext,
+        config: BatchFeaturesConfig,
+        lake: LakeResource,
+        raw_event_source: RawEventSource,
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         """Compute the selected feature groups for the run's days from the raw archive."""
         selected = sorted(context.selected_asset_keys, key=lambda k: k.to_string())
@@ -154,26 +173,31 @@ def build_batch_features(partitions: TimePartitions) -> dg.AssetsDefinition:
         store = lake.lake()
         t0 = time.perf_counter()
         columns = sorted({*required_event_columns(groups), "ingest_ts"})
-        events = raw_event_source.events(store, window.start - lookback, window.end, columns)
+
+        def scan(predicate: pl.Expr | None) -> pl.LazyFrame:
+            return raw_event_source.scan_events(
+                store, window.start - lookback, window.end, columns, predicate
+            )
+
+        shards = config.shards
+        if config.max_rows_in_memory:
+            rows_in_window = int(scan(None).select(pl.len()).collect().item())
+            shards = max(shards, shards_for(rows_in_window, config.max_rows_in_memory))
         labels = None
         if any(g.needs_labels for g in groups):
             labels = raw_event_source.labels(store, window.start - lookback, window.end)
-        t_read = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        results = compute_feature_groups(groups, events, window.start, window.end, labels)
-        t_compute = time.perf_counter() - t0
+        read: dict[tuple[str, ...], int] = {}
+
+        def on_shard(keys: tuple[str, ...], shard: int, rows: int) -> None:
+            read[keys] = read.get(keys, 0) + rows
+            context.log.info("shard %d/%d of %s: %d events", shard + 1, shards, ",".join(keys) or "all", rows)
+
         days = days_of(window.start, window.end)
-        context.log.info(
-            "read %d events (%s lookback) in %.1fs, computed %d groups in %.1fs",
-            events.height,
-            lookback,
-            t_read,
-            len(groups),
-            t_compute,
+        sharded = iter_sharded(
+            groups, scan, window.start, window.end, shards, labels, created_ts=True, on_shard=on_shard
         )
-        for group in groups:
+        for group, rows in sharded:
             key = feature_asset_key(group.name)
-            rows = with_created_ts(results[group.name], group, events)
             write_days(store, group, rows, days)
             figures = day_figures(group, rows, days)
             for day, f in figures.items():
@@ -188,11 +212,19 @@ def build_batch_features(partitions: TimePartitions) -> dg.AssetsDefinition:
                     "version": group.version,
                     "run_days": len(days),
                     "run_rows": rows.height,
-                    "events_read": events.height,
-                    "compute_seconds": t_compute,
+                    "events_read": read.get(tuple(group.entity.keys), read.get((), 0)),
+                    "shards": shards,
+                    "compute_seconds": time.perf_counter() - t0,
                 },
             )
             yield from _check_results(context, store, group, rows, figures, window.start)
+        context.log.info(
+            "computed %d groups in %d shard(s) over %s lookback in %.1fs",
+            len(groups),
+            shards,
+            lookback,
+            time.perf_counter() - t0,
+        )
 
     return batch_features
 

@@ -12,6 +12,8 @@ import pytest
 from risk_assets.features.batch import compute_feature_groups
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.offline_store import day_part_path, read_offline
+from risk_assets.features.sharding import shards_for
+from risk_assets.ingest.raw_reader import read_events
 from risk_assets.lake import Lake
 from risk_assets.names import (
     FEATURE_ROWS_CHECK,
@@ -130,6 +132,40 @@ def test_rematerializing_a_day_gives_the_same_bytes(archive):
         g.name: hashlib.sha256(lake.read_bytes(day_part_path(g, day))).hexdigest() for g in FEATURE_GROUPS
     }
     assert again == digest
+
+
+def _digests(lake: Lake, days: list[datetime]) -> dict[tuple[str, str], str]:
+    return {
+        (g.name, f"{d:%Y-%m-%d}"): hashlib.sha256(lake.read_bytes(day_part_path(g, d))).hexdigest()
+        for g in FEATURE_GROUPS
+        for d in days
+    }
+
+
+def test_sharded_runs_write_the_same_bytes_as_one_shard(archive):
+    """A three-day run in 1 shard (today's single scan), 4 shards, and shards derived from a row cap:
+    every group's every day has the same bytes; the run records its shard count."""
+    lake, _, _ = archive
+    first, last = START + timedelta(days=4), START + timedelta(days=6)
+    days = [first + timedelta(days=d) for d in range(3)]
+    one = run_days(lake, first, last)
+    assert one.success
+    reference = _digests(lake, days)
+    for config, shards in (({"shards": 4}, 4), ({"max_rows_in_memory": 30_000}, None)):
+        result = run_days(lake, first, last, run_config={"ops": {"batch_features": {"config": config}}})
+        assert result.success
+        recorded = {
+            m.metadata["shards"].value for m in result.asset_materializations_for_node("batch_features")
+        }
+        if shards is None:  # events of the window + lookback (archive starts at START) / 30k rows
+            lookback = max(g.max_window for g in FEATURE_GROUPS)
+            n = read_events(lake, first - lookback, last + timedelta(days=1), ["event_id"]).height
+            shards = shards_for(n, 30_000)
+            assert shards > 1
+        assert recorded == {shards}
+        assert _digests(lake, days) == reference, config
+    for m in one.asset_materializations_for_node("batch_features"):
+        assert m.metadata["shards"].value == 1
 
 
 def test_snowflake_backend_gives_the_same_features(tmp_path):
