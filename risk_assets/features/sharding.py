@@ -6,8 +6,9 @@ entities into ``N`` shards by a hash of the group's entity key columns, compute 
 and the union of the shards' outputs is exactly the unsharded output: sorted by (keys, event_ts) it
 is the same frame, so the offline store's bytes are the same.
 
-* A shard's events are read with the predicate ``hash(keys) % N == i`` pushed into the Parquet scan
-  (``raw_reader.scan_events``), so only about ``1/N`` of the window + lookback is in memory at once.
+* A shard's events are read with the predicate ``hash(keys) % N == i`` (and non-null keys, the key
+  set's event types) pushed into the Parquet scan (``raw_reader.scan_events``), so only about ``1/N``
+  of the key set's events of the window + lookback is in memory at once.
 * Labels are joined by the label source's key (the labelled event's id): a shard keeps the labels
   of its own events (a semi-join), which are all its label aggregates can use.
 * Groups with different entity keys shard differently: groups are computed per key set, each key set
@@ -16,8 +17,8 @@ is the same frame, so the offline store's bytes are the same.
   so the run holds one shard's input plus one group's output, never the whole window's input.
 
 The hash is Polars' ``Expr.hash`` with a fixed seed: stable within one Polars version, which is all
-exactness needs (all shards of a run are computed by one process). Rows with a null key hash to some
-shard and are dropped there, as the engine drops them.
+exactness needs (all shards of a run are computed by one process). Rows with a null key, or of
+event types no group of the key set reads, are not read at all when sharding (the engine drops them).
 """
 
 from __future__ import annotations
@@ -65,6 +66,17 @@ def groups_by_keys(groups: Sequence[FeatureGroup]) -> dict[tuple[str, ...], list
     for g in groups:
         out.setdefault(tuple(g.entity.keys), []).append(g)
     return out
+
+
+def _shard_predicate(groups: Sequence[FeatureGroup], keys: Sequence[str], shards: int, i: int) -> pl.Expr:
+    """Rows of shard ``i`` the groups can use: non-null keys, the groups' event types (the engine
+    drops every other row, so leaving them out of the scan changes nothing but memory)."""
+    keep = [shard_expr(keys, shards) == i, *[pl.col(k).is_not_null() for k in keys]]
+    src = groups[0].source
+    if src.event_type_column is not None:
+        types = sorted({t for g in groups for t in g.source_event_types})
+        keep.append(pl.col(src.event_type_column).is_in(types))
+    return pl.all_horizontal(keep)
 
 
 def _collect(lf: pl.LazyFrame) -> pl.DataFrame:
@@ -116,7 +128,7 @@ def iter_sharded(
         root = Path(tmp)
         for keys, gs in groups_by_keys(groups).items():
             for i in range(shards):
-                events = _collect(scan_events(shard_expr(keys, shards) == i))
+                events = _collect(scan_events(_shard_predicate(gs, keys, shards, i)))
                 if on_shard is not None:
                     on_shard(keys, i, events.height)
                 shard_labels = None
