@@ -63,11 +63,14 @@ def child(args: argparse.Namespace) -> None:
 
     days = days_of(start, end)
     out_rows = 0
-    for group, rows in iter_sharded(
-        FEATURE_GROUPS, scan, start, end, args.shards, labels, created_ts=True, on_shard=on_shard
+    for group, output in iter_sharded(
+        FEATURE_GROUPS, scan, start, end, args.shards, labels, created_ts=True, on_shard=on_shard, lazy=True
     ):
-        write_days(lake, group, rows, days)
-        out_rows = max(out_rows, rows.height)
+        for d in days:  # as the asset: one day of one group in memory
+            rows = output.filter((pl.col("event_ts") >= d) & (pl.col("event_ts") < d + timedelta(days=1)))
+            rows = rows.collect()
+            write_days(lake, group, rows, [d])
+            out_rows = max(out_rows, rows.height)
     seconds = time.perf_counter() - t
     digest = hashlib.sha256()
     for group in sorted(FEATURE_GROUPS, key=lambda g: g.name):
@@ -82,7 +85,7 @@ def child(args: argparse.Namespace) -> None:
                 "peak_mib": peak_kib / 1024,
                 "imports_mib": imports_kib / 1024,
                 "largest_shard_events": read[0],
-                "largest_group_rows": out_rows,
+                "largest_group_day_rows": out_rows,
                 "digest": digest.hexdigest()[:16],
             }
         )
@@ -96,21 +99,28 @@ def main() -> None:
     ap.add_argument("--run-days", type=int, default=2)
     ap.add_argument("--shards", default="1,4,8")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--write", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--lake", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         args.shards = int(args.shards)
         child(args)
         return
-    sys.path.insert(0, str(ROOT))
-    from risk_assets.lake import Lake
-    from risk_assets.simulator import SimConfig
-    from risk_assets.simulator.writers import write_history
+    if args.write:
+        sys.path.insert(0, str(ROOT))
+        from risk_assets.lake import Lake
+        from risk_assets.simulator import SimConfig
+        from risk_assets.simulator.writers import write_history
 
-    cfg = SimConfig(hours=24 * args.days, events_per_day=args.events_per_day)
+        write_history(SimConfig(hours=24 * args.days, events_per_day=args.events_per_day), Lake(args.lake))
+        return
+    # The parent stays small: Linux keeps ru_maxrss across fork + exec, so a child forked from a
+    # parent that had simulated the archive would report the parent's peak. The archive is written
+    # by a child too.
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        write_history(cfg, Lake(tmp))
+        cmd = [sys.executable, __file__, "--write", "--lake", tmp, "--days", str(args.days)]
+        subprocess.run([*cmd, "--events-per-day", str(args.events_per_day)], check=True)
         print(
             f"archive: {args.days} days × {args.events_per_day:,} events/day "
             f"in {time.perf_counter() - t:.0f} s"
@@ -129,30 +139,34 @@ def main() -> None:
             results.append(r)
             print(
                 f"shards={n:>2}: {r['seconds']:6.1f} s, peak RSS {r['peak_mib']:7.0f} MiB, largest shard "
-                f"{r['largest_shard_events']:>10,} events, largest group output "
-                f"{r['largest_group_rows']:,} rows, "
+                f"{r['largest_shard_events']:>10,} events, largest group-day "
+                f"{r['largest_group_day_rows']:,} rows, "
                 f"offline bytes sha256 {r['digest']}"
             )
         same = len({r["digest"] for r in results}) == 1
         print(f"offline store bytes identical across shard counts: {same}")
-        # Model: peak(N) = imports + output(window events) + input(events read) / N, fitted on the
-        # smallest and largest shard counts; then extrapolated linearly in events.
+        # Projection: peak(N) = floor + per_event × events read ÷ N, fitted on the two smallest
+        # shard counts (the floor: interpreter, imports, labels, one group-day of output; it grows
+        # with a day's events, not with the window); events read scale linearly.
         by = {r["shards"]: r for r in results}
-        lo, hi = min(by), max(by)
-        if lo != hi:
-            per_shard = (by[lo]["peak_mib"] - by[hi]["peak_mib"]) / (1 / lo - 1 / hi)
-            fixed = by[lo]["peak_mib"] - per_shard / lo
-            imports = by[lo]["imports_mib"]
+        ns = sorted(by)
+        if len(ns) > 1:
+            n0, n1 = ns[0], ns[1]
+            per = (by[n0]["peak_mib"] - by[n1]["peak_mib"]) / (1 / n0 - 1 / n1)
+            floor = by[n0]["peak_mib"] - per / n0
             read_events = args.days * args.events_per_day
-            window_events = args.run_days * args.events_per_day
-            a = per_shard / read_events  # MiB per event read, all in one shard
-            b = max(fixed - imports, 0.0) / window_events  # MiB per window event (outputs)
-            print(f"model: imports {imports:.0f} MiB + {b * 1024:.2f} KiB/window event + "
-                  f"{a * 1024:.2f} KiB/event read ÷ shards")  # fmt: skip
-            read_30, window_30 = 60_000_000, 30_000_000  # 30-day backfill at 1M/day + 30-day lookback
+            a = per / read_events
+            day_scale = 1_000_000 / args.events_per_day
+            print(f"fit: floor {floor:.0f} MiB (imports {by[n0]['imports_mib']:.0f} MiB) + "
+                  f"{a * 1024 * 1024:.0f} bytes/event read ÷ shards")  # fmt: skip
+            # 30-day backfill at 1M/day, 7 days per run (DAILY_BACKFILL) → 37M events read per run;
+            # the floor part above the imports scales with a day's events.
+            imports = by[n0]["imports_mib"]
+            floor_1m = imports + max(floor - imports, 0.0) * day_scale
             for n in (1, 4, 8, 16, 32):
-                gib = (imports + b * window_30 + a * read_30 / n) / 1024
-                print(f"  projected 30-day backfill at 1M events/day, {n:>2} shards: ~{gib:,.1f} GiB")
+                gib = (floor_1m + a * 37_000_000 / n) / 1024
+                print(f"  projected run of a 30-day backfill at 1M events/day (7 days + 30-day lookback "
+                      f"= 37M events read), {n:>2} shards: ~{gib:,.1f} GiB")  # fmt: skip
         print(f"load average: {os.getloadavg()}")
 
 

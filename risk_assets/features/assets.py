@@ -6,7 +6,8 @@ in the UI), subset to what the run selected. A run over a range of days reads th
 once, computes every selected group over the whole range, and replaces each day (delete-then-write),
 so a 30-day backfill is a single run and re-running a day gives the same bytes. The run's memory
 is bounded by its ``shards`` / ``max_rows_in_memory`` config (entity-hash shards computed in turn,
-``features/sharding.py``), not by the window; the bytes written do not depend on the shard count.
+``features/sharding.py``; each group's output written one day at a time), not by the window; the
+bytes written do not depend on the shard count.
 Each day still gets its own figures (``context.add_asset_metadata(..., partition_key=day)``), so
 plots across partitions show the days, not the run.
 
@@ -29,6 +30,7 @@ from risk_assets.features.batch import required_event_columns
 from risk_assets.features.catalog import catalog_frame, describe
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.offline_store import (
+    DAY,
     days_of,
     group_prefix,
     read_offline,
@@ -194,12 +196,25 @@ def build_batch_features(partitions: TimePartitions) -> dg.AssetsDefinition:
 
         days = days_of(window.start, window.end)
         sharded = iter_sharded(
-            groups, scan, window.start, window.end, shards, labels, created_ts=True, on_shard=on_shard
+            groups,
+            scan,
+            window.start,
+            window.end,
+            shards,
+            labels,
+            created_ts=True,
+            on_shard=on_shard,
+            lazy=True,
         )
-        for group, rows in sharded:
+        for group, output in sharded:
             key = feature_asset_key(group.name)
-            write_days(store, group, rows, days)
-            figures = day_figures(group, rows, days)
+            # One day of one group in memory at a time; sorted and written exactly as a whole run.
+            figures: dict[datetime, DayFigures] = {}
+            for day in days:
+                rows = output.filter((pl.col("event_ts") >= day) & (pl.col("event_ts") < day + DAY)).collect()
+                write_days(store, group, rows, [day])
+                figures |= day_figures(group, rows, [day])
+                del rows
             for day, f in figures.items():
                 context.add_asset_metadata(
                     {ROW_COUNT: f.rows, "entities": f.entities, "null_share": f.null_share},
@@ -211,13 +226,13 @@ def build_batch_features(partitions: TimePartitions) -> dg.AssetsDefinition:
                 metadata={
                     "version": group.version,
                     "run_days": len(days),
-                    "run_rows": rows.height,
+                    "run_rows": sum(f.rows for f in figures.values()),
                     "events_read": read.get(tuple(group.entity.keys), read.get((), 0)),
                     "shards": shards,
                     "compute_seconds": time.perf_counter() - t0,
                 },
             )
-            yield from _check_results(context, store, group, rows, figures, window.start)
+            yield from _check_results(context, store, group, output, figures, window.start)
         context.log.info(
             "computed %d groups in %d shard(s) over %s lookback in %.1fs",
             len(groups),
@@ -233,7 +248,7 @@ def _check_results(
     context: dg.AssetExecutionContext,
     store: Lake,
     group: FeatureGroup,
-    rows: pl.DataFrame,
+    rows: pl.LazyFrame,
     figures: dict[datetime, DayFigures],
     start: datetime,
 ) -> Iterator[dg.AssetCheckResult]:
@@ -255,12 +270,12 @@ def _check_results(
             else None,
         )
     if dg.AssetCheckKey(key, FEATURE_SCHEMA_CHECK) in selected:
-        problems = schema_problems(group, rows.schema)
+        problems = schema_problems(group, rows.collect_schema())
         yield dg.AssetCheckResult(
             check_name=FEATURE_SCHEMA_CHECK,
             asset_key=key,
             passed=not problems,
-            metadata={"problems": len(problems), "columns": rows.width},
+            metadata={"problems": len(problems), "columns": len(rows.collect_schema())},
             description="; ".join(problems) or None,
         )
     if dg.AssetCheckKey(key, FEATURE_NULL_SHARES_CHECK) in selected:

@@ -13,8 +13,9 @@ is the same frame, so the offline store's bytes are the same.
   of its own events (a semi-join), which are all its label aggregates can use.
 * Groups with different entity keys shard differently: groups are computed per key set, each key set
   in ``N`` shards (``N = 1``: every group over one shared scan, exactly the unsharded engine).
-* Shard outputs are spilled to Parquet in a scratch directory and assembled one group at a time,
-  so the run holds one shard's input plus one group's output, never the whole window's input.
+* Shard outputs are spilled to Parquet in a scratch directory and assembled one group at a time
+  (``lazy=True``: handed over as a scan, which the asset collects one day at a time), so the run
+  holds one shard's input, or one group-day's output, never the whole window's input.
 
 The hash is Polars' ``Expr.hash`` with a fixed seed: stable within one Polars version, which is all
 exactness needs (all shards of a run are computed by one process). Rows with a null key, or of
@@ -93,7 +94,8 @@ def iter_sharded(
     created_ts: bool = False,
     scratch: Path | None = None,
     on_shard: Callable[[tuple[str, ...], int, int], None] | None = None,
-) -> Iterator[tuple[FeatureGroup, pl.DataFrame]]:
+    lazy: bool = False,
+) -> Iterator[tuple[FeatureGroup, pl.DataFrame | pl.LazyFrame]]:
     """Compute ``groups`` over ``[start, end)`` shard by shard; yield each group's whole output, one
     group at a time (``(group, frame)``, frames as ``compute_feature_groups`` gives them).
 
@@ -101,7 +103,9 @@ def iter_sharded(
     ``created_ts``: add the offline store's ``created_ts`` from each shard's own events (the events
     must then carry the source's ingestion-time column). ``scratch``: where shard outputs are
     spilled (default: a temporary directory, removed at the end). ``on_shard(keys, shard, rows)`` is
-    called after each shard is read, with its event count.
+    called after each shard is read, with its event count. ``lazy``: yield a ``LazyFrame`` over the
+    spilled shard outputs instead (unsorted; valid until the next group is requested), so that a
+    consumer can collect one day at a time and never hold a group's whole output.
     """
     groups = list(groups)
     if shards < 1:
@@ -121,7 +125,8 @@ def iter_sharded(
         finish(results, events, groups)
         del events
         for g in groups:
-            yield g, results.pop(g.name)
+            frame = results.pop(g.name)
+            yield g, frame.lazy() if lazy else frame
         return
 
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
@@ -143,10 +148,12 @@ def iter_sharded(
                     results.pop(g.name).write_parquet(root / f"{g.name}.{i:05d}.parquet")
             for g in gs:
                 paths = [root / f"{g.name}.{i:05d}.parquet" for i in range(shards)]
-                frame = pl.read_parquet(paths).sort([*keys, EVENT_TS])
+                if lazy:
+                    yield g, pl.scan_parquet(paths)
+                else:
+                    yield g, pl.read_parquet(paths).sort([*keys, EVENT_TS])
                 for p in paths:
                     p.unlink()
-                yield g, frame
 
 
 def compute_feature_groups_sharded(
