@@ -4,11 +4,11 @@ Thin wiring around ``batch.compute_feature_groups``, ``offline_store`` and ``qua
 multi-asset with one spec per group (so each group has its own lineage, owner, version and metadata
 in the UI), subset to what the run selected. A run over a range of days reads the lookback it needs
 once, computes every selected group over the whole range, and replaces each day (delete-then-write),
-so a 30-day backfill is a single run and re-running a day gives the same bytes. The run's memory
-is bounded by its ``shards`` / ``max_rows_in_memory`` config (entity-hash shards computed in turn,
-``features/sharding.py``; each group's output written one day at a time), not by the window; the
-bytes written do not depend on the shard count.
-Each day still gets its own figures (``context.add_asset_metadata(..., partition_key=day)``), so
+so re-running a day gives the same bytes (ranged backfills are cut into runs of ``DAYS_PER_RUN``
+days, ``backfills.py``). The run's memory is bounded by its ``shards`` / ``max_rows_in_memory``
+config (entity-hash shards computed in turn, ``features/sharding.py``; each group's output written
+one day at a time), not by the window; the bytes written do not depend on the shard count. Each
+day still gets its own figures (``context.add_asset_metadata(..., partition_key=day)``), so
 plots across partitions show the days, not the run.
 
 Checks per group: ``feature_rows_per_day`` (ERROR, blocking: a day without rows never flows on),
