@@ -246,8 +246,10 @@ class ScoringService:
         # With a shadow loaded the records go to the prediction log from the shadow thread, with
         # both scores; when its queue is full (or no shadow) they are logged here, as before.
         offer = None
-        if shadow is None or not shadow.active() or not shadow.offer(
-            ShadowItem(events, x, model, scores, decisions, degraded, missing, now_ms)
+        if (
+            shadow is None
+            or not shadow.active()
+            or not shadow.offer(ShadowItem(events, x, model, scores, decisions, degraded, missing, now_ms))
         ):
             offer = self.predictions.offer
         results = []
