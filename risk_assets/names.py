@@ -50,6 +50,7 @@ DRIFT_REPORT = "drift_report"
 REALIZED_PERFORMANCE = "realized_performance"
 PREDICTION_LOG = "prediction_log"
 SERVING_SKEW = "serving_skew"
+SHADOW_COMPARISON = "shadow_comparison"
 SERVICE_HEALTH = "service_health"
 
 # -- asset check names ------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ ASSETS = sorted(
         "risk_events_topic",
         "service_health",
         "serving_skew",
+        "shadow_comparison",
         "snowflake_raw_events",
         "stream_feature_buffer",
         "training_set",
