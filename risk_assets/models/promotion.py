@@ -90,6 +90,11 @@ def shadow_failures(
     return out
 
 
+def waits_for_shadow(decision: Decision) -> bool:
+    """The gate refused only because the required shadow period is missing."""
+    return (not decision.promote) and all(r.startswith(SHADOW_REASON) for r in decision.reasons)
+
+
 @dataclass(frozen=True)
 class Decision:
     """The gate's verdict: ``promote`` and every reason behind it (failed checks, metric gap)."""
