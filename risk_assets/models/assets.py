@@ -463,7 +463,8 @@ def model_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
             registry.clear_shadow(store, f"promoted to champion by model_promotion {context.partition_key}")
             shadow_note = f"{candidate} promoted after its shadow period; shadow cleared"
         elif requirement.required and shadowed is None and waits_for_shadow(decision):
-            registry.set_shadow(store, candidate, f"shadow period required (model_promotion {context.partition_key})")
+            why = f"shadow period required (model_promotion {context.partition_key})"
+            registry.set_shadow(store, candidate, why)
             shadow_note = f"{candidate} passed the holdout checks: now scored in shadow"
         elif shadowed:
             shadow_note = f"{candidate} in shadow: {'; '.join(decision.reasons)}"
