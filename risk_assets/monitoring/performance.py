@@ -22,6 +22,7 @@ from risk_assets.events.schema import SCENARIOS
 from risk_assets.lake import Lake
 from risk_assets.models.scoring import Scorer, load_scorer, realized_metrics
 from risk_assets.monitoring.attribution import (
+    SOURCE,
     attribute_versions,
     dominant_version,
     source_counts,
@@ -77,11 +78,13 @@ def realized_performance(
     """Evaluate the ``lookback_days`` mature days ending at ``newest`` (exclusive) of ``frame`` (a
     decision frame with labels, :func:`~risk_assets.monitoring.decisions.decision_frame`)."""
     frame = frame.with_columns(pl.col("event_ts").dt.truncate("1d").alias("_day"))
+    attributed = attribute_versions(store, frame.select("event_id", "event_ts"), champion.version)
+    frame = frame.with_columns(attributed["model_version"], attributed[SOURCE])
     scorers: dict[str, Scorer] = {champion.version: champion}
     per_day: list[dict[str, Any]] = []
     for i in range(lookback_days):
         start = newest - (i + 1) * DAY
-        part = attribute_versions(store, frame.filter(pl.col("_day") == start), champion.version)
+        part = frame.filter(pl.col("_day") == start)
         scores = np.zeros(part.height, dtype=np.float64)
         versions = part["model_version"].to_numpy() if part.height else np.zeros(0, dtype=object)
         for version in version_counts(part):
