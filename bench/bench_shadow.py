@@ -14,7 +14,9 @@ What it does, all on this machine (the setup of ``bench_serving.py``, whose help
 4. starts one ``risk-serve`` and runs ``bench/openloop.py`` at ``--rate`` for ``--seconds`` in
    alternating phases — shadow off (no shadow pointer), shadow on (``registry.set_shadow``, waits
    until the service reports it loaded) — ``--rounds`` times, so that machine noise hits both;
-5. prints per phase p50/p99/p99.9 of the champion's responses, the service's CPU per request, the
+5. prints per phase p50/p99/p99.9 of the champion's responses (client side, open loop), an upper
+   bound of the p99 of the server's own handler time (the request histogram's bucket edge: no
+   client or kernel queueing, which dominates on a loaded machine), the service's CPU per request, the
    machine's busy cores and load average, the shadow's scored/dropped counters, and the ratio of
    the median p99 with shadow to without (the target: at most 1.10).
 """
@@ -40,6 +42,24 @@ def delta(before: dict[str, float], after: dict[str, float], key: str) -> int:
     return int(after.get(key, 0) - before.get(key, 0))
 
 
+def handler_p99_ms(before: dict[str, float], after: dict[str, float]) -> float:
+    """Upper bound (bucket edge, ms) of the p99 of the server's own ``score`` handler time in the
+    phase: from the request histogram's delta (time in the handler, no client or kernel queueing)."""
+    prefix = 'risk_serve_request_duration_seconds_bucket{endpoint="score",le="'
+    edges = sorted(
+        (float(k[len(prefix) : -2]), after[k] - before.get(k, 0.0))
+        for k in after
+        if k.startswith(prefix) and not k.endswith('+Inf"}')
+    )
+    total = after.get('risk_serve_request_duration_seconds_count{endpoint="score"}', 0.0) - before.get(
+        'risk_serve_request_duration_seconds_count{endpoint="score"}', 0.0
+    )
+    for le, cumulative in edges:
+        if total and cumulative >= 0.99 * total:
+            return le * 1000
+    return float("inf")
+
+
 def phase(name: str, port: int, bodies: Path, rate: int, seconds: float) -> dict[str, Any]:
     before = bs.scrape(port)
     busy0, _ = bs.busy_cores()
@@ -56,12 +76,14 @@ def phase(name: str, port: int, bodies: Path, rate: int, seconds: float) -> dict
         cpu_ms_per_request=round(cpu * 1000 / ok, 3),
         busy_cores=round((busy1 - busy0) / wall, 2),
         load1=round(os.getloadavg()[0], 2),
+        handler_p99_ms=handler_p99_ms(before, after),
         shadow_scored=delta(before, after, "risk_shadow_scored_total"),
         shadow_dropped=delta(before, after, "risk_shadow_dropped_total"),
     )
     print(
         f"  {name:10s} achieved {res['achieved_rps']:7.1f}/s  p50 {res['p50_ms']:6.2f} ms"
         f"  p99 {res['p99_ms']:7.2f} ms  p99.9 {res['p999_ms']:7.2f} ms  errors {res['errors']}"
+        f"  handler p99 <= {res['handler_p99_ms']:g} ms"
         f"  server CPU {res['cpu_ms_per_request']:.2f} ms/req  machine busy {res['busy_cores']:.2f}"
         f"/{os.cpu_count()} cores  load1 {res['load1']:.2f}"
         f"  shadow scored {res['shadow_scored']} dropped {res['shadow_dropped']}",
@@ -164,7 +186,7 @@ def main() -> None:
         off = [r for r in rows if r["name"] == "no shadow"]
         on = [r for r in rows if r["name"] == "shadow"]
         summary = {}
-        for key in ("p50_ms", "p99_ms", "p999_ms", "cpu_ms_per_request"):
+        for key in ("p50_ms", "p99_ms", "p999_ms", "handler_p99_ms", "cpu_ms_per_request"):
             a, b = statistics.median(r[key] for r in off), statistics.median(r[key] for r in on)
             summary[key] = (a, b)
             print(f"median {key:20s} no shadow {a:7.2f}  shadow {b:7.2f}  ratio {b / a:5.2f}", flush=True)
