@@ -75,3 +75,25 @@ def test_nothing_shadowed_or_nothing_matured() -> None:
     assert none["shadow_scored"] == 0 and none["labelled"] == 0 and none["shadow_days"] == 0.0
     early = compare_shadow(log, labels, "chall", as_of=T0 + DAY, maturity=7 * DAY)
     assert early["shadow_scored"] == 200 and early["labelled"] == 0 and early["challenger"] == {}
+
+
+def test_read_shadow_log_skips_ranges_without_shadow_columns(tmp_path) -> None:
+    """Ranges stored before shadow scoring existed have no shadow columns: skipped, not an error;
+    only rows a shadow scored are returned."""
+    from risk_assets.ingest.kafka_reader import OffsetRange
+    from risk_assets.lake import Lake
+    from risk_assets.monitoring.artifacts import prediction_log_path
+    from risk_assets.monitoring.shadow_assets import read_shadow_log
+
+    lake = Lake(str(tmp_path))
+    log, _, _ = _log(10)
+    old = log.drop("shadow_version", "shadow_score").with_columns(pl.lit(0.0).alias("f1"))
+    new = log.with_columns(
+        pl.when(pl.int_range(pl.len()) < 4).then(pl.col("shadow_version")).alias("shadow_version"),
+        pl.lit(1.0).alias("f2"),
+    )
+    lake.write_parquet(old, prediction_log_path(OffsetRange("t", 0, 0, 10)))
+    lake.write_parquet(new, prediction_log_path(OffsetRange("t", 0, 10, 20)))
+    got = read_shadow_log(lake)
+    assert got["event_id"].to_list() == log["event_id"].head(4).to_list()
+    assert got["shadow_version"].to_list() == ["chall"] * 4
