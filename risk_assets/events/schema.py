@@ -26,7 +26,7 @@ MAX_AMOUNT_USD = 10_000_000.0
 MIN_EVENT_TS_MS = 1_262_304_000_000  # 2010-01-01: the exchange did not exist before.
 MAX_EVENT_TS_MS = 4_102_444_800_000  # 2100-01-01: a static sanity bound (Parquet, Polars and
 # datetime all hold it); how far *ahead of arrival* a time may be is the ingestion's business
-# (``partitioning.MAX_FUTURE_SKEW``, ``decode_messages(future_bound=…)``).
+# (``partitioning.MAX_FUTURE_SKEW``, ``archive.decode_messages(not_after_ms=…)``).
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 TimestampMs = Annotated[int, msgspec.Meta(ge=MIN_EVENT_TS_MS, le=MAX_EVENT_TS_MS)]

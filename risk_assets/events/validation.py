@@ -23,6 +23,9 @@ UNKNOWN_EVENT_TYPE = "unknown_event_type"
 UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
 FUTURE_TIMESTAMP = "future_timestamp"
 DUPLICATE = "duplicate"
+INVALID_UTF8 = "invalid_utf8"
+UNDECODABLE = "undecodable"
+CLOCK_SKEW = "clock_skew"
 REASONS: tuple[str, ...] = (
     MALFORMED_JSON,
     MISSING_FIELD,
@@ -33,7 +36,14 @@ REASONS: tuple[str, ...] = (
     UNSUPPORTED_SCHEMA_VERSION,
     FUTURE_TIMESTAMP,
     DUPLICATE,
+    INVALID_UTF8,
+    UNDECODABLE,
+    CLOCK_SKEW,
 )
+"""``invalid_utf8``: the payload's strings are not UTF-8. ``undecodable``: any other exception while
+decoding one message (a bug or an input nobody foresaw: the message is kept, the batch goes on).
+``clock_skew``: the message's Kafka timestamp is inconsistent with its position in the log
+(a producer clock more than the search slack off; see ``ingest/partitioning.py``)."""
 
 _EXPECTED_GOT = re.compile(r"^Expected `[^`]+`, got `[^`]+`")
 
@@ -41,26 +51,31 @@ _EXPECTED_GOT = re.compile(r"^Expected `[^`]+`, got `[^`]+`")
 _any_json = msgspec.json.Decoder().decode
 
 
-def classify_error(exc: Exception, raw: bytes | None = None) -> str:
+def classify_error(exc: Exception, raw: bytes | None = None, type_field: str | None = "event_type") -> str:
     """Map a msgspec decode/validation error to a reason code.
 
     msgspec validates while it parses, so a truncated payload can fail a value check before the
     parser reaches the truncation; with ``raw`` given, payloads that are not JSON at all are
-    reported as ``malformed_json`` whatever the first error was.
+    reported as ``malformed_json`` whatever the first error was. ``type_field``: the payload's
+    event-type field (a declared source's own name; ``None`` when it has none).
     """
+    if isinstance(exc, UnicodeError):
+        return INVALID_UTF8
     if not isinstance(exc, msgspec.ValidationError):
-        return MALFORMED_JSON
+        return MALFORMED_JSON if isinstance(exc, msgspec.DecodeError) else UNDECODABLE
     if raw is not None:
         try:
             _any_json(raw)
         except msgspec.DecodeError:
             return MALFORMED_JSON
+        except UnicodeError:
+            return INVALID_UTF8
     msg = str(exc)
     if msg.startswith("Object missing required field"):
         return MISSING_FIELD
     if msg.startswith("Object contains unknown field"):
         return UNKNOWN_FIELD
-    if msg.endswith("at `$.event_type`"):
+    if type_field is not None and msg.endswith(f"at `$.{type_field}`"):
         return UNKNOWN_EVENT_TYPE
     if msg.endswith("at `$.schema_version`"):
         return UNSUPPORTED_SCHEMA_VERSION
@@ -77,16 +92,20 @@ class ValidationOutcome:
     rejected: list[tuple[int, str, str]]
 
 
-def validate_payloads(values: list[bytes], payload_type: Any) -> ValidationOutcome:
-    """Decode every payload as ``payload_type`` (a msgspec struct or union of structs)."""
+def validate_payloads(
+    values: list[bytes], payload_type: Any, type_field: str | None = "event_type"
+) -> ValidationOutcome:
+    """Decode every payload as ``payload_type`` (a msgspec struct or union of structs);
+    ``type_field`` names the event-type field for the ``unknown_event_type`` reason."""
     decode = msgspec.json.Decoder(payload_type).decode
     valid: list[int] = []
     rejected: list[tuple[int, str, str]] = []
     for i, raw in enumerate(values):
         try:
             decode(raw)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            rejected.append((i, classify_error(exc, raw), str(exc)[:500]))
+        except Exception as exc:  # one bad message never fails the batch (no poison pill)
+            text = str(exc) if isinstance(exc, msgspec.MsgspecError) else f"{type(exc).__name__}: {exc}"
+            rejected.append((i, classify_error(exc, raw, type_field), text[:500]))
         else:
             valid.append(i)
     return ValidationOutcome(valid, rejected)

@@ -6,13 +6,16 @@ Two independent steps, each a thin wrapper around pure modules, so either can fa
   sensor): validate, update the stream state in Redis, compute the stream groups' rows for the
   range's events (``stream.process_events``) and publish them to the ``risk.features`` topic.
 * ``online_features`` + ``feature_log`` — one run per offset range of ``risk.features``: write the
-  rows to the online store (write-if-newer) and the offline store's log (``ingestion.ingest_range``).
+  rows to the online store (write-if-newer) and the offline store's log (``ingestion.ingest_batch``).
 
 A broken ingestion leaves rows waiting in the buffer topic; a broken computation leaves events in
 the events topic; the sensors re-request failed ranges and never commit past them.
 """
 
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 import dagster as dg
@@ -22,7 +25,7 @@ from risk_assets.automation import FEATURE_LOG_FRESHNESS
 from risk_assets.features.consistency import compare
 from risk_assets.features.feature_buffer import publish
 from risk_assets.features.groups import FEATURE_GROUPS
-from risk_assets.features.ingestion import ingest_range, read_feature_log
+from risk_assets.features.ingestion import ingest_batch, read_feature_log
 from risk_assets.features.offline_store import read_offline
 from risk_assets.features.online_store import OnlineStore
 from risk_assets.features.stream_state import StreamState, stream_groups
@@ -33,7 +36,7 @@ from risk_assets.features.stream_warm_start import (
     warm_start_now,
 )
 from risk_assets.ingest.archive import EVENTS, decode_messages
-from risk_assets.ingest.kafka_reader import OffsetRange
+from risk_assets.ingest.kafka_reader import IncarnationChanged, OffsetRange
 from risk_assets.names import (
     EVENTS_TOPIC,
     EVENTS_TOPIC_ASSET,
@@ -65,12 +68,36 @@ class OffsetRangeConfig(RunConfig):
     partition: int
     start: int
     end: int
+    incarnation: str = ""
+    """The topic incarnation the offsets belong to (set by the sensor); the run fails rather than
+    read these offsets from another log. Empty: not checked."""
 
     def range(self) -> OffsetRange:
         return OffsetRange(self.topic, self.partition, self.start, self.end)
 
 
+class StreamBatchConfig(OffsetRangeConfig):
+    """A micro-batch's range and its time sanity bound."""
+
+    as_of_ms: int = 0
+    """When the sensor first requested this range (epoch ms; 0: the run's start). Retries and
+    replays of the range judge "too far in the future" against this same time."""
+    future_bound_s: int = 300
+    """Events whose time (or Kafka timestamp) is more than this after ``as_of_ms`` are rejected as
+    ``future_timestamp`` instead of being published: a row from the future would win
+    write-if-newer and freeze the entity's online value until real time catches up."""
+
+
 STREAM_GROUPS = stream_groups(FEATURE_GROUPS)
+
+
+@contextmanager
+def _final_on_new_incarnation() -> Iterator[None]:
+    """A range of another topic incarnation never becomes readable again: fail without retries."""
+    try:
+        yield
+    except IncarnationChanged as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
 
 
 @dg.asset(
@@ -89,16 +116,21 @@ STREAM_GROUPS = stream_groups(FEATURE_GROUPS)
 )
 def stream_feature_buffer(
     context: dg.AssetExecutionContext,
-    config: OffsetRangeConfig,
+    config: StreamBatchConfig,
     kafka: KafkaResource,
     redis: RedisResource,
     lake: LakeResource,
 ) -> dg.MaterializeResult:
     rng = config.range()
     t0 = time.time()
-    with kafka.range_reader() as reader:
-        batch = reader.read(rng)
-    decoded = decode_messages(batch, EVENTS)
+    with kafka.range_reader() as reader, _final_on_new_incarnation():
+        incarnation = config.incarnation or reader.incarnation(rng.topic)
+        reader.ensure_incarnation(rng.topic, incarnation)
+        batch = reader.read(rng, complete=True)
+        reader.ensure_incarnation(rng.topic, incarnation)
+    as_of_ms = config.as_of_ms or int(t0 * 1000)
+    decoded = decode_messages(batch, EVENTS, not_after_ms=as_of_ms + config.future_bound_s * 1000)
+    reasons = Counter(reason for _, reason, _ in decoded.rejected)
     with StreamState.from_url(
         redis.url, STREAM_GROUPS, namespace=redis.namespace, cluster=redis.cluster
     ) as state:
@@ -122,8 +154,10 @@ def stream_feature_buffer(
             "dagster/row_count": published,
             "events": decoded.valid.height,
             "rejected": len(decoded.rejected),
+            **{f"rejected/{r}": n for r, n in sorted(reasons.items())},
             "offset_start": rng.start,
             "offset_end": rng.end,
+            "kafka_incarnation": incarnation,
             "processing_seconds": done - t0,
             "lag_seconds": max(0.0, done - newest_ms / 1000),
             "warm_starts": len(warmed),
@@ -175,7 +209,12 @@ def ingest_feature_buffer(
         kafka.range_reader() as reader,
         OnlineStore.from_url(redis.url, namespace=redis.namespace, cluster=redis.cluster) as store,
     ):
-        result = ingest_range(reader, rng, store, lake.lake(), FEATURE_GROUPS)
+        with _final_on_new_incarnation():
+            incarnation = config.incarnation or reader.incarnation(rng.topic)
+            reader.ensure_incarnation(rng.topic, incarnation)
+            batch = reader.read(rng, complete=True)
+            reader.ensure_incarnation(rng.topic, incarnation)  # before anything is written
+        result = ingest_batch(batch, rng, store, lake.lake(), FEATURE_GROUPS)
     applied = sum(w.applied for w in result.online.values())
     skipped = sum(w.skipped for w in result.online.values())
     context.log.info(
@@ -193,6 +232,7 @@ def ingest_feature_buffer(
             "rejected": result.rejected,
             "offset_start": rng.start,
             "offset_end": rng.end,
+            "kafka_incarnation": incarnation,
         },
     )
 

@@ -14,8 +14,20 @@ from risk_assets.automation import ARCHIVE_FRESHNESS
 from risk_assets.backfills import HOURLY_BACKFILL, POOL_KAFKA_ARCHIVE, POOL_WAREHOUSE
 from risk_assets.events.validation import REASONS
 from risk_assets.ingest import raw_reader, snowflake_mirror
-from risk_assets.ingest.archive import EVENTS, LABELS, ArchiveSpec, build_archive, write_archive
-from risk_assets.ingest.kafka_reader import KafkaRangeReader, KafkaReadError
+from risk_assets.ingest.archive import (
+    EVENTS,
+    LABELS,
+    ArchiveSpec,
+    LogPositions,
+    archived_counts,
+    build_archive,
+    incarnation_gap,
+    read_ledger,
+    record_incarnation,
+    shrinking_hours,
+    write_archive,
+)
+from risk_assets.ingest.kafka_reader import KafkaRangeReader, KafkaReadError, MessageBatch
 from risk_assets.ingest.partitioning import GRACE, HOUR, archive_hours, ingest_window
 from risk_assets.names import INVALID_SHARE_CHECK, RAW_EVENTS, SNOWFLAKE_RAW_EVENTS
 from risk_assets.partitions import TimePartitions
@@ -30,6 +42,10 @@ class ArchiveConfig(RunConfig):
 
     max_invalid_share: float = 0.05
     """The invalid-share check fails when more than this share of an hour's messages is rejected."""
+    force_replace: bool = False
+    """Replace hours even when the new content has fewer records than the archive holds, or when
+    the topic is a new incarnation whose log does not reach back to the window (the broker lost
+    data). Audited: the run's metadata lists every forced hour with both counts."""
 
 
 def _ms(ts: datetime) -> int:
@@ -101,23 +117,72 @@ def build_archive_asset(spec: ArchiveSpec, partitions: TimePartitions) -> dg.Ass
         context: dg.AssetExecutionContext, config: ArchiveConfig, lake: LakeResource, kafka: KafkaResource
     ):
         hours = archive_hours(context.partition_time_window.start, context.partition_time_window.end)
-        start, end = ingest_window(hours[0], hours[-1])
+        start, _ = ingest_window(hours[0], hours[-1])
+        store = lake.lake()
         with kafka.range_reader() as reader:
+            incarnation = reader.incarnation(spec.topic)
             ensure_window_retained(reader, spec.topic, _ms(start))
-            batch, ranges = reader.read_time_window(spec.topic, _ms(start), _ms(end))
+            partitions = reader.partitions(spec.topic)
+            starts = [reader.log_start_timestamp(spec.topic, p)[1] for p in partitions]
+            log_start = min((t for t in starts if t is not None), default=None)
+            positions = LogPositions(spec.topic, lambda p, t: reader.boundary(spec.topic, p, t))
+            ranges = positions.read_ranges(partitions, hours)
+            batch = MessageBatch.concat([reader.read(r, complete=True) for r in ranges])
+            result = build_archive(batch, spec, hours, positions)
             stream_ts = reader.latest_timestamp(spec.topic) or 0
-        result = build_archive(batch, spec, hours)
-        bytes_written = write_archive(lake.lake(), spec, result)
+            # A broker that restarted while we read serves another log: fail, write nothing.
+            reader.ensure_incarnation(spec.topic, incarnation)
+        store_ledger = read_ledger(store, spec.dataset)
+        counts = archived_counts(store, spec.dataset, hours)
+        shrinks = shrinking_hours(counts, result)
+        # Hours already archived are protected by the shrink guard; hours archived for the first time
+        # from a log that does not reach back to them would be an empty (or partial) success.
+        new_hours = [h for h in hours if h not in counts]
+        gap = None
+        if new_hours:
+            first_new, _ = ingest_window(new_hours[0], new_hours[0])
+            gap = incarnation_gap(store_ledger, incarnation, log_start, _ms(first_new))
+            if gap:
+                gap = (
+                    f"{gap} (hours not archived yet: {', '.join(f'{h:%Y-%m-%d %H}:00Z' for h in new_hours)})"
+                )
+        if (gap or shrinks) and not config.force_replace:
+            problems = ([gap] if gap else []) + (
+                [f"{len(shrinks)} archived hour(s) would shrink: " + "; ".join(map(str, shrinks))]
+                if shrinks
+                else []
+            )
+            raise dg.Failure(
+                description="Not replacing archived hours (set force_replace to override, audited): "
+                + " | ".join(problems),
+                metadata={
+                    "kafka_incarnation": incarnation,
+                    "known_incarnations": ", ".join(sorted(store_ledger.get("incarnations", {}))),
+                    "kafka_ranges": ", ".join(r.key() for r in ranges),
+                    **{f"shrink/{x.hour:%Y-%m-%dT%H}": f"{x.archived} -> {x.new}" for x in shrinks},
+                },
+                allow_retries=False,
+            )
+        if gap or shrinks:
+            context.log.warning("force_replace: %s; shrinking hours: %s", gap, "; ".join(map(str, shrinks)))
+        bytes_written = write_archive(store, spec, result)
+        record_incarnation(store, spec.dataset, incarnation, log_start)
         # An hour is final once the stream has moved past its end + GRACE; open hours may still grow.
         open_hours = sum(1 for h in hours if _ms(h + HOUR + GRACE) > stream_ts)
         context.log.info(
-            "archived %d hours: %d records, %d dead letters from %d messages in %s",
+            "archived %d hours: %d records, %d dead letters from %d messages in %s (incarnation %s)",
             len(hours),
             result.record_count,
             result.dead_letter_count,
             result.messages_read,
             ", ".join(r.key() for r in ranges) or "no ranges",
+            incarnation,
         )
+        forced = {
+            "forced_replace": bool(gap or shrinks),
+            **({"forced_gap": gap} if gap else {}),
+            **{f"forced_shrink/{x.hour:%Y-%m-%dT%H}": f"{x.archived} -> {x.new}" for x in shrinks},
+        }
         yield dg.MaterializeResult(
             asset_key=spec.dataset,
             metadata={
@@ -130,6 +195,8 @@ def build_archive_asset(spec: ArchiveSpec, partitions: TimePartitions) -> dg.Ass
                 "bytes_written": bytes_written,
                 "stream_lag_s": max(0.0, (_ms(hours[-1] + HOUR) - stream_ts) / 1000),
                 "kafka_ranges": ", ".join(r.key() for r in ranges),
+                "kafka_incarnation": incarnation,
+                **forced,
             },
         )
         yield dg.MaterializeResult(

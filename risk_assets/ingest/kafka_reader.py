@@ -10,7 +10,13 @@ gives the same records. Two broker facts are handled here and nowhere else:
 * **Finding offsets by time.** ``offsets_for_times`` is answered with 0 by tansu, so
   ``first_offset_at_or_after`` binary-searches message timestamps instead (a few single-message
   fetches). Timestamps are the producer's CreateTime and are assumed non-decreasing within
-  ``TIMESTAMP_SLACK``; callers search from ``t - TIMESTAMP_SLACK`` and filter exactly.
+  ``TIMESTAMP_SLACK``; callers search from ``t - TIMESTAMP_SLACK`` and filter exactly. A probe
+  takes the median timestamp of a few consecutive records, so one producer with a wrong clock
+  cannot steer the search.
+* **Which log this is.** Offsets only mean something within one *incarnation* of a topic: a
+  broker that lost its data (tansu's memory engine after a restart) or a deleted and re-created
+  topic starts again at offset 0. ``incarnation`` names it ``<cluster id>/<topic id>`` (the topic
+  id is a UUID the broker assigns at creation); runs and cursors record it next to their offsets.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -25,8 +32,16 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 TIMESTAMP_SLACK = timedelta(minutes=10)
 
 
+PROBE_RECORDS = 15
+"""Records per timestamp probe of the offset search; the probe's timestamp is their median."""
+
+
 class KafkaReadError(RuntimeError):
     """The broker did not return what was asked for within the deadline."""
+
+
+class IncarnationChanged(KafkaReadError):
+    """The topic is not the log a run (or cursor) started on: its offsets mean other records."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +58,8 @@ class OffsetRange:
         return max(0, self.end - self.start)
 
     def key(self) -> str:
-        """Stable identifier, e.g. ``risk.events:0:100-250`` (used as a run key)."""
+        """Stable identifier, e.g. ``risk.events:0:100-250`` (metadata, object names; the sensors'
+        run keys add the topic incarnation: ``offset_cursor.range_run_key``)."""
         return f"{self.topic}:{self.partition}:{self.start}-{self.end}"
 
 
@@ -85,6 +101,10 @@ class KafkaRangeReader:
 
     def __init__(self, bootstrap_servers: str, *, timeout_s: float = 30.0, client_id: str = "risk-assets"):
         self.timeout_s = timeout_s
+        self._bootstrap = bootstrap_servers
+        self._incarnations: dict[str, str] = {}
+        self._admin: Any = None  # confluent_kafka.admin.AdminClient, made on first use
+        self._boundaries: dict[tuple[str, int, int], int] = {}
         # Partition bounds are taken once per reader: one run works on one consistent snapshot of
         # the log (create a new reader to see newer data).
         self._bounds: dict[tuple[str, int], tuple[int, int]] = {}
@@ -126,6 +146,38 @@ class KafkaRangeReader:
             raise KafkaReadError(f"topic {topic!r} not available: {t.error if t else 'missing'}")
         return sorted(t.partitions)
 
+    def incarnation(self, topic: str, *, fresh: bool = False) -> str:
+        """``<cluster id>/<topic id>`` of ``topic``, as of this reader's first look (``fresh``: ask
+        the broker again). Changes when the broker lost the topic or it was re-created."""
+        if fresh or topic not in self._incarnations:
+            from confluent_kafka import TopicCollection
+            from confluent_kafka.admin import AdminClient
+
+            if self._admin is None:
+                self._admin = AdminClient({"bootstrap.servers": self._bootstrap, "log_level": 0})
+            admin = self._admin
+            md = admin.list_topics(topic, timeout=self.timeout_s)
+            try:
+                desc = admin.describe_topics(TopicCollection([topic]))[topic].result(timeout=self.timeout_s)
+            except KafkaException as exc:
+                raise KafkaReadError(f"topic {topic!r}: cannot describe it: {exc}") from None
+            value = f"{md.cluster_id}/{desc.topic_id}"
+            if fresh and topic in self._incarnations and self._incarnations[topic] != value:
+                return value
+            self._incarnations[topic] = value
+        return self._incarnations[topic]
+
+    def ensure_incarnation(self, topic: str, expected: str) -> None:
+        """Raise :class:`IncarnationChanged` unless ``topic`` is still the log ``expected`` names —
+        called after a read, so a broker that restarted mid-read fails the run instead of serving
+        offsets of another log."""
+        now = self.incarnation(topic, fresh=True)
+        if now != expected:
+            raise IncarnationChanged(
+                f"topic {topic!r} changed incarnation during the run: {expected} → {now} "
+                "(the broker lost its data or the topic was re-created); nothing was written"
+            )
+
     def bounds(self, topic: str, partition: int) -> tuple[int, int]:
         """``(log start offset, true end offset)`` of a partition, as of this reader's first look."""
         key = (topic, partition)
@@ -164,20 +216,32 @@ class KafkaRangeReader:
         batch = self.read(OffsetRange(topic, partition, offset, offset + 1))
         return int(batch.timestamps_ms[0])
 
+    def probe_timestamp(self, topic: str, partition: int, offset: int, end: int) -> int:
+        """Median timestamp of the ``PROBE_RECORDS`` records from ``offset`` (fewer before ``end``):
+        robust to a few records from a producer whose clock is far off (lagging or ahead)."""
+        batch = self.read(
+            OffsetRange(topic, partition, offset, max(min(end, offset + PROBE_RECORDS), offset + 1))
+        )
+        if not len(batch):
+            raise KafkaReadError(f"{topic}:{partition}: no record from offset {offset}")
+        return int(np.median(batch.timestamps_ms))
+
     def first_offset_at_or_after(self, topic: str, partition: int, ts_ms: int, low: int, end: int) -> int:
         """Smallest offset in ``[low, end]`` whose timestamp is ≥ ``ts_ms`` (``end`` if none).
 
-        Search over message timestamps, exact when they are non-decreasing. Steps alternate between
+        The search runs over probe timestamps (medians of ``PROBE_RECORDS`` records), then the answer
+        is refined record by record: exact when timestamps are non-decreasing, and a few records off
+        at most when a producer's clock is wrong next to the boundary. Steps alternate between
         interpolation (timestamps grow roughly linearly with offsets, so a handful of probes
         usually suffice) and bisection (which bounds the worst case at twice the bisection count).
         """
         lo, hi = low, end
         if lo >= hi:
             return lo
-        ts_lo = self.timestamp_at(topic, partition, lo)
+        ts_lo = self.probe_timestamp(topic, partition, lo, end)
         if ts_lo >= ts_ms:
-            return lo
-        ts_hi = self.timestamp_at(topic, partition, hi - 1)
+            return self._refine(topic, partition, ts_ms, lo, end)
+        ts_hi = self.probe_timestamp(topic, partition, hi - 1, end)
         if ts_hi < ts_ms:
             return hi
         # Invariant: ts(lo) < ts_ms <= ts(hi - 1) … the answer is in (lo, hi - 1].
@@ -190,16 +254,29 @@ class KafkaRangeReader:
             else:
                 mid = (lo + hi) // 2
             interpolate = not interpolate
-            ts_mid = self.timestamp_at(topic, partition, mid)
+            ts_mid = self.probe_timestamp(topic, partition, mid, end)
             if ts_mid < ts_ms:
                 lo, ts_lo = mid, ts_mid
             else:
                 hi, ts_hi = mid, ts_mid
-        return hi
+        return self._refine(topic, partition, ts_ms, hi, end)
+
+    def _refine(self, topic: str, partition: int, ts_ms: int, approx: int, end: int) -> int:
+        """First offset in ``[approx, approx + 2 * PROBE_RECORDS)`` with timestamp ≥ ``ts_ms``: the
+        probe search stops at most ``PROBE_RECORDS`` records before the exact answer."""
+        stop = min(end, approx + 2 * PROBE_RECORDS)
+        batch = self.read(OffsetRange(topic, partition, approx, stop))
+        hits = np.flatnonzero(batch.timestamps_ms >= ts_ms)
+        return int(batch.offsets[hits[0]]) if len(hits) else stop
 
     # -- data --------------------------------------------------------------------------------
-    def read(self, rng: OffsetRange) -> MessageBatch:
-        """All messages of ``rng``, in offset order. Raises if the broker does not deliver them all."""
+    def read(self, rng: OffsetRange, *, complete: bool = False) -> MessageBatch:
+        """All messages of ``rng``, in offset order. Raises if the broker does not deliver them all.
+
+        With ``complete``, every offset of the range must hold a record (true of the pipeline's
+        topics: never compacted, no transactions): a range that comes back with holes — a broker
+        that lost part of its log under the reader — raises instead of passing for a small range.
+        """
         n = rng.size
         if n == 0:
             return MessageBatch(np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.int64), [])
@@ -233,6 +310,11 @@ class KafkaRangeReader:
                 next_offset = offsets[-1] + 1
         finally:
             self._consumer.unassign()
+        if complete and len(values) != n:
+            raise KafkaReadError(
+                f"{rng.key()}: expected {n:,} records, the broker delivered {len(values):,} "
+                "(offsets missing from the range)"
+            )
         return MessageBatch(
             np.full(len(values), rng.partition, np.int32),
             np.asarray(offsets, np.int64),
@@ -270,6 +352,21 @@ class KafkaRangeReader:
             ranges.append(rng)
             batches.append(batch.select((batch.timestamps_ms >= start_ms) & (batch.timestamps_ms < end_ms)))
         return MessageBatch.concat(batches), ranges
+
+    def boundary(self, topic: str, partition: int, ts_ms: int) -> int:
+        """``first_offset_at_or_after(ts_ms)`` over the partition as of this reader's snapshot
+        (memoized). Boundaries already known for earlier and later times bracket the search (the
+        answer is monotone in ``ts_ms`` where timestamps are), so a run's later boundaries cost a few
+        probes; the refinement makes each answer exact wherever clocks are within the slack."""
+        key = (topic, partition, ts_ms)
+        if key not in self._boundaries:
+            low, end = self.bounds(topic, partition)
+            known = [(t, o) for (tp, p, t), o in self._boundaries.items() if tp == topic and p == partition]
+            lo = max([o for t, o in known if t < ts_ms], default=low)
+            hi = min([o for t, o in known if t > ts_ms], default=end)
+            lo, hi = max(low, min(lo, hi)), min(end, max(hi + PROBE_RECORDS, lo))
+            self._boundaries[key] = self.first_offset_at_or_after(topic, partition, ts_ms, lo, hi)
+        return self._boundaries[key]
 
     def latest_timestamp(self, topic: str) -> int | None:
         """Timestamp (ms) of the newest record over all partitions: how far the stream has got."""

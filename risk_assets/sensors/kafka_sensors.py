@@ -2,9 +2,12 @@
 
 Each tick reads end offsets only (a sensor must never block on consuming), asks the instance how the
 runs of inflight ranges went, and lets ``offset_cursor.plan`` decide; the run does the reading.
-Nothing is committed to the broker: the sensor cursor is the only bookkeeping.
+Nothing is committed to the broker: the sensor cursor is the only bookkeeping. A changed topic
+incarnation or offsets going backwards fail the tick with :class:`OffsetIncident`, which states the
+numbers and the cursor to set to accept the new incarnation (``offset_cursor`` module docstring).
 """
 
+import time
 from typing import Any
 
 import dagster as dg
@@ -12,9 +15,16 @@ import dagster as dg
 from risk_assets.features.stream_assets import feature_ingestion_job, stream_features_job
 from risk_assets.names import EVENTS_TOPIC, FEATURES_TOPIC
 from risk_assets.resources import KafkaResource
-from risk_assets.sensors.offset_cursor import OffsetCursor, RunState, plan, tp_key
+from risk_assets.sensors.offset_cursor import OffsetCursor, RunState, accept_incarnations, plan, tp_key
 
 RUN_KEY_TAG = "dagster/run_key"
+INCARNATION_TAG = "risk/kafka_incarnation"
+
+
+class OffsetIncident(Exception):
+    """The log under a Kafka sensor is not the one its cursor describes: the sensor stops."""
+
+
 _FAILED = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
@@ -35,8 +45,10 @@ def build_offset_range_sensor(
     *,
     max_range: int,
     interval_s: int,
+    as_of_field: bool = False,
 ) -> dg.SensorDefinition:
-    """A sensor requesting ``job`` runs over new offset ranges of ``topic`` (≤ ``max_range`` each)."""
+    """A sensor requesting ``job`` runs over new offset ranges of ``topic`` (≤ ``max_range`` each);
+    with ``as_of_field``, each run's config also gets the range's first-request time (``as_of_ms``)."""
 
     @dg.sensor(
         name=name,
@@ -45,20 +57,34 @@ def build_offset_range_sensor(
         default_status=dg.DefaultSensorStatus.STOPPED,
         description=(
             f"Every {interval_s}s: read the end offsets of `{topic}` and request one `{job.name}` run per "
-            f"new offset range (≤ {max_range:,} offsets; run key `topic:partition:start-end`). The cursor "
-            "commits a range only after its run succeeded; failed ranges are re-requested (3 attempts)."
+            f"new offset range (≤ {max_range:,} offsets; run key `topic@<topic id>:partition:start-end`). "
+            "The cursor commits a range only after its run succeeded; failed ranges are re-requested "
+            "(3 attempts). A new topic incarnation or offsets going backwards stop it (failed tick)."
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource):
         cursor = OffsetCursor.parse(context.cursor)
         with kafka.range_reader() as reader:
+            incarnation = reader.incarnation(topic)
             bounds = {tp_key(topic, p): reader.bounds(topic, p) for p in reader.partitions(topic)}
         ends = {tp: end for tp, (_, end) in bounds.items()}
         starts = {tp: low for tp, (low, _) in bounds.items()}
         states = {
             i.run_key: _run_state(context.instance, i.run_key) for i in cursor.inflight.values() if not i.done
         }
-        p = plan(cursor, ends, states, max_range=max_range, starts=starts)
+        incarnations = dict.fromkeys(ends, incarnation)
+        now_ms = int(time.time() * 1000)
+        p = plan(
+            cursor, ends, states, max_range=max_range, starts=starts, incarnations=incarnations, now_ms=now_ms
+        )
+        for note in p.accepted:
+            context.log.warning(note)
+        if p.incidents:
+            resume = accept_incarnations(context.cursor, {tp: incarnation for tp in ends})
+            raise OffsetIncident(
+                f"{name} stopped: " + " | ".join(p.incidents) + ". Nothing was requested and the cursor "
+                "is unchanged. To accept the broker's current log, set the sensor cursor to: " + resume
+            )
         for key in p.stuck:
             context.log.error(f"range {key} failed 3 times; re-execute it to let the cursor move on")
         for req in p.requests:
@@ -73,6 +99,8 @@ def build_offset_range_sensor(
                                 "partition": r.partition,
                                 "start": r.start,
                                 "end": r.end,
+                                "incarnation": incarnation,
+                                **({"as_of_ms": req.as_of_ms} if as_of_field else {}),
                             }
                         }
                     }
@@ -82,6 +110,7 @@ def build_offset_range_sensor(
                     "risk/partition": str(r.partition),
                     "risk/offset_range": f"{r.start}-{r.end}",
                     "risk/attempt": str(req.attempt),
+                    INCARNATION_TAG: incarnation,
                 },
             )
         context.update_cursor(p.cursor.dumps())
@@ -98,6 +127,7 @@ stream_features_sensor = build_offset_range_sensor(
     "stream_feature_buffer",
     max_range=50_000,
     interval_s=5,
+    as_of_field=True,
 )
 feature_ingestion_sensor = build_offset_range_sensor(
     "feature_ingestion_sensor",

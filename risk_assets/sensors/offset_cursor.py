@@ -4,19 +4,42 @@ Pure logic (no Dagster, no broker), so it is tested exhaustively and read in one
 is JSON kept by the sensor::
 
     {"committed": {"risk.events/0": 1200},            # every offset below is processed
-     "inflight": {"risk.events:0:1200-1700": {"tp": "risk.events/0", "start": 1200, "end": 1700,
-                                              "attempt": 1, "run_key": "risk.events:0:1200-1700"}}}
+     "incarnations": {"risk.events/0": "tansu_cluster/AaIzHD6NcICZXxaEmxqKYA"},
+     "inflight": {"risk.events@AaIzHD6NcICZXxaEmxqKYA:0:1200-1700": {
+         "tp": "risk.events/0", "start": 1200, "end": 1700, "attempt": 1, "as_of_ms": 1764590000000,
+         "run_key": "risk.events@AaIzHD6NcICZXxaEmxqKYA:0:1200-1700"}}}
 
 Rules:
 
 * New data ``[max(committed, last inflight end), end)`` is split into ranges of at most
-  ``max_range`` offsets, each requested once under a stable run key ``topic:partition:start-end``.
+  ``max_range`` offsets, each requested once under a stable run key
+  ``topic@<topic id>:partition:start-end`` (``topic:partition:start-end`` when no incarnation is
+  given, as in the pure tests).
 * A range leaves ``inflight`` when its run succeeded; ``committed`` then advances over the
   contiguous prefix of succeeded ranges only. A failed run therefore never moves ``committed``.
 * A failed (or canceled) range is requested again under ``…#attemptN`` (a new run key, since Dagster
   never launches two runs with one key), up to ``max_attempts``; after that it stays inflight and is
   reported as stuck until an operator re-executes the run, and nothing past it is committed.
 * The sensor never commits consumer-group offsets; the broker keeps no state of ours.
+
+Broker incarnations
+-------------------
+Offsets mean something only within one incarnation of a topic (``KafkaRangeReader.incarnation``:
+cluster id + topic id; a broker that lost its data or a re-created topic is a new one). The cursor
+records the incarnation of every partition (``"incarnations"``), and run keys carry it
+(``topic@<topic id>:partition:start-end``), so ranges of two incarnations never share a run key.
+Two situations are *incidents* — the plan requests nothing for the partition, leaves its cursor as
+it is and reports them with the numbers (the sensor then fails its tick; never a silent skip):
+
+* the topic's incarnation is not the one the cursor recorded (the broker restarted empty, or the
+  topic was re-created): what the old log held past the committed offset and what the new log holds
+  below the same offsets are unrelated;
+* the committed offset or an inflight range is past the partition's end (offsets went backwards).
+
+An operator accepts a new incarnation by adding ``"accept": {"<topic>/<partition>": "<incarnation>"}``
+to the sensor's cursor (Dagster UI → sensor → *Set cursor*, or ``dagster sensor cursor … --set``;
+the incident message prints the full cursor to paste). The next tick then drops the old
+incarnation's inflight ranges and starts the partition at the new log's first offset.
 """
 
 from __future__ import annotations
@@ -42,6 +65,7 @@ class Inflight:
     attempt: int
     run_key: str
     done: bool = False
+    as_of_ms: int = 0  # when the range was first requested: its runs' "now" (0: not recorded)
 
     @property
     def range(self) -> OffsetRange:
@@ -51,10 +75,13 @@ class Inflight:
 
 @dataclass
 class OffsetCursor:
-    """Committed offsets per topic/partition and the ranges requested but not yet succeeded."""
+    """Committed offsets per topic/partition, the ranges requested but not yet succeeded, the topic
+    incarnation each partition's offsets belong to, and incarnations an operator accepted."""
 
     committed: dict[str, int] = field(default_factory=dict)
     inflight: dict[str, Inflight] = field(default_factory=dict)
+    incarnations: dict[str, str] = field(default_factory=dict)
+    accept: dict[str, str] = field(default_factory=dict)
 
     @staticmethod
     def parse(raw: str | None) -> OffsetCursor:
@@ -64,16 +91,28 @@ class OffsetCursor:
         return OffsetCursor(
             committed={k: int(v) for k, v in data.get("committed", {}).items()},
             inflight={k: Inflight(**v) for k, v in data.get("inflight", {}).items()},
+            incarnations={k: str(v) for k, v in data.get("incarnations", {}).items()},
+            accept={k: str(v) for k, v in data.get("accept", {}).items()},
         )
 
     def dumps(self) -> str:
-        return json.dumps(
-            {
-                "committed": dict(sorted(self.committed.items())),
-                "inflight": {k: vars(v) for k, v in sorted(self.inflight.items())},
-            },
-            sort_keys=True,
-        )
+        data: dict = {
+            "committed": dict(sorted(self.committed.items())),
+            "inflight": {k: vars(v) for k, v in sorted(self.inflight.items())},
+        }
+        if self.incarnations:
+            data["incarnations"] = dict(sorted(self.incarnations.items()))
+        if self.accept:
+            data["accept"] = dict(sorted(self.accept.items()))
+        return json.dumps(data, sort_keys=True)
+
+
+def range_run_key(rng: OffsetRange, incarnation: str | None) -> str:
+    """``topic@<topic id>:partition:start-end`` (``OffsetRange.key()`` without an incarnation)."""
+    if not incarnation:
+        return rng.key()
+    topic_id = incarnation.rsplit("/", 1)[-1]
+    return f"{rng.topic}@{topic_id}:{rng.partition}:{rng.start}-{rng.end}"
 
 
 @dataclass(frozen=True)
@@ -83,6 +122,7 @@ class Request:
     range: OffsetRange
     run_key: str
     attempt: int
+    as_of_ms: int = 0
 
 
 @dataclass
@@ -90,6 +130,64 @@ class Plan:
     cursor: OffsetCursor
     requests: list[Request]
     stuck: list[str]  # run keys that failed max_attempts times
+    incidents: list[str] = field(default_factory=list)  # partitions halted, with the numbers
+    accepted: list[str] = field(default_factory=list)  # partitions moved to an accepted incarnation
+
+
+def _check_incarnations(
+    cursor: OffsetCursor, ends: dict[str, int], starts: dict[str, int], incarnations: dict[str, str]
+) -> tuple[OffsetCursor, list[str], list[str], set[str]]:
+    """Apply accepted incarnations and find incidents; returns (cursor, incidents, accepted, halted tps)."""
+    committed = dict(cursor.committed)
+    inflight = dict(cursor.inflight)
+    recorded = dict(cursor.incarnations)
+    accept = dict(cursor.accept)
+    incidents: list[str] = []
+    accepted: list[str] = []
+    halted: set[str] = set()
+    for tp, end in sorted(ends.items()):
+        now = incarnations.get(tp)
+        if now is None:
+            continue
+        mine = [i for i in inflight.values() if i.tp == tp]
+        frontier = max([committed.get(tp, starts.get(tp, 0)), *(i.end for i in mine)])
+        was = recorded.get(tp)
+        if was is not None and was != now:
+            if accept.get(tp) == now:
+                for k in [k for k, i in inflight.items() if i.tp == tp]:
+                    del inflight[k]
+                old = committed.get(tp, 0)
+                committed[tp] = starts.get(tp, 0)
+                recorded[tp] = now
+                del accept[tp]
+                accepted.append(
+                    f"{tp}: accepted incarnation {now} (was {was}, committed {old:,}, {len(mine)} inflight "
+                    f"range(s) dropped); starting at offset {committed[tp]:,} of the new log (end {end:,})"
+                )
+                continue
+            incidents.append(
+                f"{tp}: topic incarnation changed {was} → {now}: the cursor committed "
+                f"{committed.get(tp, 0):,} and requested up to {frontier:,} on the old log; "
+                f"the new log holds offsets [{starts.get(tp, 0):,}, {end:,}). Records of the old log "
+                "past the committed offset were never processed from it"
+            )
+            halted.add(tp)
+        elif frontier > end:
+            incidents.append(
+                f"{tp}: offsets went backwards on incarnation {now}: the cursor is at {frontier:,} "
+                f"(committed {committed.get(tp, 0):,}) but the log ends at {end:,}"
+            )
+            halted.add(tp)
+        elif was is None:
+            recorded[tp] = now
+    return OffsetCursor(committed, inflight, recorded, accept), incidents, accepted, halted
+
+
+def accept_incarnations(raw_cursor: str | None, incarnations: dict[str, str]) -> str:
+    """The cursor with ``accept`` set for ``incarnations`` — what the operator pastes to resume."""
+    cursor = OffsetCursor.parse(raw_cursor)
+    cursor.accept.update(incarnations)
+    return cursor.dumps()
 
 
 def plan(
@@ -100,18 +198,31 @@ def plan(
     max_range: int,
     max_attempts: int = 3,
     starts: dict[str, int] | None = None,
+    incarnations: dict[str, str] | None = None,
+    now_ms: int = 0,
 ) -> Plan:
     """Next cursor and run requests, given partition ``ends`` and the states of inflight runs.
 
     ``run_states`` maps an inflight run key to ``success``/``failure``/``pending`` (missing =
-    pending). ``starts`` gives the first offset of a partition never seen before (default 0).
+    pending). ``starts`` gives the first offset of a partition never seen before (default 0), and of
+    a new incarnation once accepted. ``incarnations`` (per partition) enables the incarnation rules
+    of the module docstring; partitions with an incident are left exactly as they were. ``now_ms``
+    is recorded with each new range (``as_of_ms``) and requested again with its retries, so every
+    attempt of a range judges "too far in the future" against the same time.
     """
+    incidents: list[str] = []
+    accepted: list[str] = []
+    halted: set[str] = set()
+    if incarnations is not None:
+        cursor, incidents, accepted, halted = _check_incarnations(cursor, ends, starts or {}, incarnations)
+        ends = {tp: end for tp, end in ends.items() if tp not in halted}
+    held = {k: Inflight(**vars(v)) for k, v in cursor.inflight.items() if v.tp in halted}
     committed = dict(cursor.committed)
-    inflight = {k: Inflight(**vars(v)) for k, v in cursor.inflight.items()}
+    inflight = {k: Inflight(**vars(v)) for k, v in cursor.inflight.items() if v.tp not in halted}
     requests: list[Request] = []
     stuck: list[str] = []
 
-    for key, item in inflight.items():
+    for item in inflight.values():
         if item.done:
             continue
         state = run_states.get(item.run_key, "pending")
@@ -122,8 +233,8 @@ def plan(
                 stuck.append(item.run_key)
                 continue
             item.attempt += 1
-            item.run_key = f"{key}#attempt{item.attempt}"
-            requests.append(Request(item.range, item.run_key, item.attempt))
+            item.run_key = f"{_base_key(item.run_key)}#attempt{item.attempt}"
+            requests.append(Request(item.range, item.run_key, item.attempt, item.as_of_ms))
 
     # Commit the contiguous prefix of succeeded ranges; a pending or failed range holds it back
     # (succeeded ranges after it stay inflight, marked done, until the gap closes).
@@ -146,8 +257,13 @@ def plan(
         while frontier < end:
             stop = min(end, frontier + max_range)
             rng = OffsetRange(topic, int(partition), frontier, stop)
-            key = rng.key()
-            inflight[key] = Inflight(tp, frontier, stop, 1, key)
-            requests.append(Request(rng, key, 1))
+            key = range_run_key(rng, (incarnations or {}).get(tp))
+            inflight[key] = Inflight(tp, frontier, stop, 1, key, as_of_ms=now_ms)
+            requests.append(Request(rng, key, 1, now_ms))
             frontier = stop
-    return Plan(OffsetCursor(committed, inflight), requests, stuck)
+    out = OffsetCursor(committed, {**inflight, **held}, dict(cursor.incarnations), dict(cursor.accept))
+    return Plan(out, requests, stuck, incidents, accepted)
+
+
+def _base_key(run_key: str) -> str:
+    return run_key.split("#attempt", 1)[0]

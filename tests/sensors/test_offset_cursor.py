@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from risk_assets.sensors.offset_cursor import OffsetCursor, plan
+from risk_assets.sensors.offset_cursor import OffsetCursor, accept_incarnations, plan
 
 TP = "risk.events/0"
 
@@ -72,3 +72,72 @@ def test_cursor_survives_serialization_and_random_completion_orders():
         p = plan(cursor, {TP: end}, {i.run_key: "success" for i in cursor.inflight.values()}, max_range=500)
         final = plan(p.cursor, {TP: end}, {}, max_range=500)
         assert final.cursor.committed[TP] == end and not final.cursor.inflight
+
+
+INC_A = "tansu_cluster/AAAA"
+INC_B = "tansu_cluster/BBBB"
+
+
+def test_run_keys_carry_the_incarnation_and_a_new_one_halts_the_partition():
+    """D3: after a broker reset the cursor was past the new end and skipped new data silently, and
+    run keys repeated across incarnations."""
+    p = plan(OffsetCursor(), {TP: 2000}, {}, max_range=1000, incarnations={TP: INC_A})
+    assert [r.run_key for r in p.requests] == ["risk.events@AAAA:0:0-1000", "risk.events@AAAA:0:1000-2000"]
+    states = {r.run_key: "success" for r in p.requests}
+    p = plan(p.cursor, {TP: 2000}, states, max_range=1000, incarnations={TP: INC_A})
+    assert p.cursor.committed == {TP: 2000} and p.cursor.incarnations == {TP: INC_A}
+
+    # The broker restarts empty and receives 700 new events: a new incarnation, end 700 < 2000.
+    halted = plan(p.cursor, {TP: 700}, {}, max_range=1000, starts={TP: 0}, incarnations={TP: INC_B})
+    assert halted.requests == [] and halted.cursor.dumps() == p.cursor.dumps()
+    (incident,) = halted.incidents
+    assert f"{INC_A} → {INC_B}" in incident and "committed 2,000" in incident and "[0, 700)" in incident
+
+    # The operator accepts B: the partition restarts at the new log's first offset, new run keys.
+    accepted = OffsetCursor.parse(accept_incarnations(p.cursor.dumps(), {TP: INC_B}))
+    q = plan(accepted, {TP: 700}, {}, max_range=1000, starts={TP: 0}, incarnations={TP: INC_B})
+    assert q.incidents == [] and len(q.accepted) == 1
+    assert [r.run_key for r in q.requests] == ["risk.events@BBBB:0:0-700"]
+    assert q.cursor.incarnations == {TP: INC_B} and q.cursor.accept == {}
+    assert not set(r.run_key for r in q.requests) & set(states)  # never a run key of incarnation A
+
+
+def test_offsets_going_backwards_on_the_same_incarnation_is_an_incident():
+    p = plan(OffsetCursor(), {TP: 1500}, {}, max_range=1000, incarnations={TP: INC_A})
+    again = plan(p.cursor, {TP: 900}, {}, max_range=1000, incarnations={TP: INC_A})
+    (incident,) = again.incidents
+    assert "backwards" in incident and "1,500" in incident and "900" in incident
+    assert again.requests == [] and again.cursor.dumps() == p.cursor.dumps()
+
+
+def test_a_cursor_without_incarnations_adopts_the_current_one():
+    old = plan(OffsetCursor(), {TP: 1000}, {}, max_range=1000)  # written before incarnations existed
+    p = plan(old.cursor, {TP: 1500}, {}, max_range=1000, incarnations={TP: INC_A})
+    assert p.incidents == [] and p.cursor.incarnations == {TP: INC_A}
+    assert [r.run_key for r in p.requests] == ["risk.events@AAAA:0:1000-1500"]
+    # Retries keep the incarnation in their key.
+    p = plan(
+        p.cursor,
+        {TP: 1500},
+        {"risk.events@AAAA:0:1000-1500": "failure"},
+        max_range=1000,
+        incarnations={TP: INC_A},
+    )
+    assert [r.run_key for r in p.requests] == ["risk.events@AAAA:0:1000-1500#attempt2"]
+
+
+def test_retries_keep_the_as_of_time_of_the_first_request():
+    p = plan(OffsetCursor(), {TP: 1000}, {}, max_range=1000, incarnations={TP: INC_A}, now_ms=111)
+    assert [r.as_of_ms for r in p.requests] == [111]
+    p = plan(
+        OffsetCursor.parse(p.cursor.dumps()),
+        {TP: 1500},
+        {"risk.events@AAAA:0:0-1000": "failure"},
+        max_range=1000,
+        incarnations={TP: INC_A},
+        now_ms=222,
+    )
+    assert sorted((r.run_key, r.as_of_ms) for r in p.requests) == [
+        ("risk.events@AAAA:0:0-1000#attempt2", 111),
+        ("risk.events@AAAA:0:1000-1500", 222),
+    ]
