@@ -29,10 +29,9 @@ from risk_assets.models.artifacts import (
 from risk_assets.models.coverage import WindowCoverage, window_coverage
 from risk_assets.models.promotion import (
     ShadowRequirement,
-    promote_if_better,
+    promote_or_shadow,
     recent_holdout,
     rollback,
-    waits_for_shadow,
 )
 from risk_assets.models.thresholds import MANIFEST_KEY as THRESHOLDS_KEY
 from risk_assets.models.thresholds import ThresholdPolicy, choose_thresholds, manifest_thresholds
@@ -442,32 +441,18 @@ def model_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
             challenger = read_challenger(store, context.partition_key)
         except MissingArtifact as exc:
             raise dg.Failure(str(exc)) from exc
-        requirement = ShadowRequirement(config.min_shadow_days, config.min_shadow_labelled)
-        shadowed = registry.shadow(store) if requirement.required else None
-        # With a shadow period required the candidate is the challenger already in shadow (it is
-        # the one accumulating evidence); the day's challenger waits for the shadow slot.
-        candidate = shadowed.version if shadowed else challenger
-        decision = promote_if_better(
+        decision, candidate, shadow_note = promote_or_shadow(
             store,
-            candidate,
+            challenger,
             recent_holdout(frame, config.holdout_days),
+            requirement=ShadowRequirement(config.min_shadow_days, config.min_shadow_labelled),
+            evidence_of=lambda version: read_shadow_report(store, version),
+            label=f"model_promotion {context.partition_key}",
             metric=config.metric,
             margin=config.margin,
             # the rule (registry docstring): it serves the events after its training set's as-of
             effective_from=context.partition_time_window.end,
-            shadow=requirement,
-            shadow_evidence=read_shadow_report(store, candidate),
         )
-        shadow_note = "-"
-        if decision.promote and shadowed:
-            registry.clear_shadow(store, f"promoted to champion by model_promotion {context.partition_key}")
-            shadow_note = f"{candidate} promoted after its shadow period; shadow cleared"
-        elif requirement.required and shadowed is None and waits_for_shadow(decision):
-            why = f"shadow period required (model_promotion {context.partition_key})"
-            registry.set_shadow(store, candidate, why)
-            shadow_note = f"{candidate} passed the holdout checks: now scored in shadow"
-        elif shadowed:
-            shadow_note = f"{candidate} in shadow: {'; '.join(decision.reasons)}"
         current = registry.champion(store)
         served = manifest_thresholds(registry.load_manifest(store, current.version)) if current else None
         return dg.MaterializeResult(

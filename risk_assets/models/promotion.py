@@ -32,7 +32,7 @@ is checked even when forced: the pointer never names bytes that do not verify.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -306,6 +306,49 @@ def promote_if_better(
 def _shadow_summary(evidence: dict[str, Any] | None) -> dict[str, Any] | None:
     keys = ("shadow_version", "shadow_days", "labelled", "positives", "champion", "challenger")
     return {k: evidence.get(k) for k in keys} if evidence else None
+
+
+def promote_or_shadow(
+    lake: Lake,
+    challenger_version: str,
+    holdout_frame: pl.DataFrame,
+    *,
+    requirement: ShadowRequirement,
+    evidence_of: Callable[[str], dict[str, Any] | None],
+    label: str,
+    metric: str = DEFAULT_METRIC,
+    margin: float = DEFAULT_MARGIN,
+    effective_from: datetime | None = None,
+) -> tuple[Decision, str, str]:
+    """The daily promotion with an optional shadow period: ``(decision, candidate, note)``.
+
+    Without a requirement: :func:`promote_if_better` of the challenger. With one, the candidate is
+    the challenger already in shadow if any (the one accumulating evidence), else the day's
+    challenger; ``evidence_of(version)`` gives its ``shadow_comparison`` report. A promoted shadow is
+    cleared; a challenger refused only for the missing shadow period is put in shadow when none
+    runs (``registry.set_shadow``, audited). ``label`` names the caller in the audit reasons."""
+    shadowed = registry.shadow(lake) if requirement.required else None
+    candidate = shadowed.version if shadowed else challenger_version
+    decision = promote_if_better(
+        lake,
+        candidate,
+        holdout_frame,
+        metric=metric,
+        margin=margin,
+        effective_from=effective_from,
+        shadow=requirement,
+        shadow_evidence=evidence_of(candidate) if requirement.required else None,
+    )
+    note = "-"
+    if decision.promote and shadowed:
+        registry.clear_shadow(lake, f"promoted to champion by {label}")
+        note = f"{candidate} promoted after its shadow period; shadow cleared"
+    elif requirement.required and shadowed is None and waits_for_shadow(decision):
+        registry.set_shadow(lake, candidate, f"shadow period required ({label})")
+        note = f"{candidate} passed the holdout checks: now scored in shadow"
+    elif shadowed:
+        note = f"{candidate} in shadow: {'; '.join(decision.reasons)}"
+    return decision, candidate, note
 
 
 class RollbackRefused(ValueError):

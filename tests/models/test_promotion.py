@@ -4,7 +4,7 @@ stale and worse challengers, accepts better ones, records every decision, and ro
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from risk_assets.models.promotion import (
     evaluate_on_holdout,
     prediction_failures,
     promote_if_better,
+    promote_or_shadow,
     recent_holdout,
     rollback,
     servability_failures,
@@ -29,6 +30,7 @@ from risk_assets.models.promotion import (
     waits_for_shadow,
 )
 from risk_assets.models.request_features import REQUEST_FEATURE_NAMES
+from risk_assets.models.scoring import champion_at
 from risk_assets.models.training import TrainedModel, TrainingParams, manifest_for, train
 from tests.models.test_model_training import FAST, simulated_training_set, trained_model
 
@@ -386,3 +388,40 @@ def test_shadow_pointer_has_the_champions_integrity_checks(tmp_path: Path) -> No
     assert registry.shadow(lake) is None and registry.clear_shadow(lake, "again") is None
     actions = [e["action"] for e in registry.audit_trail(lake)]
     assert actions[-3:] == ["shadow_set", "pointer_refused", "shadow_cleared"]
+
+
+def test_daily_promotion_puts_a_challenger_in_shadow_then_promotes_it(tmp_path: Path) -> None:
+    """The model_promotion flow with a shadow period required: the day's better challenger is
+    refused only for its missing shadow period and put in shadow; the next day the shadow (not the
+    new day's challenger) is the candidate, refused while its evidence is short, then promoted at
+    the partition's event time and the shadow cleared."""
+    lake = Lake(str(tmp_path))
+    weak, best, holdout = _weak_and_best(lake)
+    assert promote_if_better(lake, weak, holdout, effective_from=datetime(2026, 6, 1, tzinfo=UTC)).promote
+    need = ShadowRequirement(min_days=2.0, min_labelled=100)
+    evidence: dict[str, dict] = {}
+    kw = {"requirement": need, "evidence_of": evidence.get, "margin": 0.05}
+
+    d, candidate, note = promote_or_shadow(lake, best, holdout, label="day 1", **kw)
+    assert not d.promote and candidate == best and "now scored in shadow" in note
+    assert registry.shadow(lake).version == best and registry.champion(lake).version == weak
+
+    # Day 2: another challenger arrives, but the shadow is the candidate; its evidence is short.
+    evidence[best] = {"shadow_version": best, "shadow_days": 1.0, "labelled": 40}
+    d, candidate, note = promote_or_shadow(lake, weak, holdout, label="day 2", **kw)
+    assert not d.promote and candidate == best and note.startswith(f"{best} in shadow")
+    assert registry.shadow(lake).version == best
+
+    evidence[best] = {"shadow_version": best, "shadow_days": 2.5, "labelled": 300}
+    day_end = datetime(2026, 6, 4, tzinfo=UTC)
+    d, candidate, note = promote_or_shadow(lake, weak, holdout, label="day 3", effective_from=day_end, **kw)
+    assert d.promote and candidate == best and "shadow cleared" in note
+    assert registry.champion(lake).version == best and registry.shadow(lake) is None
+    assert champion_at(lake, day_end) == best
+    assert champion_at(lake, day_end - timedelta(milliseconds=1)) == weak
+
+    # Without a requirement: the day's challenger, no shadow involved.
+    d, candidate, note = promote_or_shadow(
+        lake, weak, holdout, requirement=ShadowRequirement(), evidence_of=evidence.get, label="day 4"
+    )
+    assert candidate == weak and note == "-" and registry.shadow(lake) is None
