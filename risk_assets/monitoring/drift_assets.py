@@ -1,4 +1,5 @@
-"""The daily drift report: the champion's inputs and outputs today against its training set.
+"""The daily drift report: the inputs and outputs of the model that served the day against its
+training set (the model: ``attribution`` — the prediction log, else the champion timeline).
 
 Thin wiring around :mod:`risk_assets.monitoring.drift` (statistics), :mod:`~risk_assets.monitoring.
 decisions` (the current window, built like training sets) and :mod:`~risk_assets.monitoring.reports`
