@@ -161,3 +161,35 @@ def test_full_shadow_queue_drops_the_shadow_score_not_the_record(tmp_path: Path)
         assert rec[3] == champ.version and rec[4] == scores[i % 3] and rec[5] == item.decisions[i % 3]
     assert [r[9] for r in records] == [shadow.version] * 3 + [None] * 3
     assert [r[10] for r in records[:3]] == want.tolist() and scorer.scored == 3 and scorer.unscored == 3
+
+
+def test_shadow_with_another_feature_order_scores_its_own_columns(tmp_path: Path) -> None:
+    """A challenger over a subset of the champion's inputs, in another order, is scored on exactly
+    those columns of the champion's vector (no second online read)."""
+    lake = Lake(str(tmp_path))
+    champ = _loaded(lake, train_model(seed=1), created=T0)
+    subset = [SIGNAL, *[f for f in FEATURES if f != SIGNAL][:40]][::-1]
+    rng = np.random.default_rng(3)
+    xs = rng.uniform(0, 10, size=(2000, len(subset)))
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 3, "nthread": 1},
+        xgb.DMatrix(xs, label=(xs[:, subset.index(SIGNAL)] > 7).astype(float)),
+        num_boost_round=10,
+    )
+    other = _loaded(
+        lake, bytes(booster.save_raw("ubj")), manifest=manifest(subset), created=T0 + timedelta(2)
+    )
+    registry.set_shadow(lake, other.version, "subset")
+    holder = ModelHolder(lake, ServiceMetrics(), 60.0, role="shadow", pointer=registry.shadow)
+    assert holder.check_once()
+    log = PredictionLog("127.0.0.1:1", "unused", queue_size=100)
+    scorer = ShadowScorer(holder, log, None, queue_size=4)  # type: ignore[arg-type]
+    x = rng.uniform(0, 10, size=(5, len(FEATURES)))
+    evs = [msgspec.json.decode(msgspec.json.encode(event("login", n=i)), type=RiskEvent) for i in range(5)]
+    scores = np.asarray(champ.booster.inplace_predict(x), dtype=np.float64)
+    scorer._process([ShadowItem(evs, x, champ, scores, ["allow"] * 5, False, np.zeros(5), 1)], holder.current)
+    records = [log.queue.get_nowait() for _ in range(5)]
+    idx = [FEATURES.index(f) for f in subset]
+    want = np.asarray(booster.inplace_predict(x[:, idx]), dtype=np.float64)
+    assert [r[10] for r in records] == want.tolist()
+    assert [r[4] for r in records] == scores.tolist()  # the champion's own scores, untouched
