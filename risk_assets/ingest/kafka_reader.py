@@ -118,6 +118,14 @@ class MessageBatch:
         )
 
 
+@dataclass(frozen=True)
+class Lag:
+    """How far a processed range is behind its partition's log end."""
+
+    offsets: int
+    seconds: float  # age of the oldest record past the range (0.0 when there is none)
+
+
 class KafkaRangeReader:
     """Reads exact offset ranges with ``assign()`` + seek. Never joins a group, never commits."""
 
@@ -263,6 +271,16 @@ class KafkaRangeReader:
         finally:
             self._consumer.unassign()
         raise KafkaReadError(f"{topic}:{partition}: no record at offset {offset} within {self.timeout_s}s")
+
+    def lag_after(self, rng: OffsetRange, now_ms: int) -> Lag:
+        """Offsets of the partition past ``rng`` and the age at ``now_ms`` of the first of them, as of
+        this reader's look at the partition's end (take it after the range was processed)."""
+        _, end = self.bounds(rng.topic, rng.partition)
+        behind = max(0, end - rng.end)
+        if not behind:
+            return Lag(0, 0.0)
+        first_waiting = self.timestamp_at(rng.topic, rng.partition, rng.end)
+        return Lag(behind, max(0.0, (now_ms - first_waiting) / 1000))
 
     def timestamp_at(self, topic: str, partition: int, offset: int) -> int:
         """Message timestamp (ms) of the record at ``offset``."""
