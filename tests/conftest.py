@@ -124,7 +124,7 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def _start(state_dir: Path, with_s3: bool, with_postgres: bool = False) -> Stack:
+def _start(state_dir: Path, with_s3: bool, with_postgres: bool = False, partitions: int = 1) -> Stack:
     # Tests always own their services: ignore endpoints a developer may have exported.
     saved = {k: os.environ.pop(k) for k in _EXTERNAL_ENV if k in os.environ}
     try:
@@ -136,6 +136,7 @@ def _start(state_dir: Path, with_s3: bool, with_postgres: bool = False) -> Stack
             postgres_port=free_port(),
             with_s3=with_s3,
             with_postgres=with_postgres,
+            topic_partitions=partitions,
         )
         return Stack(config, launcher.up(config))
     finally:
@@ -154,6 +155,14 @@ def session_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def fresh_stack(tmp_path: Path) -> Iterator[Stack]:
     """A Redis + broker pair of the test's own: empty topics, nothing shared."""
     stack = _start(tmp_path / "stack", with_s3=False)
+    yield stack
+    launcher.down(stack.config)
+
+
+@pytest.fixture
+def fresh_stack_4p(tmp_path: Path) -> Iterator[Stack]:
+    """Like ``fresh_stack``, with every pipeline topic created with 4 partitions."""
+    stack = _start(tmp_path / "stack", with_s3=False, partitions=4)
     yield stack
     launcher.down(stack.config)
 
