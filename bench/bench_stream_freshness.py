@@ -377,14 +377,10 @@ def _measure_daemon(args: argparse.Namespace, env: dict[str, str], home: Path, w
     os.environ["DAGSTER_HOME"] = str(home)
     with dg.DagsterInstance.get() as instance:
         for job in ("stream_features_job", "feature_ingestion_job"):
-            runs = instance.get_runs(filters=dg.RunsFilter(job_name=job))
-            stats = [instance.get_run_stats(r.run_id) for r in runs]
-            queue = [
-                (s.start_time - r.create_timestamp.timestamp())
-                for r, s in zip(runs, stats, strict=True)
-                if s.start_time
-            ]
-            took = [s.end_time - s.start_time for s in stats if s.start_time and s.end_time]
+            records = instance.get_run_records(filters=dg.RunsFilter(job_name=job))
+            runs = [r.dagster_run for r in records]
+            queue = [r.start_time - r.create_timestamp.timestamp() for r in records if r.start_time]
+            took = [r.end_time - r.start_time for r in records if r.start_time and r.end_time]
             ok = sum(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
             sizes = [
                 int(r.tags["risk/offset_range"].split("-")[1])
