@@ -29,7 +29,9 @@ export DAGSTER_STORAGE ?= sqlite
 ifeq ($(filter sqlite postgres,$(DAGSTER_STORAGE)),)
 $(error DAGSTER_STORAGE must be sqlite or postgres, not '$(DAGSTER_STORAGE)')
 endif
-STACK_FLAGS := $(if $(filter postgres,$(DAGSTER_STORAGE)),--postgres)
+# REDIS_CLUSTER=3: risk-stack runs a local 3-primary Redis Cluster instead of one Redis (docs/stack.md).
+export REDIS_CLUSTER ?=
+STACK_FLAGS := $(if $(filter postgres,$(DAGSTER_STORAGE)),--postgres) $(if $(REDIS_CLUSTER),--redis-cluster $(REDIS_CLUSTER))
 INSTANCE_FILES := dagster.yaml $(if $(filter postgres,$(DAGSTER_STORAGE)),dagster-postgres.yaml)
 
 .PHONY: install demo test dev stack-up stack-down stack-status lint format bench clean

@@ -76,6 +76,7 @@ from risk_assets.partitions import DATA_START_ENV, TimePartitions
 from risk_assets.resources import LakeResource
 from risk_assets.sensors.catch_up import catch_up
 from risk_assets.sensors.kafka_sensors import feature_ingestion_sensor, stream_features_sensor
+from risk_assets.serving.config import FALLBACK_BLOCK, FALLBACK_REVIEW
 from risk_assets.simulator.config import SimConfig
 from risk_assets.simulator.encoding import encode_events
 from risk_assets.simulator.generator import generate
@@ -156,8 +157,17 @@ def run(
     step("starting the local stack (risk-stack up)")
     # DAGSTER_STORAGE=postgres (Makefile): the instance in DAGSTER_HOME stores into PostgreSQL.
     with_postgres = os.environ.get("DAGSTER_STORAGE") == "postgres"
+    # REDIS_CLUSTER=3 (Makefile): a local 3-primary Redis Cluster instead of one Redis.
+    try:
+        redis_cluster = int(os.environ.get("REDIS_CLUSTER") or 0)
+    except ValueError:
+        raise DemoFailure(
+            f"REDIS_CLUSTER must be a number of primaries, not {os.environ['REDIS_CLUSTER']!r}"
+        ) from None
     endpoints = launcher.up(
-        launcher.StackConfig(state_dir=launcher.default_stack_dir(), with_postgres=with_postgres)
+        launcher.StackConfig(
+            state_dir=launcher.default_stack_dir(), with_postgres=with_postgres, redis_cluster=redis_cluster
+        )
     )
     exported = ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "DAGSTER_PG_URL")
     for k in exported:
@@ -411,8 +421,11 @@ def _champion_thresholds(lake: Lake) -> str:
     if champ is None:
         raise DemoFailure("no champion to serve")
     t = registry.load_manifest(lake, champ.version).get(THRESHOLDS_KEY)
-    if t is None:
-        raise DemoFailure(f"champion {champ.version} has no thresholds in its manifest")
+    if t is None:  # a champion registered before thresholds existed (an older .state/)
+        return (
+            f"thresholds: champion {champ.version} predates thresholds in the manifest; risk-serve "
+            f"uses its fallback {FALLBACK_REVIEW} / {FALLBACK_BLOCK} (`make clean` starts afresh)"
+        )
     r, b = t["review_point"], t["block_point"]
     return (
         f"thresholds (the model's): review ≥ {r['threshold']:.3g} (test FPR {r['fpr']:.2%}, recall "

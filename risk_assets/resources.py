@@ -121,7 +121,9 @@ class RawEventSource(dg.ConfigurableResource):
 
 
 class RedisResource(dg.ConfigurableResource):
-    """The Redis that holds the online store and the stream state (a URL; Cluster with ``cluster``)."""
+    """The Redis that holds the online store and the stream state: a URL. ``redis+cluster://h:p[,h:p…]``
+    (``REDIS_URL``) selects Redis Cluster (``features/redis_client.py``); ``cluster=True`` forces it
+    for a plain ``redis://`` seed URL."""
 
     url: str
     namespace: str = "risk"

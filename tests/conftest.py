@@ -34,6 +34,23 @@ from risk_assets.definitions import all_assets, build_definitions
 from risk_assets.partitions import TimePartitions
 from risk_assets.stack import launcher, postgres
 
+_FAKESNOW_SERVER: list[Callable[..., Any]] = []
+
+
+def fakesnow_server() -> AbstractContextManager[dict[str, Any]]:
+    """``fakesnow.server()``: a fake Snowflake server, yielding its connection arguments.
+
+    fakesnow's first ``server()`` call imports its ``fakesnow.server`` submodule, which rebinds the
+    package's ``server`` name to that module, so a second ``fakesnow.server()`` in the same process
+    fails; tests call this instead, which keeps the function from before its first call.
+    """
+    if not _FAKESNOW_SERVER:
+        import fakesnow
+
+        _FAKESNOW_SERVER.append(fakesnow.server)
+    return _FAKESNOW_SERVER[0]()
+
+
 _EXTERNAL_ENV = ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "S3_ENDPOINT_URL", "DAGSTER_PG_URL")
 ROOT = Path(__file__).resolve().parents[1]
 DAGSTER_STORAGES = ("sqlite", "postgres")
@@ -82,29 +99,26 @@ class Stack:
     def restart_redis(self) -> None:
         """An operator's bad day: SIGKILL the stack's redis-server and start a new one on the same
         port through the launcher — empty, since the project's Redis keeps nothing on disk."""
-        pid = launcher.pids(self.config)["redis"]
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while "redis" in launcher.pids(self.config) or not _bindable(self.config.redis_port):
-            # The killed server's listening socket can outlive the reaped process by a few ms.
-            assert time.monotonic() < deadline, f"redis-server {pid} did not release its port"
-            time.sleep(0.02)
-        saved = {k: os.environ.pop(k) for k in _EXTERNAL_ENV if k in os.environ}
-        try:
-            launcher.up(self.config)
-        finally:
-            os.environ.update(saved)
+        self._restart("redis", self.config.redis_port)
 
     def restart_kafka(self) -> None:
         """SIGKILL the stack's tansu broker and start a new one on the same port through the
         launcher: its memory storage comes back empty, the topics are re-created (new topic ids)."""
         self._restart("kafka", self.config.kafka_port)
 
+    def restart_redis_node(self, index: int) -> None:
+        """One primary of the stack's Redis Cluster has a bad day: SIGKILL it and start it again on
+        the same port with its cluster configuration (``nodes.conf``) — it rejoins with its slots
+        and no data. Returns once the cluster is healthy again (the launcher waits for it)."""
+        name = self.config.redis_nodes[index]
+        self._restart(name, self.config.port(name))
+
     def _restart(self, service: str, port: int) -> None:
         pid = launcher.pids(self.config)[service]
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while service in launcher.pids(self.config) or not _bindable(port):
+            # The killed server's listening socket can outlive the reaped process by a few ms.
             assert time.monotonic() < deadline, f"{service} {pid} did not release its port"
             time.sleep(0.02)
         saved = {k: os.environ.pop(k) for k in _EXTERNAL_ENV if k in os.environ}
@@ -124,13 +138,16 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def _start(state_dir: Path, with_s3: bool, with_postgres: bool = False, partitions: int = 1) -> Stack:
+def _start(
+    state_dir: Path, with_s3: bool, with_postgres: bool = False, redis_cluster: int = 0, partitions: int = 1
+) -> Stack:
     # Tests always own their services: ignore endpoints a developer may have exported.
     saved = {k: os.environ.pop(k) for k in _EXTERNAL_ENV if k in os.environ}
     try:
         config = launcher.StackConfig(
             state_dir=state_dir,
-            redis_port=free_port(),
+            redis_port=launcher.free_cluster_port(redis_cluster) if redis_cluster else free_port(),
+            redis_cluster=redis_cluster,
             kafka_port=free_port(),
             s3_port=free_port(),
             postgres_port=free_port(),
@@ -155,6 +172,23 @@ def session_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def fresh_stack(tmp_path: Path) -> Iterator[Stack]:
     """A Redis + broker pair of the test's own: empty topics, nothing shared."""
     stack = _start(tmp_path / "stack", with_s3=False)
+    yield stack
+    launcher.down(stack.config)
+
+
+@pytest.fixture(scope="session")
+def cluster_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A 3-primary Redis Cluster (``risk-stack up --redis-cluster 3``) + broker, shared by the
+    session's cluster tests; ``REDIS_URL`` is its ``redis+cluster://`` URL."""
+    stack = _start(tmp_path_factory.mktemp("cluster"), with_s3=False, redis_cluster=3)
+    yield stack
+    launcher.down(stack.config)
+
+
+@pytest.fixture
+def fresh_cluster(tmp_path: Path) -> Iterator[Stack]:
+    """A 3-primary Redis Cluster of the test's own (for tests that restart a primary)."""
+    stack = _start(tmp_path / "cluster", with_s3=False, redis_cluster=3)
     yield stack
     launcher.down(stack.config)
 

@@ -91,7 +91,9 @@ def _spec(group: FeatureGroup) -> dg.AssetSpec:
     if group.needs_labels:
         deps.append(dg.AssetDep(RAW_LABELS))
     schema = group.schema()
-    column_docs = {f.name: describe(f, group.source_event_types) for f in group.features}
+    column_docs = {
+        f.name: describe(f, group.source_event_types, group.source.event_type_column) for f in group.features
+    }
     column_docs |= {k: f"Entity key ({group.entity.name})." for k in group.entity.keys}
     column_docs["event_ts"] = "The as-of time: the entity's event this row's values are as of."
     return dg.AssetSpec(

@@ -39,7 +39,6 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import polars as pl
 
-from risk_assets.events.schema import ARCHIVE_EVENT_COLUMNS
 from risk_assets.features.spec import (
     EVENT_TS,
     Aggregate,
@@ -49,6 +48,7 @@ from risk_assets.features.spec import (
     Where,
     _ms,
 )
+from risk_assets.sources import EventSource, LabelSource
 
 Frame = pl.LazyFrame | pl.DataFrame
 _TS = pl.Datetime("ms", "UTC")
@@ -66,9 +66,23 @@ def _epoch_ms(t: datetime) -> int:
     return -(-(t - _EPOCH) // timedelta(milliseconds=1))
 
 
+def _source_of(groups: Iterable[FeatureGroup]) -> EventSource:
+    """The one event source of ``groups`` (groups of several sources are computed separately)."""
+    sources = {g.source for g in groups}
+    if len(sources) != 1:
+        names = sorted(s.name for s in sources)
+        raise ValueError(f"groups computed together must share one source, got {names}")
+    return sources.pop()
+
+
 def required_event_columns(groups: Iterable[FeatureGroup]) -> list[str]:
-    """Archive event columns the engine reads for ``groups`` (projection push-down for scans)."""
-    cols = {"event_id", "event_type", EVENT_TS}
+    """Columns of the groups' source the engine reads (projection push-down for scans): the id,
+    time and event-type columns, the entity keys and every filtered or aggregated column."""
+    groups = list(groups)
+    src = _source_of(groups)
+    cols = {src.id_column, src.timestamp}
+    if src.event_type_column is not None:
+        cols.add(src.event_type_column)
     for g in groups:
         cols.update(g.entity.keys)
         for f in g.features:
@@ -77,44 +91,43 @@ def required_event_columns(groups: Iterable[FeatureGroup]) -> list[str]:
             cols.update(w.column for w in f.where)
             if isinstance(f, Aggregate) and f.column is not None:
                 cols.add(f.column)
-    return [c for c in ARCHIVE_EVENT_COLUMNS if c in cols]
+    return [c for c in src.column_names if c in cols]
 
 
 def _prepare_events(
     events: Frame, groups: Sequence[FeatureGroup], start_ms: int, end_ms: int
 ) -> pl.DataFrame:
     """One shared scan: needed columns, needed event types, (start − max lookback, end)."""
+    src = _source_of(groups)
     lf = events.lazy()
     present = set(lf.collect_schema().names())
+    for c in (src.timestamp, src.id_column):
+        if c not in present:
+            raise ValueError(f"events of source {src.name} lack the {c!r} column")
     cols = required_event_columns(groups)
     lookback = max(_ms(g.max_window) for g in groups)
-    types = sorted({t for g in groups for t in g.source_event_types})
     exprs = []
     for c in cols:
-        dtype = ARCHIVE_EVENT_COLUMNS[c]
+        dtype = src.dtype(c)
         exprs.append((pl.col(c) if c in present else pl.lit(None)).cast(dtype).alias(c))
-    ts = pl.col(EVENT_TS).dt.epoch("ms")
-    df = (
-        lf.select(exprs)
-        .filter(
-            pl.col("event_type").is_in(types),
-            ts > start_ms - lookback,
-            ts < end_ms,
-        )
-        .collect()
-    )
-    return _sort_by_time_and_id(df)
+    ts = pl.col(src.timestamp).dt.epoch("ms")
+    keep = [ts > start_ms - lookback, ts < end_ms]
+    if src.event_type_column is not None:
+        types = sorted({t for g in groups for t in g.source_event_types})
+        keep.insert(0, pl.col(src.event_type_column).is_in(types))
+    df = lf.select(exprs).filter(*keep).collect()
+    return _sort_by_time_and_id(df, src.timestamp, src.id_column)
 
 
-def _sort_by_time_and_id(df: pl.DataFrame) -> pl.DataFrame:
-    """Order rows by (event_ts, event_id). Archive files already are; other inputs are usually
+def _sort_by_time_and_id(df: pl.DataFrame, ts_col: str = EVENT_TS, id_col: str = "event_id") -> pl.DataFrame:
+    """Order rows by (time, id). Archive files already are; other inputs are usually
     sorted by time with ties in arbitrary order, so only the rows sharing a timestamp are re-sorted."""
     if df.height < 2:
         return df
-    ts = df[EVENT_TS].dt.epoch("ms").to_numpy()
+    ts = df[ts_col].dt.epoch("ms").to_numpy()
     if np.any(ts[1:] < ts[:-1]):
         df = df[np.argsort(ts, kind="stable")]
-        ts = df[EVENT_TS].dt.epoch("ms").to_numpy()
+        ts = df[ts_col].dt.epoch("ms").to_numpy()
     tie = np.zeros(len(ts), dtype=bool)
     tie[1:] = ts[1:] == ts[:-1]
     tie[:-1] |= tie[1:]
@@ -122,7 +135,7 @@ def _sort_by_time_and_id(df: pl.DataFrame) -> pl.DataFrame:
         return df
     pos = np.flatnonzero(tie)
     ties = df[pos].with_row_index("_i")
-    fixed = ties.sort([EVENT_TS, "event_id"])["_i"].to_numpy()
+    fixed = ties.sort([ts_col, id_col])["_i"].to_numpy()
     if np.all(fixed[1:] > fixed[:-1]):
         return df
     order = np.arange(df.height)
@@ -130,11 +143,17 @@ def _sort_by_time_and_id(df: pl.DataFrame) -> pl.DataFrame:
     return df[order]
 
 
-def _prepare_labels(labels: Frame | None) -> pl.DataFrame | None:
+def _prepare_labels(labels: Frame | None, source: LabelSource | None) -> pl.DataFrame | None:
     if labels is None:
         return None
+    if source is None:  # pragma: no cover - FeatureGroup refuses label aggregates without one
+        raise ValueError("labels given without a label source")
     lf = labels.lazy()
-    return lf.with_columns(pl.col("label_ts").cast(_TS)).collect()
+    present = set(lf.collect_schema().names())
+    for c in (source.key, source.timestamp):
+        if c not in present:
+            raise ValueError(f"labels of source {source.name} lack the {c!r} column")
+    return lf.with_columns(pl.col(source.timestamp).cast(_TS)).collect()
 
 
 class _Shared:
@@ -142,10 +161,15 @@ class _Shared:
     (strings: codes follow the sorted order of the values, so sorting by code = sorting by value;
     null → −1) and evaluated filter masks."""
 
-    def __init__(self, df: pl.DataFrame, labels: pl.DataFrame | None) -> None:
+    def __init__(
+        self, df: pl.DataFrame, labels: pl.DataFrame | None, source: EventSource,
+        label_source: LabelSource | None = None,
+    ) -> None:  # fmt: skip
         self.df = df
         self.labels = labels
-        self.ts = df[EVENT_TS].dt.epoch("ms").to_numpy().astype(np.int64, copy=False)
+        self.source = source
+        self.label_source = label_source
+        self.ts = df[source.timestamp].dt.epoch("ms").to_numpy().astype(np.int64, copy=False)
         self._codes: dict[str, np.ndarray] = {}
         self._masks: dict[tuple[Where, ...], np.ndarray] = {}
 
@@ -228,7 +252,8 @@ def _timeline(group: FeatureGroup, sh: _Shared, start_ms: int, end_ms: int) -> _
     keys = list(group.entity.keys)
     max_w = _ms(group.max_window)
     origin = start_ms - max_w
-    types = (Where("event_type", "in", tuple(group.source_event_types)),)
+    type_col = group.source.event_type_column
+    types = (Where(type_col, "in", tuple(group.source_event_types)),) if type_col else ()
     keep = (sh.ts > origin) & sh.masks([types])[types]
     for k in keys:
         keep &= sh.codes(k) >= 0
@@ -425,12 +450,11 @@ class _GroupEngine:
         m = self.masks[_mask_key(f.where)]
         if self.labels is None:
             raise ValueError(f"feature {f.name} needs labels; pass labels=…")
-        known = _known_label_ts(self.labels, f)
-        k = (
-            self.column("event_id")
-            .to_frame("event_id")
-            .join(known, on="event_id", how="left", maintain_order="left")["_k"]
-        )
+        lsrc = self.group.label_source
+        assert lsrc is not None
+        known = _known_label_ts(self.labels, f, lsrc)
+        id_col = self.group.source.id_column
+        k = self.column(id_col).to_frame("_id").join(known, on="_id", how="left", maintain_order="left")["_k"]
         pos = np.flatnonzero(m & k.is_not_null().to_numpy())
         base = tl.eidx[pos] * tl.span
         rel = tl.t[pos] - base
@@ -457,12 +481,17 @@ class _GroupEngine:
         return _float_series(f.name, labelled / np.maximum(n_events, 1), n_events > 0)
 
 
-def _known_label_ts(labels: pl.DataFrame, f: LabelAggregate) -> pl.DataFrame:
-    """Per event_id: the earliest ``label_ts`` (ms) among labels passing ``f.label_where``."""
+def _known_label_ts(labels: pl.DataFrame, f: LabelAggregate, source: LabelSource) -> pl.DataFrame:
+    """Per labelled event id (``_id``): the earliest label time (ms) among labels passing
+    ``f.label_where``."""
     lf = labels.lazy()
     if f.label_where:
         lf = lf.filter(pl.all_horizontal([w.expr() for w in f.label_where]))
-    return lf.group_by("event_id").agg(pl.col("label_ts").dt.epoch("ms").min().alias("_k")).collect()
+    return (
+        lf.group_by(pl.col(source.key).alias("_id"))
+        .agg(pl.col(source.timestamp).dt.epoch("ms").min().alias("_k"))
+        .collect()
+    )
 
 
 def _ratio(f: Ratio, num: pl.Series, den: pl.Series) -> pl.Series:
@@ -494,7 +523,8 @@ def _compute_prepared(
     for f in group.features:
         if isinstance(f, Ratio):
             cols[f.name] = _ratio(f, cols[f.numerator], cols[f.denominator])
-    out = shared.df.select([*group.entity.keys, EVENT_TS])[tl.pos[tl.q]]
+    ts_col = group.source.timestamp
+    out = shared.df.select([*group.entity.keys, pl.col(ts_col).alias(EVENT_TS)])[tl.pos[tl.q]]
     out = out.with_columns([cols[f.name].alias(f.name) for f in group.features])
     return out.select([pl.col(c).cast(dt) for c, dt in group.schema().items()])
 
@@ -508,11 +538,13 @@ def compute_feature_groups(
 ) -> dict[str, pl.DataFrame]:
     """Compute several groups over one shared scan of ``events``; returns ``{group name: frame}``.
 
-    ``events`` (archive layout; missing optional columns are read as null) must cover
-    ``(start − max_window, end)`` for exact values at the start of the range; events outside that
-    span are ignored. ``labels`` (raw_labels layout: ``event_id``, ``label_ts`` and the columns of
-    any label filter) is needed by groups with label aggregates; every label given is eligible,
-    subject to each feature's availability delay.
+    The groups share one declared source (:mod:`risk_assets.sources`). ``events`` has that
+    source's columns (its time and id columns are required; missing optional columns are read as
+    null) and must cover ``(start − max_window, end)`` for exact values at the start of the range;
+    events outside that span are ignored. ``labels`` (the groups' label source layout: its key,
+    its time column and the columns of any label filter) is needed by groups with label
+    aggregates; every label given is eligible, subject to each feature's availability delay.
+    Output frames name the as-of time ``event_ts`` whatever the source calls its time column.
     """
     groups = list(groups)
     names = [g.name for g in groups]
@@ -524,8 +556,13 @@ def compute_feature_groups(
     if not groups:
         return {}
     df = _prepare_events(events, groups, start_ms, end_ms)
-    lab = _prepare_labels(labels) if any(g.needs_labels for g in groups) else None
-    shared = _Shared(df, lab)
+    labelled = [g for g in groups if g.needs_labels]
+    label_sources = {g.label_source for g in labelled}
+    if len(label_sources) > 1:
+        raise ValueError("groups computed together must share one label source")
+    lsrc = label_sources.pop() if label_sources else None
+    lab = _prepare_labels(labels, lsrc) if labelled else None
+    shared = _Shared(df, lab, _source_of(groups), lsrc)
     return {g.name: _compute_prepared(g, shared, start_ms, end_ms) for g in groups}
 
 

@@ -54,32 +54,38 @@ def _where(filters: Sequence[Where]) -> str:
     return f" where {' and '.join(describe_filter(w) for w in filters)}" if filters else ""
 
 
-def _events(event_types: Sequence[str], filters: Sequence[Where]) -> tuple[str, list[Where]]:
+def _events(
+    event_types: Sequence[str], filters: Sequence[Where], type_column: str | None = "event_type"
+) -> tuple[str, list[Where]]:
     """("withdrawal events", other filters): an event-type filter names the events instead."""
-    typed = [w for w in filters if w.column == "event_type" and w.op in ("eq", "in")]
+    typed = [w for w in filters if type_column and w.column == type_column and w.op in ("eq", "in")]
     rest = [w for w in filters if w not in typed]
     if typed:
         values = typed[0].value if isinstance(typed[0].value, tuple) else (typed[0].value,)
         event_types = [str(v) for v in values]
-    return f"{'/'.join(event_types)} events", rest
+    return f"{'/'.join(event_types) or 'all'} events", rest
 
 
-def generated_description(feature: Feature, event_types: Sequence[str] = ()) -> str:
+def generated_description(
+    feature: Feature, event_types: Sequence[str] = (), type_column: str | None = "event_type"
+) -> str:
     """What the definition computes, in one sentence (the semantics are those of ``spec.py``);
     ``event_types``: the group's source event types, named when the feature does not narrow them."""
     if isinstance(feature, Ratio):
         empty = "0" if feature.empty == "zero" else "null"
         return f"{feature.numerator} / {feature.denominator} ({empty} when the denominator is 0 or null)."
-    text = _generated(feature, event_types)
+    text = _generated(feature, event_types, type_column)
     if feature.offset:
         lo, hi = format_window(feature.offset), format_window(feature.offset + feature.window)
         text += f" Delayed window: events between {hi} and {lo} before the as-of time."
     return text
 
 
-def _generated(feature: Aggregate | LabelAggregate, event_types: Sequence[str]) -> str:
+def _generated(
+    feature: Aggregate | LabelAggregate, event_types: Sequence[str], type_column: str | None
+) -> str:
     window = format_window(feature.window)
-    events, filters = _events(event_types, feature.where)
+    events, filters = _events(event_types, feature.where, type_column)
     where = _where(filters)
     if isinstance(feature, LabelAggregate):
         delay = format_window(feature.availability_delay)
@@ -117,9 +123,12 @@ def _generated(feature: Aggregate | LabelAggregate, event_types: Sequence[str]) 
     raise AssertionError(feature.kind)
 
 
-def describe(feature: Feature, event_types: Sequence[str] = ()) -> str:
-    """The author's description (if any) followed by the generated one."""
-    generated = generated_description(feature, event_types)
+def describe(
+    feature: Feature, event_types: Sequence[str] = (), type_column: str | None = "event_type"
+) -> str:
+    """The author's description (if any) followed by the generated one (``type_column``: the
+    event-type column of the group's source)."""
+    generated = generated_description(feature, event_types, type_column)
     own = feature.description.strip()
     if not own:
         return generated
@@ -146,12 +155,13 @@ def catalog_frame(groups: Sequence[FeatureGroup]) -> pl.DataFrame:
             "version": g.version,
             "entity": g.entity.name,
             "keys": ", ".join(g.entity.keys),
+            "source": g.source.name,
             "source_event_types": ", ".join(g.source_event_types),
             "kind": _kind(f),
             "window": _window(f),
-            "dtype": str(f.dtype()),
+            "dtype": str(f.dtype(g.source)),
             "owner": g.owner,
-            "description": describe(f, g.source_event_types),
+            "description": describe(f, g.source_event_types, g.source.event_type_column),
         }
         for g in groups
         for f in g.features

@@ -47,14 +47,22 @@ def offline_schema(group: FeatureGroup) -> dict[str, pl.DataType]:
 def with_created_ts(
     rows: pl.DataFrame, group: FeatureGroup, events: pl.DataFrame | pl.LazyFrame
 ) -> pl.DataFrame:
-    """Add ``created_ts`` to feature rows: the latest ``ingest_ts`` among the group's events of that
-    entity at that ``event_ts`` (the moment the row's triggering events had all arrived)."""
+    """Add ``created_ts`` to feature rows: the latest arrival time (the source's ingestion-time
+    column, ``ingest_ts`` for the exchange) among the group's events of that entity at that
+    ``event_ts`` (the moment the row's triggering events had all arrived). A source that declares
+    no ingestion time gives null ``created_ts`` (point-in-time joins then take the event time)."""
+    src = group.source
     keys = list(group.entity.keys)
-    arrivals = (
-        events.lazy()
-        .filter(pl.col("event_type").is_in(list(group.source_event_types)))
-        .group_by([*keys, "event_ts"])
-        .agg(pl.col("ingest_ts").max().alias(CREATED_TS))
+    lf = events.lazy()
+    if src.event_type_column is not None:
+        lf = lf.filter(pl.col(src.event_type_column).is_in(list(group.source_event_types)))
+    arrival = (
+        pl.col(src.ingestion_timestamp).max()
+        if src.ingestion_timestamp is not None
+        else pl.lit(None, dtype=pl.Datetime("ms", "UTC")).first()
+    )
+    arrivals = lf.group_by([*keys, pl.col(src.timestamp).alias("event_ts")]).agg(
+        arrival.cast(pl.Datetime("ms", "UTC")).alias(CREATED_TS)
     )
     out = rows.lazy().join(arrivals, on=[*keys, "event_ts"], how="left", nulls_equal=False)
     return out.select(list(offline_schema(group))).collect()

@@ -66,7 +66,10 @@ Before anything is sent, a batch is reduced to its newest row per entity (same o
 server never sees rows the batch itself supersedes. Rows are then sent as multi-key script calls
 (``script_keys`` keys each, ~0.3 ms of Redis time so readers interleave between calls) in
 non-transactional pipelines (``pipeline_rows`` rows each), ``write_concurrency`` pipelines in
-flight. On a cluster the calls are grouped by hash slot (multi-key scripts must stay in one slot).
+flight. On a cluster the calls are grouped by hash slot (multi-key scripts must stay in one slot) and
+the calls of one primary form that primary's pipelines, sent straight to the node and alternating
+between the primaries so they work in parallel (``write_concurrency`` in flight per primary). The
+cluster mode is chosen by the URL (``redis+cluster://``, ``redis_client.py``).
 
 Failures
 --------
@@ -113,9 +116,10 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.crc import key_slot as _redis_key_slot
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import AskError, MovedError, NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
+from risk_assets.features.redis_client import connect
 from risk_assets.features.store_epoch import EpochMarker, epoch_key
 
 __all__ = [
@@ -378,7 +382,14 @@ def redact_url(url: str) -> str:
             (parts.scheme, netloc, parts.path, urllib.parse.urlencode(query), parts.fragment)
         )
     except ValueError:
-        return "<unparseable redis url>"
+        # e.g. a cluster URL with several seeds (``h1:1,h2:2`` is no valid port): redact by hand.
+        scheme, sep, rest = url.partition("://")
+        head = re.split(r"[/?#]", rest, maxsplit=1)[0]
+        auth, at, hosts = head.rpartition("@")
+        if not sep or not hosts:
+            return "<unparseable redis url>"
+        user = auth.split(":", 1)[0] if at else ""
+        return f"{scheme}://{user + ':***@' if at else ''}{hosts}{'/…' if rest[len(head) :] else ''}"
 
 
 def _escape(part: str | int) -> str:
@@ -478,8 +489,9 @@ class OnlineStore:
         pipeline_rows: int = 4096,
         write_concurrency: int = 2,
     ) -> OnlineStore:
-        """Open a store on ``url`` (``redis://``, ``rediss://`` or ``unix://``; ``cluster=True`` for
-        Redis Cluster seed nodes).
+        """Open a store on ``url``: ``redis://``, ``rediss://`` or ``unix://`` for one server,
+        ``redis+cluster://host:port[,host:port…]`` for Redis Cluster (``redis_client.py``;
+        ``cluster=True`` forces Cluster for a ``redis://`` seed URL).
 
         Each operation is tried ``retries + 1`` times with exponential backoff (25 ms doubling,
         capped at 500 ms) on connection errors and timeouts; a blocked server therefore surfaces
@@ -496,10 +508,7 @@ class OnlineStore:
         }
         safe = redact_url(url)
         try:
-            if cluster:
-                client: redis.Redis | RedisCluster = RedisCluster.from_url(url, **options)
-            else:
-                client = redis.Redis.from_url(url, **options)
+            client = connect(url, cluster=cluster, **options)
         except RedisError as exc:
             raise _translate(exc, safe, "connect") from None
         except ValueError as exc:
@@ -539,8 +548,13 @@ class OnlineStore:
 
     @property
     def epoch_key(self) -> str:
-        """The Redis key of the store's epoch marker."""
+        """The Redis key of the store's epoch marker (on a cluster the name the per-primary keys are
+        derived from: see :meth:`epoch_keys`)."""
         return self._epoch.key
+
+    def epoch_keys(self) -> list[str]:
+        """The marker keys actually used: ``[epoch_key]`` on one server, one per primary on a cluster."""
+        return self._call(self._epoch.keys, "epoch keys")
 
     def epoch(self) -> str | None:
         """The committed epoch token; ``None`` when the marker is missing (emptied or never synced)."""
@@ -676,19 +690,14 @@ class OnlineStore:
         rows["values"] = work.select(layout.features).to_numpy(order="c")  # nulls → NaN
         return work["key"].to_list(), rows.tobytes()
 
-    def _pipelines(self, keys: list[str], buf: bytes, size: int) -> Iterator[list[_Call]]:
-        """Rows as pipelines (~``pipeline_rows`` rows) of multi-key script calls (``script_keys``
-        keys). On a cluster every call stays in one hash slot (a multi-key script must)."""
+    def _pipelines(self, keys: list[str], buf: bytes, size: int) -> Iterator[tuple[Any, list[_Call]]]:
+        """Rows as ``(node, pipeline)``: pipelines of ~``pipeline_rows`` rows of multi-key script
+        calls (``script_keys`` keys each). Standalone: node ``None``. Cluster: every call stays in one
+        hash slot (a multi-key script must) and every pipeline holds the calls of ONE primary (it is
+        sent straight to that node: no per-command routing); the nodes' pipelines alternate, so
+        the primaries work in parallel."""
         step = self.script_keys
-        if self._cluster:
-            by_slot: dict[int, list[int]] = {}
-            for i, k in enumerate(keys):
-                by_slot.setdefault(key_slot(k), []).append(i)
-            groups = [idx[j : j + step] for idx in by_slot.values() for j in range(0, len(idx), step)]
-            calls: Iterator[_Call] = (
-                ([keys[i] for i in g], [buf[i * size : (i + 1) * size] for i in g]) for g in groups
-            )
-        else:
+        if not self._cluster:
             calls = (
                 (
                     keys[i : i + step],
@@ -696,6 +705,37 @@ class OnlineStore:
                 )
                 for i in range(0, len(keys), step)
             )
+            for batch in self._batches(calls):
+                yield None, batch
+            return
+        by_slot: dict[int, list[int]] = {}
+        for i, k in enumerate(keys):
+            by_slot.setdefault(key_slot(k), []).append(i)
+        by_node: dict[str, tuple[Any, list[list[int]]]] = {}
+        slot_owner = self._client.nodes_manager.get_node_from_slot
+        for slot, idx in by_slot.items():
+            node = slot_owner(slot)
+            groups = by_node.setdefault(node.name, (node, []))[1]
+            groups.extend(idx[j : j + step] for j in range(0, len(idx), step))
+        streams = [
+            (
+                node,
+                self._batches(
+                    ([keys[i] for i in g], [buf[i * size : (i + 1) * size] for i in g]) for g in gs
+                ),
+            )
+            for node, gs in by_node.values()
+        ]
+        while streams:  # round robin over the primaries
+            alive = []
+            for node, it in streams:
+                batch = next(it, None)
+                if batch is not None:
+                    yield node, batch
+                    alive.append((node, it))
+            streams = alive
+
+    def _batches(self, calls: Iterator[_Call]) -> Iterator[list[_Call]]:
         batch: list[_Call] = []
         rows = 0
         for call in calls:
@@ -731,19 +771,20 @@ class OnlineStore:
                     skipped += len(ks) - int(out)
 
         executor = self._writer_pool()
-        for batch in self._pipelines(keys, buf, layout.row_size):
+        limit = self._concurrency()
+        for node, batch in self._pipelines(keys, buf, layout.row_size):
             if errors:
                 break
             if executor is None:
                 fut: Future[list[Any]] = Future()
                 try:
-                    fut.set_result(self._run_script_calls(ttl_ms, batch))
+                    fut.set_result(self._run_script_calls(ttl_ms, batch, node))
                 except RedisError as exc:
                     fut.set_exception(exc)
             else:
-                while len(in_flight) >= self.write_concurrency:
+                while len(in_flight) >= limit:
                     settle(*in_flight.popleft())
-                fut = executor.submit(self._run_script_calls, ttl_ms, batch)
+                fut = executor.submit(self._run_script_calls, ttl_ms, batch, node)
             in_flight.append((fut, batch))
             if executor is None:
                 settle(*in_flight.popleft())
@@ -764,27 +805,47 @@ class OnlineStore:
             raise _translate(first, self._url, what, progress) from None
         raise OnlineStoreError(f"{what} to {self._url} failed: {first}", progress)  # pragma: no cover
 
+    def _concurrency(self) -> int:
+        """Pipelines in flight: ``write_concurrency``, per primary on a cluster."""
+        if not self._cluster:
+            return self.write_concurrency
+        return self.write_concurrency * max(1, len(self._client.get_primaries()))
+
     def _writer_pool(self) -> ThreadPoolExecutor | None:
         if self.write_concurrency <= 1:
             return None
         with self._lock:
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(self.write_concurrency, thread_name_prefix="online-store")
+                self._executor = ThreadPoolExecutor(self._concurrency(), thread_name_prefix="online-store")
             return self._executor
 
-    def _run_script_calls(self, ttl_ms: int, calls: list[_Call]) -> list[Any]:
-        """Run the calls in one non-transactional pipeline; re-run those that hit NOSCRIPT once."""
-        outcomes = self._pipeline_evalsha(ttl_ms, calls)
+    def _run_script_calls(self, ttl_ms: int, calls: list[_Call], node: Any = None) -> list[Any]:
+        """Run the calls in one non-transactional pipeline (on a cluster: straight to ``node``);
+        re-run once those that hit NOSCRIPT, and — on a cluster — through redis-py's routing those
+        answered MOVED/ASK (a slot moved since the slot map was read: the map is refreshed)."""
+        outcomes = self._pipeline_evalsha(ttl_ms, calls, node)
         retry_idx = [j for j, out in enumerate(outcomes) if isinstance(out, NoScriptError)]
         if retry_idx:
-            self._client.script_load(WRITE_IF_NEWER_LUA)
-            again = self._pipeline_evalsha(ttl_ms, [calls[j] for j in retry_idx])
+            loader = self._client if node is None else self._client.get_redis_connection(node)
+            loader.script_load(WRITE_IF_NEWER_LUA)
+            again = self._pipeline_evalsha(ttl_ms, [calls[j] for j in retry_idx], node)
             for j, out in zip(retry_idx, again, strict=True):
+                outcomes[j] = out
+        moved = [j for j, out in enumerate(outcomes) if isinstance(out, MovedError | AskError)]
+        if node is not None and moved:
+            self._client.nodes_manager.initialize()
+            again = self._pipeline_evalsha(ttl_ms, [calls[j] for j in moved], None)
+            for j, out in zip(moved, again, strict=True):
                 outcomes[j] = out
         return outcomes
 
-    def _pipeline_evalsha(self, ttl_ms: int, calls: list[_Call]) -> list[Any]:
-        pipe = self._client.pipeline() if self._cluster else self._client.pipeline(transaction=False)
+    def _pipeline_evalsha(self, ttl_ms: int, calls: list[_Call], node: Any = None) -> list[Any]:
+        if node is not None:
+            pipe = self._client.get_redis_connection(node).pipeline(transaction=False)
+        elif self._cluster:
+            pipe = self._client.pipeline()
+        else:
+            pipe = self._client.pipeline(transaction=False)
         for ks, bs in calls:
             pipe.execute_command("EVALSHA", _WRITE_SHA, len(ks), *ks, ttl_ms, *bs)
         return pipe.execute(raise_on_error=False)

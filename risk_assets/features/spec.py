@@ -9,7 +9,11 @@ semantics below (floating-point sums/means/ratios up to rounding, rel. tolerance
 
 Exact semantics (version ``SEMANTICS_VERSION``)
 -----------------------------------------------
-Time is integer milliseconds (``event_ts``, ``Datetime("ms", "UTC")``).
+Every group reads one declared source (:mod:`risk_assets.sources`; the exchange events by
+default). Below, ``event_ts``, ``event_id`` and ``event_type`` stand for the source's time, id and
+event-type columns (``tx_ts``, ``tx_id``, ``tx_type`` for a card source); a source without an
+event-type column feeds every event to its groups. Time is integer milliseconds
+(``Datetime("ms", "UTC")``); output frames always name the as-of time ``event_ts``.
 
 *Group stream.* The events of a group are the events whose ``event_type`` is in
 ``source_event_types`` and whose entity key columns are all non-null. Every such event both feeds
@@ -61,14 +65,15 @@ ratio          ``numerator / denominator`` of two other (non-ratio)         Floa
 ============== ============================================================ ================ ==========
 
 *Label aggregates* (availability delay ``D``, ``0 <= D < w + o``; ``M`` is the window's matching
-events, offset included). Labels join events on ``event_id``. An event counts as *labelled at t* if
+events, offset included). Labels come from the group's label source and join events on its key
+column (``event_id`` for the exchange labels). An event counts as *labelled at t* if
 at least one label passing ``label_where`` has ``label_ts <= t - D``. ``label_count`` = number of
 events of ``M`` labelled at ``t`` (Int64, 0 when none); ``label_rate`` = ``label_count / N``
 (Float64, null when ``N = 0``) where ``N = |M|`` (``denominator="all"``, the default) or, with
 ``denominator="matured"``, ``N`` = the events of ``M`` with ``event_ts <= t - D`` — the events old
 enough for their label to be known (a recent event whose label cannot have arrived yet would only
-dilute the rate). No label with ``label_ts > t - D`` can influence a value. ``label_ts`` is the only
-label time used (not ``ingest_ts``).
+dilute the rate). No label with ``label_ts > t - D`` can influence a value. ``label_ts`` (the label
+source's time column) is the only label time used (not its ingestion time).
 
 *Helpers.* Any feature may be marked ``model_input=False`` (e.g. a ratio's operands): it is
 computed, stored and synced like the others but is not a model input
@@ -76,7 +81,9 @@ computed, stored and synced like the others but is not a model input
 
 *Versioning.* :attr:`FeatureGroup.version` is the first 12 hex digits of the SHA-256 of the canonical
 JSON of everything that determines values (name, entity, source types, features, ttl, semantics
-version), with keys sorted, features sorted by name, filters sorted, durations in milliseconds.
+version; the source's and, with label aggregates, the label source's name and schema version unless
+they are the exchange's), with keys sorted, features sorted by name, filters sorted, durations in
+milliseconds.
 Options at their default (offset 0, ``denominator="all"``, ``empty="null"``) are left out of the
 canonical form, so definitions that do not use them keep their versions. Descriptions, owner, tags
 and ``model_input`` are not values and do not change the version.
@@ -96,7 +103,7 @@ from typing import Any, Literal, TypeAlias
 
 import polars as pl
 
-from risk_assets.events.schema import ARCHIVE_EVENT_COLUMNS, ARCHIVE_LABEL_COLUMNS, EVENT_TYPES
+from risk_assets.sources import EXCHANGE_EVENTS, EXCHANGE_LABELS, EventSource, LabelSource
 
 SEMANTICS_VERSION = 1
 MIN_WINDOW = timedelta(minutes=1)
@@ -166,7 +173,8 @@ def _check_name(name: str, what: str) -> None:
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Entity:
-    """What a feature group describes, identified by one or more archive columns (``keys``)."""
+    """What a feature group describes, identified by one or more columns (``keys``) of the group's
+    source (checked when the entity is used in a :class:`FeatureGroup`)."""
 
     name: str
     keys: tuple[str, ...]
@@ -175,9 +183,8 @@ class Entity:
         _check_name(self.name, "entity")
         if not self.keys or len(set(self.keys)) != len(self.keys):
             raise ValueError(f"entity {self.name}: keys must be a non-empty tuple of distinct columns")
-        for k in self.keys:
-            if k not in ARCHIVE_EVENT_COLUMNS or k == EVENT_TS:
-                raise ValueError(f"entity {self.name}: key {k!r} is not an archive event column")
+        if EVENT_TS in self.keys:
+            raise ValueError(f"entity {self.name}: {EVENT_TS!r} is reserved for the as-of time")
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "keys": list(self.keys)}
@@ -213,23 +220,19 @@ class Where:
     """A row filter ``column op value``; a null column value fails every op but ``is_null``.
 
     ``value`` is a scalar for comparisons, a tuple of scalars for ``in``/``not_in`` and ``None`` for
-    ``is_null``/``not_null``. Columns are looked up in ``columns`` (the archive event layout by
-    default; label filters use the label layout).
+    ``is_null``/``not_null``. The column and the value's type are checked against the source of the
+    :class:`FeatureGroup` the filter is used in (label filters: its label source); with ``columns``
+    (a layout: column → dtype) they are also checked at once.
     """
 
     column: str
     op: FilterOp
     value: Scalar | tuple[Scalar, ...] | None = None
-    columns: Mapping[str, pl.DataType] = field(
-        default_factory=lambda: ARCHIVE_EVENT_COLUMNS, compare=False, hash=False, repr=False
-    )
+    columns: Mapping[str, pl.DataType] | None = field(default=None, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.op not in _OPS:
             raise ValueError(f"unknown filter op {self.op!r}; expected one of {_OPS}")
-        if self.column not in self.columns:
-            raise ValueError(f"filter column {self.column!r} is not in the layout")
-        dtype = self.columns[self.column]
         if self.op in ("is_null", "not_null"):
             if self.value is not None:
                 raise ValueError(f"{self.op} takes no value")
@@ -240,17 +243,25 @@ class Where:
                 raise ValueError(f"{self.op} needs a non-empty tuple of values")
             # Membership is a set: canonical order makes equal filters equal.
             object.__setattr__(self, "value", tuple(sorted(set(self.value), key=repr)))
-            for v in self.value:
-                _check_value(self.column, dtype, v)
-        else:
-            if self.value is None or isinstance(self.value, tuple):
-                raise ValueError(f"{self.op} needs one scalar value")
-            _check_value(self.column, dtype, self.value)
-        if self.column == "event_type" and self.op in ("eq", "in"):
-            values = self.value if isinstance(self.value, tuple) else (self.value,)
-            unknown = set(values) - set(EVENT_TYPES)
-            if unknown:
-                raise ValueError(f"unknown event types {sorted(unknown)}")
+        elif self.value is None or isinstance(self.value, tuple):
+            raise ValueError(f"{self.op} needs one scalar value")
+        if self.columns is not None:
+            self.check(self.columns)
+
+    def check(self, columns: Mapping[str, pl.DataType], layout: str = "the layout") -> None:
+        """Raise unless ``column`` is in ``columns`` and the value(s) fit its dtype."""
+        if self.column not in columns:
+            raise ValueError(f"filter column {self.column!r} is not in {layout}")
+        if self.op in ("is_null", "not_null"):
+            return
+        for v in self.value if isinstance(self.value, tuple) else (self.value,):
+            _check_value(self.column, columns[self.column], v)
+
+    def values(self) -> tuple[Scalar, ...]:
+        """The compared value(s) as a tuple (empty for ``is_null``/``not_null``)."""
+        if self.value is None:
+            return ()
+        return self.value if isinstance(self.value, tuple) else (self.value,)
 
     def expr(self) -> pl.Expr:
         """The filter as a Polars boolean expression that is never null."""
@@ -314,14 +325,25 @@ class Where:
         return {"column": self.column, "op": self.op, "value": v}
 
 
-def label_where(column: str, op: FilterOp, value: Scalar | tuple[Scalar, ...] | None = None) -> Where:
-    """A filter on the label layout (``label_type``, ``scenario``, …) for label aggregates."""
-    return Where(column, op, value, columns=ARCHIVE_LABEL_COLUMNS)
+def label_where(
+    column: str, op: FilterOp, value: Scalar | tuple[Scalar, ...] | None = None, *,
+    source: LabelSource = EXCHANGE_LABELS,
+) -> Where:  # fmt: skip
+    """A filter on a label source's columns (``label_type``, ``scenario``, … of the exchange labels
+    by default) for label aggregates; checked against ``source`` at once."""
+    return Where(column, op, value, columns=source.schema)
 
 
-def event_type(*types: str) -> Where:
-    """Filter on ``event_type`` (one type → ``eq``, several → ``in``)."""
-    return Where("event_type", "eq", types[0]) if len(types) == 1 else Where("event_type", "in", types)
+def event_type(*types: str, source: EventSource = EXCHANGE_EVENTS) -> Where:
+    """Filter on the event-type column of ``source`` (one type → ``eq``, several → ``in``); the
+    types must be among the source's declared event types."""
+    if source.event_type_column is None:
+        raise ValueError(f"source {source.name} declares no event-type column")
+    unknown = set(types) - set(source.event_types)
+    if not types or unknown:
+        raise ValueError(f"unknown event types {sorted(unknown)} for source {source.name}")
+    column = source.event_type_column
+    return Where(column, "eq", types[0]) if len(types) == 1 else Where(column, "in", types)
 
 
 def _canonical_filters(where: tuple[Where, ...]) -> list[dict[str, Any]]:
@@ -361,10 +383,9 @@ class Aggregate:
         if self.kind not in AggKind.__args__:  # type: ignore[attr-defined]
             raise ValueError(f"{self.name}: unknown aggregation {self.kind!r}")
         if self.kind in _COLUMN_KINDS:
-            if self.column is None or self.column not in ARCHIVE_EVENT_COLUMNS:
-                raise ValueError(f"{self.name}: {self.kind} needs an archive event column")
-            if self.kind in _NUMERIC_KINDS and not ARCHIVE_EVENT_COLUMNS[self.column].is_numeric():
-                raise ValueError(f"{self.name}: {self.kind} needs a numeric column, got {self.column}")
+            # The column itself is checked against the group's source (FeatureGroup).
+            if not isinstance(self.column, str) or not self.column:
+                raise ValueError(f"{self.name}: {self.kind} needs a source column")
         elif self.column is not None:
             raise ValueError(f"{self.name}: {self.kind} takes no column")
 
@@ -377,14 +398,14 @@ class Aggregate:
         """How far before the as-of time the window reaches: ``window + offset``."""
         return self.window + self.offset
 
-    def dtype(self) -> pl.DataType:
-        """Polars dtype of the output column."""
+    def dtype(self, source: EventSource = EXCHANGE_EVENTS) -> pl.DataType:
+        """Polars dtype of the output column (``min``/``max``/``last``: the column's dtype in ``source``)."""
         if self.kind in ("count", "distinct_count"):
             return pl.Int64()
         if self.kind in ("sum", "mean", "time_since_last"):
             return pl.Float64()
         assert self.column is not None
-        return ARCHIVE_EVENT_COLUMNS[self.column]
+        return source.dtype(self.column)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -425,7 +446,7 @@ class Ratio:
     def lookback(self) -> timedelta:
         return timedelta(0)
 
-    def dtype(self) -> pl.DataType:
+    def dtype(self, source: EventSource = EXCHANGE_EVENTS) -> pl.DataType:
         return pl.Float64()
 
     def to_dict(self) -> dict[str, Any]:
@@ -468,9 +489,6 @@ class LabelAggregate:
             raise ValueError(f"{self.name}: denominator must be one of {LabelDenominator.__args__}")  # type: ignore[attr-defined]
         if self.denominator != "all" and self.kind != "label_rate":
             raise ValueError(f"{self.name}: a denominator applies to label_rate only")
-        for w in self.label_where:
-            if w.column not in ARCHIVE_LABEL_COLUMNS:
-                raise ValueError(f"{self.name}: label filter column {w.column!r} is not a label column")
 
     @property
     def windows(self) -> tuple[timedelta, ...]:
@@ -481,7 +499,7 @@ class LabelAggregate:
         """How far before the as-of time the event window reaches: ``window + offset``."""
         return self.window + self.offset
 
-    def dtype(self) -> pl.DataType:
+    def dtype(self, source: EventSource = EXCHANGE_EVENTS) -> pl.DataType:
         return pl.Int64() if self.kind == "label_count" else pl.Float64()
 
     def to_dict(self) -> dict[str, Any]:
@@ -625,7 +643,16 @@ def label_rate(
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FeatureGroup:
-    """A named, versioned set of features about one entity, computed from some event types."""
+    """A named, versioned set of features about one entity, computed from the events of one declared
+    source (:mod:`risk_assets.sources`; the exchange events by default).
+
+    ``source_event_types``: the event types of the source the group reads (every declared type is
+    allowed; a source without an event-type column takes ``()``: every event). ``label_source``:
+    where label aggregates find their labels (default: the exchange labels for the exchange
+    source; required for another source when the group has label aggregates). Entity keys, filter
+    columns and values, aggregated columns and event types are checked against the source, label
+    filters against the label source.
+    """
 
     name: str
     entity: Entity
@@ -635,6 +662,8 @@ class FeatureGroup:
     features: tuple[Feature, ...]
     ttl: timedelta = timedelta(days=1)
     tags: tuple[tuple[str, str], ...] = ()
+    source: EventSource = EXCHANGE_EVENTS
+    label_source: LabelSource | None = None
 
     def __post_init__(self) -> None:
         _check_name(self.name, "feature group")
@@ -642,14 +671,37 @@ class FeatureGroup:
             object.__setattr__(self, "tags", tuple(sorted(self.tags.items())))
         object.__setattr__(self, "source_event_types", tuple(self.source_event_types))
         object.__setattr__(self, "features", tuple(self.features))
-        unknown = set(self.source_event_types) - set(EVENT_TYPES)
-        if not self.source_event_types or unknown:
-            raise ValueError(f"{self.name}: bad source_event_types (unknown: {sorted(unknown)})")
+        src = self.source
+        if not isinstance(src, EventSource):
+            raise ValueError(f"{self.name}: source must be an EventSource, got {type(src).__name__}")
+        if src.event_type_column is None:
+            if self.source_event_types:
+                raise ValueError(f"{self.name}: source {src.name} has no event types; use ()")
+        else:
+            unknown = set(self.source_event_types) - set(src.event_types)
+            if not self.source_event_types or unknown:
+                raise ValueError(
+                    f"{self.name}: bad source_event_types for source {src.name} (unknown: {sorted(unknown)})"
+                )
         if not self.features:
             raise ValueError(f"{self.name}: a group needs features")
         _ms(self.ttl)
         if self.ttl <= timedelta(0):
             raise ValueError(f"{self.name}: ttl must be positive")
+        for k in self.entity.keys:
+            if k not in src.schema or k == src.timestamp:
+                raise ValueError(
+                    f"{self.name}: entity {self.entity.name} key {k!r} is not a column of source {src.name}"
+                )
+        if self.label_source is None and src == EXCHANGE_EVENTS and self.needs_labels:
+            object.__setattr__(self, "label_source", EXCHANGE_LABELS)
+        if self.needs_labels and self.label_source is None:
+            raise ValueError(f"{self.name}: label aggregates need a label_source for source {src.name}")
+        if self.label_source is not None and self.label_source.events != src.name:
+            raise ValueError(
+                f"{self.name}: label source {self.label_source.name} labels {self.label_source.events}, "
+                f"not {src.name}"
+            )
         reserved = {*self.entity.keys, EVENT_TS}
         names = [f.name for f in self.features]
         dupes = {n for n in names if names.count(n) > 1} | (set(names) & reserved)
@@ -662,14 +714,42 @@ class FeatureGroup:
                     if ref not in by_name or isinstance(by_name[ref], Ratio):
                         raise ValueError(f"{self.name}.{f.name}: {ref!r} is not a non-ratio feature")
                 continue
-            for w in f.where:
-                if w.column != "event_type":
-                    continue
-                allowed = set(w.value) if isinstance(w.value, tuple) else {w.value}
-                if w.op in ("eq", "in") and not allowed & set(self.source_event_types):
-                    raise ValueError(
-                        f"{self.name}.{f.name}: filters on event types outside source_event_types"
-                    )
+            self._check_columns(f)
+
+    def _check_columns(self, f: Aggregate | LabelAggregate) -> None:
+        """A feature's filters and column against the source (label filters: the label source)."""
+        src = self.source
+        owner = f"{self.name}.{f.name}"
+        layout = f"source {src.name}"
+        if isinstance(f, Aggregate) and f.column is not None:
+            if f.column not in src.schema:
+                raise ValueError(f"{owner}: {f.column!r} is not a column of {layout}")
+            if f.kind in _NUMERIC_KINDS and not src.dtype(f.column).is_numeric():
+                raise ValueError(f"{owner}: {f.kind} needs a numeric column, got {f.column}")
+        for w in f.where:
+            try:
+                w.check(src.schema, layout)
+            except ValueError as exc:
+                raise ValueError(f"{owner}: {exc}") from None
+            if w.column != src.event_type_column:
+                continue
+            unknown = set(w.values()) - set(src.event_types)
+            if unknown:
+                raise ValueError(f"{owner}: unknown event types {sorted(unknown)} for {layout}")
+            if w.op in ("eq", "in") and not set(w.values()) & set(self.source_event_types):
+                raise ValueError(f"{owner}: filters on event types outside source_event_types")
+        if isinstance(f, LabelAggregate):
+            assert self.label_source is not None
+            lsrc = self.label_source
+            for w in f.label_where:
+                try:
+                    w.check(lsrc.schema, f"label source {lsrc.name}")
+                except ValueError as exc:
+                    raise ValueError(f"{owner}: label filter: {exc}") from None
+                if w.column == lsrc.type_column:
+                    unknown = set(w.values()) - set(lsrc.label_types)
+                    if unknown:
+                        raise ValueError(f"{owner}: unknown label types {sorted(unknown)}")
 
     # -- derived properties -------------------------------------------------------------------
     @property
@@ -709,16 +789,20 @@ class FeatureGroup:
 
     def schema(self) -> dict[str, pl.DataType]:
         """Output columns and their Polars dtypes, in output order."""
-        out: dict[str, pl.DataType] = {k: ARCHIVE_EVENT_COLUMNS[k] for k in self.entity.keys}
+        out: dict[str, pl.DataType] = {k: self.source.dtype(k) for k in self.entity.keys}
         out[EVENT_TS] = _TS_DTYPE
         for f in self.features:
-            out[f.name] = f.dtype()
+            out[f.name] = f.dtype(self.source)
         return out
 
     # -- identity -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """The canonical definition: everything that determines values, nothing that does not."""
-        return {
+        """The canonical definition: everything that determines values, nothing that does not.
+
+        The exchange sources are left out (every definition that predates declared sources keeps
+        its version); another source, and its label source when the group uses labels, are in
+        by name and schema version."""
+        out: dict[str, Any] = {
             "semantics_version": SEMANTICS_VERSION,
             "name": self.name,
             "entity": self.entity.to_dict(),
@@ -726,6 +810,12 @@ class FeatureGroup:
             "features": sorted((f.to_dict() for f in self.features), key=lambda d: d["name"]),
             "ttl_ms": _ms(self.ttl),
         }
+        if self.source != EXCHANGE_EVENTS:
+            out["source"] = self.source.identity()
+        if self.needs_labels and self.label_source != EXCHANGE_LABELS:
+            assert self.label_source is not None
+            out["label_source"] = self.label_source.identity()
+        return out
 
     def canonical_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
@@ -742,6 +832,8 @@ class FeatureGroup:
             "version": self.version,
             "description": self.description,
             "owner": self.owner,
+            "source": self.source.name,
+            **({"label_source": self.label_source.name} if self.needs_labels and self.label_source else {}),
             "entity": self.entity.name,
             "keys": list(self.entity.keys),
             "source_event_types": list(self.source_event_types),

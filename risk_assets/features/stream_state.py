@@ -71,6 +71,7 @@ import gc
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -84,14 +85,17 @@ import polars as pl
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.crc import key_slot
+from redis.exceptions import AskError, MovedError, RedisError
 from redis.retry import Retry
 
 from risk_assets.events.schema import ARCHIVE_EVENT_COLUMNS
 from risk_assets.features.batch import required_event_columns
 from risk_assets.features.online_store import encode_entity_key, redact_url
+from risk_assets.features.redis_client import connect
 from risk_assets.features.spec import EVENT_TS, Entity, FeatureGroup, _ms
 from risk_assets.features.store_epoch import EpochMarker, epoch_key
+from risk_assets.sources import EXCHANGE_EVENTS
 
 __all__ = [
     "ARRIVAL_COLUMNS",
@@ -175,6 +179,9 @@ class EntityLayout:
 
     @classmethod
     def build(cls, entity: Entity, groups: Sequence[FeatureGroup], margin: timedelta) -> EntityLayout:
+        foreign = sorted({g.source.name for g in groups if g.source != EXCHANGE_EVENTS})
+        if foreign:
+            raise ValueError(f"the stream path reads the exchange events only, not sources {foreign}")
         keys = set(entity.keys)
         needed = required_event_columns(groups)
         columns = tuple(c for c in needed if c not in keys and c not in ("event_id", EVENT_TS))
@@ -332,13 +339,14 @@ class StreamState:
         socket_timeout_s: float = 5.0,
         retries: int = 3,
     ) -> StreamState:
-        """A state on ``url`` with bounded timeouts and exponential-backoff retries (like the store)."""
+        """A state on ``url`` with bounded timeouts and exponential-backoff retries (like the store);
+        ``redis+cluster://`` URLs (or ``cluster=True``) open Redis Cluster (``redis_client.py``)."""
         options: dict[str, Any] = {
             "socket_connect_timeout": 1.0,
             "socket_timeout": socket_timeout_s,
             "retry": Retry(ExponentialBackoff(cap=0.5, base=0.025), retries),
         }
-        client = RedisCluster.from_url(url, **options) if cluster else redis.Redis.from_url(url, **options)
+        client = connect(url, cluster=cluster, **options)
         return cls(client, groups, namespace=namespace, margin=margin, url=url)
 
     @property
@@ -548,33 +556,27 @@ class StreamState:
         """Per key: ZADD the new members, [ZRANGEBYSCORE the read range,] trim, PEXPIRE.
 
         Standalone Redis: one pipeline of multi-key script calls (``script_keys`` keys each), so the
-        client packs a few dozen commands instead of four per key. Cluster: a pipeline of the plain
-        single-key commands (routed per node by redis-py). Same effect either way. With ``guard``
-        the epoch marker is read before and after (see the module docstring).
+        client packs a few dozen commands instead of four per key. Cluster: the same script calls,
+        each within one hash slot, in one pipeline per primary sent straight to that node, the
+        primaries in parallel (:meth:`_run_by_node`). Same effect either way. With ``guard`` the
+        epoch marker is read before and after (see the module docstring).
         """
         if isinstance(self._client, RedisCluster):
             first = self._guarded(self._epoch.read, "epoch read") if guard else None
-            out = self._run_commands(touched, read)
+            out = self._run_by_node(touched, read)
             if guard:
                 self._check_epoch(first, self._guarded(self._epoch.read, "epoch read"))
             return out
         pipe = self._pipeline()
         if guard:
             pipe.get(self._epoch.key)
-        flag = "1" if read else "0"
         for t in touched:
             n = len(t.redis_keys)
             for a in range(0, n, self.script_keys):
                 idx = range(a, min(a + self.script_keys, n))
-                args: list[Any] = [t.layout.retention_ms, flag]
-                for i in idx:
-                    scores = t.scores[i]
-                    lo = t.read_lo[i] if read else 0
-                    hi = t.read_hi[i] if read else 0
-                    args += (len(scores), lo, hi, int(scores.max()) - t.layout.retention_ms)
-                    for sc, m in zip(scores.tolist(), t.members[i], strict=True):
-                        args += (sc, m)
-                self._script(keys=[t.redis_keys[i] for i in idx], args=args, client=pipe)
+                self._script(
+                    keys=[t.redis_keys[i] for i in idx], args=self._script_args(t, idx, read), client=pipe
+                )
         if guard:
             pipe.get(self._epoch.key)
         replies = self._execute(pipe, "update")
@@ -592,6 +594,68 @@ class StreamState:
                 merged.extend(r)
             out.append(merged)
             pos += calls
+        return out
+
+    def _script_args(self, t: _Touched, idx: Sequence[int], read: bool) -> list[Any]:
+        args: list[Any] = [t.layout.retention_ms, "1" if read else "0"]
+        for i in idx:
+            scores = t.scores[i]
+            lo = t.read_lo[i] if read else 0
+            hi = t.read_hi[i] if read else 0
+            args += (len(scores), lo, hi, int(scores.max()) - t.layout.retention_ms)
+            for sc, m in zip(scores.tolist(), t.members[i], strict=True):
+                args += (sc, m)
+        return args
+
+    def _run_by_node(self, touched: list[_Touched], read: bool) -> list[list[list[bytes]]]:
+        """Cluster: script calls grouped by slot (a multi-key script must stay in one), one
+        non-transactional pipeline per primary on that node's own connection, primaries in
+        parallel. A slot that moved since the slot map was read (MOVED/ASK) makes the whole batch
+        run again through redis-py's routing (every command here is idempotent)."""
+        owner = self._client.nodes_manager.get_node_from_slot
+        per_node: dict[str, tuple[Any, list[tuple[int, list[int]]]]] = {}
+        for ti, t in enumerate(touched):
+            by_slot: dict[int, list[int]] = {}
+            for i, key in enumerate(t.redis_keys):
+                by_slot.setdefault(key_slot(key.encode()), []).append(i)
+            for slot, idx in by_slot.items():
+                calls = per_node.setdefault(owner(slot).name, (owner(slot), []))[1]
+                calls.extend(
+                    (ti, idx[a : a + self.script_keys]) for a in range(0, len(idx), self.script_keys)
+                )
+
+        def run(node: Any, calls: list[tuple[int, list[int]]]) -> list[Any]:
+            pipe = self._client.get_redis_connection(node).pipeline(transaction=False)
+            for ti, idx in calls:
+                t = touched[ti]
+                self._script(
+                    keys=[t.redis_keys[i] for i in idx], args=self._script_args(t, idx, read), client=pipe
+                )
+            return pipe.execute(raise_on_error=False)
+
+        jobs = list(per_node.values())
+        try:
+            if len(jobs) < 2:
+                replies = [run(node, calls) for node, calls in jobs]
+            else:
+                with ThreadPoolExecutor(len(jobs), thread_name_prefix="stream-state") as pool:
+                    replies = list(pool.map(lambda job: run(*job), jobs))
+        except RedisError as exc:
+            raise self._error(exc, "update") from None
+        flat = [r for rs in replies for r in rs]
+        if any(isinstance(r, MovedError | AskError) for r in flat):
+            self._client.nodes_manager.initialize()
+            return self._run_commands(touched, read)
+        bad = next((r for r in flat if isinstance(r, Exception)), None)
+        if bad is not None:
+            raise self._error(bad, "update")  # type: ignore[arg-type]
+        if not read:
+            return []
+        out: list[list[list[bytes]]] = [[[] for _ in t.redis_keys] for t in touched]
+        for (_, calls), answers in zip(jobs, replies, strict=True):
+            for (ti, idx), answer in zip(calls, answers, strict=True):
+                for i, members in zip(idx, answer, strict=True):
+                    out[ti][i] = members
         return out
 
     def _run_commands(self, touched: list[_Touched], read: bool) -> list[list[list[bytes]]]:

@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from risk_assets.events import validation
+from risk_assets.events.declared import event_payload_type, label_payload_type
 from risk_assets.events.schema import (
     MAX_EVENT_TS_MS,
     PAYLOAD_EVENT_COLUMNS,
@@ -31,7 +32,7 @@ from risk_assets.ingest.archive_format import (
     PART_FILE,
     archive_columns,
     archive_part_path,
-    to_archive_frame,
+    to_layout,
 )
 from risk_assets.ingest.kafka_reader import TIMESTAMP_SLACK, MessageBatch, OffsetRange
 from risk_assets.ingest.partitioning import (
@@ -50,6 +51,7 @@ from risk_assets.names import (
     RAW_LABEL_DEAD_LETTERS,
     RAW_LABELS,
 )
+from risk_assets.sources import EXCHANGE_EVENTS, EXCHANGE_LABELS, EventSource, LabelSource
 
 DEAD_LETTER_COLUMNS: dict[str, pl.DataType] = {
     "topic": pl.String,
@@ -64,7 +66,12 @@ DEAD_LETTER_COLUMNS: dict[str, pl.DataType] = {
 
 @dataclass(frozen=True)
 class ArchiveSpec:
-    """What one raw archive is made of: its topic, payload schema, time and id columns."""
+    """What one raw archive is made of: its topic, payload schema, time and id columns.
+
+    ``layout`` (column → dtype pairs) is the archive's columns; empty for the built-in datasets,
+    whose layout is ``archive_format``'s. ``ingest_column`` is where the message's arrival time
+    goes; ``type_field`` names the event-type field (reason ``unknown_event_type``).
+    """
 
     dataset: str
     dead_letter_dataset: str
@@ -73,14 +80,26 @@ class ArchiveSpec:
     time_column: str
     id_column: str
     payload_columns: tuple[str, ...]
+    layout: tuple[tuple[str, pl.DataType], ...] = ()
+    ingest_column: str = "ingest_ts"
+    type_field: str | None = "event_type"
+
+    @property
+    def columns(self) -> dict[str, pl.DataType]:
+        """The archive's columns and dtypes, in order."""
+        return dict(self.layout) if self.layout else archive_columns(self.dataset)
 
     def read_schema(self) -> dict[str, pl.DataType]:
         """Schema for reading the JSON payloads: timestamps arrive as integer milliseconds."""
-        cols = archive_columns(self.dataset)
+        cols = self.columns
         return {
             c: (pl.Int64 if cols[c] == pl.Datetime("ms", "UTC") or cols[c] == pl.Int16 else cols[c])
             for c in self.payload_columns
         }
+
+    def to_archive(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Cast, order and sort records into this archive's layout (sorted by time, id)."""
+        return to_layout(frame, self.columns, (self.time_column, self.id_column))
 
 
 EVENTS = ArchiveSpec(
@@ -101,6 +120,46 @@ LABELS = ArchiveSpec(
     id_column="label_id",
     payload_columns=PAYLOAD_LABEL_COLUMNS,
 )
+
+
+def _declared_spec(
+    source: EventSource | LabelSource, id_column: str | None, type_field: str | None, payload_type: Any
+) -> ArchiveSpec:
+    if source.archive_dataset is None or source.topic is None:
+        raise ValueError(f"source {source.name} declares no archive dataset or topic to archive from")
+    if source.ingestion_timestamp is None:
+        raise ValueError(f"source {source.name} declares no ingestion-time column (the arrival time)")
+    if id_column is None:
+        raise ValueError(f"source {source.name} declares no id column (duplicates are dropped by id)")
+    names = {source.archive_dataset, f"{source.archive_dataset}_dead_letters"}
+    if names & {RAW_EVENTS, RAW_LABELS, RAW_EVENT_DEAD_LETTERS, RAW_LABEL_DEAD_LETTERS}:
+        raise ValueError(f"source {source.name}: archive dataset {source.archive_dataset!r} is taken")
+    return ArchiveSpec(
+        dataset=source.archive_dataset,
+        dead_letter_dataset=f"{source.archive_dataset}_dead_letters",
+        topic=source.topic,
+        payload_type=payload_type,
+        time_column=source.timestamp,
+        id_column=id_column,
+        payload_columns=tuple(c for c in source.column_names if c != source.ingestion_timestamp),
+        layout=source.columns,
+        ingest_column=source.ingestion_timestamp,
+        type_field=type_field,
+    )
+
+
+def archive_spec(source: EventSource | LabelSource) -> ArchiveSpec:
+    """The archive of a declared source: the exchange's own specs for the exchange sources (same
+    layout, same bytes), otherwise one derived from the declaration — payloads validated by
+    :mod:`risk_assets.events.declared`, records in ``{archive_dataset}/…``, rejects (with the same
+    reason codes) in ``{archive_dataset}_dead_letters/…``."""
+    if source == EXCHANGE_EVENTS:
+        return EVENTS
+    if source == EXCHANGE_LABELS:
+        return LABELS
+    if isinstance(source, EventSource):
+        return _declared_spec(source, source.id_column, source.event_type_column, event_payload_type(source))
+    return _declared_spec(source, source.id_column, source.type_column, label_payload_type(source))
 
 
 @dataclass
@@ -159,14 +218,14 @@ def _parse_valid(batch: MessageBatch, ok: np.ndarray, spec: ArchiveSpec) -> pl.D
     ``_offset``); raises if Polars cannot parse them (the caller then goes message by message)."""
     values = batch.values
     body = b"\n".join([values[i] for i in ok.tolist()])
-    ts_cols = [c for c, t in archive_columns(spec.dataset).items() if t == pl.Datetime("ms", "UTC")]
+    ts_cols = [c for c, t in spec.columns.items() if t == pl.Datetime("ms", "UTC")]
     return (
         pl.read_ndjson(body, schema=spec.read_schema())
         .with_columns(
             pl.Series("_idx", ok, dtype=pl.Int64),
             pl.Series("_partition", batch.partitions[ok], dtype=pl.Int32),
             pl.Series("_offset", batch.offsets[ok], dtype=pl.Int64),
-            pl.Series("ingest_ts", batch.timestamps_ms[ok], dtype=pl.Int64),
+            pl.Series(spec.ingest_column, batch.timestamps_ms[ok], dtype=pl.Int64),
         )
         .with_columns(pl.col(c).cast(pl.Datetime("ms", "UTC")) for c in ts_cols)
     )
@@ -175,7 +234,7 @@ def _parse_valid(batch: MessageBatch, ok: np.ndarray, spec: ArchiveSpec) -> pl.D
 def _empty_valid(spec: ArchiveSpec) -> pl.DataFrame:
     return pl.DataFrame(
         schema={
-            **archive_columns(spec.dataset),
+            **spec.columns,
             "_idx": pl.Int64,
             "_partition": pl.Int32,
             "_offset": pl.Int64,
@@ -195,7 +254,7 @@ def decode_messages(
     the one gate between the broker and anything downstream (archive, stream features): no single
     message can fail it — any exception while decoding one message makes that message a reject.
     """
-    outcome = validation.validate_payloads(batch.values, spec.payload_type)
+    outcome = validation.validate_payloads(batch.values, spec.payload_type, spec.type_field)
     ok = np.asarray(outcome.valid, dtype=np.int64)
     rejected = list(outcome.rejected)
     valid = _empty_valid(spec)
@@ -212,13 +271,14 @@ def decode_messages(
                     rejected.append((i, validation.UNDECODABLE, f"{type(exc).__name__}: {exc}"[:500]))
             valid = pl.concat(parts) if parts else valid
     # Records claiming a time too far after their arrival are rejected.
-    future = is_from_future_expr(spec.time_column, "ingest_ts")
-    why = f"{spec.time_column} more than the allowed skew after ingest_ts"
+    arrived = spec.ingest_column
+    future = is_from_future_expr(spec.time_column, arrived)
+    why = f"{spec.time_column} more than the allowed skew after {arrived}"
     if not_after_ms is not None:
         limit = pl.lit(not_after_ms, dtype=pl.Int64).cast(pl.Datetime("ms", "UTC"))
-        beyond = (pl.col(spec.time_column) > limit) | (pl.col("ingest_ts") > limit)
+        beyond = (pl.col(spec.time_column) > limit) | (pl.col(arrived) > limit)
         future = future | beyond
-        why = f"{why}, or {spec.time_column}/ingest_ts after {_iso_ms(not_after_ms)}"
+        why = f"{why}, or {spec.time_column}/{arrived} after {_iso_ms(not_after_ms)}"
     future_mask = valid.select(future).to_series()
     late = valid.filter(future_mask)["_idx"].to_list()
     rejected += [(int(i), validation.FUTURE_TIMESTAMP, why) for i in late]
@@ -317,7 +377,7 @@ def build_archive(
     """
     wanted = sorted({h.astimezone(UTC) for h in hours})
     decoded = decode_messages(batch, spec)
-    valid = decoded.valid.with_columns(archive_hour_expr(spec.time_column, "ingest_ts").alias("_hour"))
+    valid = decoded.valid.with_columns(archive_hour_expr(spec.time_column, spec.ingest_column).alias("_hour"))
     rejected = list(decoded.rejected)
     rej_idx = np.asarray([r[0] for r in rejected], dtype=np.int64)
     rej_hours = _hour_ms(batch.timestamps_ms[rej_idx])
@@ -383,7 +443,7 @@ def build_archive(
 
     valid_by_hour = valid.partition_by("_hour", as_dict=True)
     dead_parts = dead.sort("kafka_partition", "kafka_offset").partition_by("_hour", as_dict=True)
-    records = {h: to_archive_frame(valid_by_hour.get((h,), valid.clear()), spec.dataset) for h in wanted}
+    records = {h: spec.to_archive(valid_by_hour.get((h,), valid.clear())) for h in wanted}
     dead_by_hour = {
         h: dead_parts.get((h,), dead.clear()).select(
             pl.col(c).cast(t) for c, t in DEAD_LETTER_COLUMNS.items()
@@ -408,11 +468,14 @@ def write_archive(lake: Lake, spec: ArchiveSpec, hours: ArchiveHours) -> int:
     return written
 
 
-def read_archive(lake: Lake, dataset: str, hours: list[datetime]) -> pl.LazyFrame:
-    """Lazily read the archive ``dataset`` for the given hours (hours never written are skipped)."""
+def read_archive(
+    lake: Lake, dataset: str, hours: list[datetime], columns: dict[str, pl.DataType] | None = None
+) -> pl.LazyFrame:
+    """Lazily read the archive ``dataset`` for the given hours (hours never written are skipped);
+    ``columns``: the layout of a declared source's archive (``archive_spec(source).columns``)."""
     paths = [archive_part_path(dataset, h) for h in hours]
     present = [p for p in paths if lake.exists(p)]
-    return lake.scan(present, schema=archive_columns(dataset))
+    return lake.scan(present, schema=columns or archive_columns(dataset))
 
 
 # -- guards: the archive is the system of record ----------------------------------------------

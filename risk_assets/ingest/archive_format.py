@@ -6,6 +6,7 @@ so an hour written either way has the same columns, types, order and bytes for t
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import polars as pl
@@ -34,6 +35,14 @@ def to_archive_frame(frame: pl.DataFrame, dataset: str) -> pl.DataFrame:
     (time, id) so that the same records always produce the same bytes.
     """
     columns, sort_keys = _LAYOUTS[dataset]
+    return to_layout(frame, columns, sort_keys)
+
+
+def to_layout(
+    frame: pl.DataFrame, columns: Mapping[str, pl.DataType], sort_keys: Sequence[str]
+) -> pl.DataFrame:
+    """:func:`to_archive_frame` for any layout (a declared source's archive: its columns, sorted by
+    its time and id columns)."""
     exprs = [
         (pl.col(name) if name in frame.columns else pl.lit(None)).cast(dtype).alias(name)
         for name, dtype in columns.items()

@@ -19,9 +19,10 @@ from typing import Protocol
 
 import polars as pl
 
-from risk_assets.ingest.archive import EVENTS, LABELS, read_archive
+from risk_assets.ingest.archive import EVENTS, LABELS, archive_spec, read_archive
 from risk_assets.ingest.partitioning import GRACE, archive_hours
 from risk_assets.lake import Lake
+from risk_assets.sources import EventSource, LabelSource
 
 LATE_READ = timedelta(days=2)
 
@@ -44,10 +45,10 @@ class RawDataSource(Protocol):
         ...
 
 
-def first_copies(frame: pl.LazyFrame, id_column: str) -> pl.LazyFrame:
-    """One row per id: the copy with the earliest ``ingest_ts`` (two copies of one id never share
-    an ``ingest_ts`` across hours: the hour is a function of it); row order is kept."""
-    return frame.filter(pl.col("ingest_ts").rank("ordinal").over(id_column) == 1)
+def first_copies(frame: pl.LazyFrame, id_column: str, ingest_column: str = "ingest_ts") -> pl.LazyFrame:
+    """One row per id: the copy with the earliest arrival (``ingest_ts``; two copies of one id never
+    share an arrival time across hours: the hour is a function of it); row order is kept."""
+    return frame.filter(pl.col(ingest_column).rank("ordinal").over(id_column) == 1)
 
 
 def read_events(
@@ -65,3 +66,20 @@ def read_labels(lake: Lake, start: datetime, end: datetime) -> pl.DataFrame:
     frame = read_archive(lake, LABELS.dataset, archive_hours(start, end + GRACE + LATE_READ))
     frame = frame.filter((pl.col("label_ts") >= start) & (pl.col("label_ts") < end))
     return first_copies(frame, "label_id").collect()
+
+
+def read_source(
+    lake: Lake,
+    source: EventSource | LabelSource,
+    start: datetime,
+    end: datetime,
+    columns: Sequence[str] | None = None,
+) -> pl.DataFrame:
+    """Every archived record of a declared source (events or labels, ``archive_spec(source)``)
+    with its time column in ``[start, end)``, each id once — the same reading rule as
+    :func:`read_events` (late hours read, resends removed) for any source."""
+    spec = archive_spec(source)
+    frame = read_archive(lake, spec.dataset, archive_hours(start, end + GRACE + LATE_READ), spec.columns)
+    ts = pl.col(spec.time_column)
+    frame = first_copies(frame.filter((ts >= start) & (ts < end)), spec.id_column, spec.ingest_column)
+    return (frame.select(list(columns)) if columns else frame).collect()

@@ -1,5 +1,9 @@
 """The raw-event archive mirrored in Snowflake, for batch features computed next to the warehouse.
 
+Every function takes the declared ``source`` (:mod:`risk_assets.sources`) whose layout the table
+holds: the exchange events by default, any declared event source otherwise (its columns, time, id
+and ingestion-time columns).
+
 ``write_hours`` replaces a range of hours in the table (DELETE by time range, then INSERT in
 batches: the same rows for the same hours, so re-runs are idempotent). ``read_events`` selects a time
 range as Arrow and hands it to Polars. Values always travel as bind parameters; the only text spliced
@@ -15,7 +19,7 @@ from typing import Any
 
 import polars as pl
 
-from risk_assets.events.schema import ARCHIVE_EVENT_COLUMNS
+from risk_assets.sources import EXCHANGE_EVENTS, EventSource
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*){0,2}$")
 INSERT_BATCH = 5_000
@@ -24,8 +28,15 @@ _SQL_TYPES = {
     pl.String: "VARCHAR",
     pl.Boolean: "BOOLEAN",
     pl.Float64: "DOUBLE",
+    pl.Float32: "FLOAT",
+    pl.Int8: "NUMBER(3,0)",
     pl.Int16: "NUMBER(5,0)",
+    pl.Int32: "NUMBER(10,0)",
     pl.Int64: "NUMBER(19,0)",
+    pl.UInt8: "NUMBER(3,0)",
+    pl.UInt16: "NUMBER(5,0)",
+    pl.UInt32: "NUMBER(10,0)",
+    pl.UInt64: "NUMBER(20,0)",
 }
 
 
@@ -41,9 +52,9 @@ def _sql_type(dtype: pl.DataType) -> str:
     return _SQL_TYPES[type(dtype)] if type(dtype) in _SQL_TYPES else _SQL_TYPES[dtype]
 
 
-def create_table_sql(table: str) -> str:
-    """``CREATE TABLE IF NOT EXISTS`` for the archive layout."""
-    cols = ", ".join(f"{c.upper()} {_sql_type(t)}" for c, t in ARCHIVE_EVENT_COLUMNS.items())
+def create_table_sql(table: str, source: EventSource = EXCHANGE_EVENTS) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` for the source's archive layout."""
+    cols = ", ".join(f"{c.upper()} {_sql_type(t)}" for c, t in source.columns)
     return f"CREATE TABLE IF NOT EXISTS {_table(table)} ({cols})"
 
 
@@ -51,18 +62,22 @@ def _naive_utc(ts: datetime) -> datetime:
     return ts.astimezone(UTC).replace(tzinfo=None)
 
 
-def write_hours(cursor: Any, table: str, events: pl.DataFrame, start: datetime, end: datetime) -> int:
-    """Replace the rows with ``event_ts`` in ``[start, end)`` by ``events`` (archive layout)."""
+def write_hours(
+    cursor: Any,
+    table: str,
+    events: pl.DataFrame,
+    start: datetime,
+    end: datetime,
+    source: EventSource = EXCHANGE_EVENTS,
+) -> int:
+    """Replace the rows with event time in ``[start, end)`` by ``events`` (the source's layout)."""
     name = _table(table)
-    cursor.execute(create_table_sql(table))
-    cursor.execute(
-        f"DELETE FROM {name} WHERE EVENT_TS >= %s AND EVENT_TS < %s", (_naive_utc(start), _naive_utc(end))
-    )
-    cols = list(ARCHIVE_EVENT_COLUMNS)
+    ts = _table(source.timestamp)  # a column name is spliced too: it must be a plain identifier
+    cursor.execute(create_table_sql(table, source))
+    cursor.execute(f"DELETE FROM {name} WHERE {ts} >= %s AND {ts} < %s", (_naive_utc(start), _naive_utc(end)))
+    cols = list(source.column_names)
     frame = events.select(cols).with_columns(
-        pl.col(c).dt.replace_time_zone(None)
-        for c, t in ARCHIVE_EVENT_COLUMNS.items()
-        if isinstance(t, pl.Datetime)
+        pl.col(c).dt.replace_time_zone(None) for c, t in source.columns if isinstance(t, pl.Datetime)
     )
     placeholders = ", ".join(["%s"] * len(cols))
     sql = f"INSERT INTO {name} ({', '.join(c.upper() for c in cols)}) VALUES ({placeholders})"
@@ -73,30 +88,39 @@ def write_hours(cursor: Any, table: str, events: pl.DataFrame, start: datetime, 
 
 
 def read_events(
-    cursor: Any, table: str, start: datetime, end: datetime, columns: Sequence[str] | None = None
+    cursor: Any,
+    table: str,
+    start: datetime,
+    end: datetime,
+    columns: Sequence[str] | None = None,
+    source: EventSource = EXCHANGE_EVENTS,
 ) -> pl.DataFrame:
-    """Events with ``event_ts`` in ``[start, end)`` as a Polars frame in the archive layout, each
-    ``event_id`` once (the first-arrived copy, as ``raw_reader.read_events``)."""
-    wanted = list(columns or ARCHIVE_EVENT_COLUMNS)
-    cols = wanted + [c for c in ("event_id", "ingest_ts") if c not in wanted]
-    unknown = set(cols) - set(ARCHIVE_EVENT_COLUMNS)
+    """Events with event time in ``[start, end)`` as a Polars frame in the source's layout, each id
+    once (the first-arrived copy, as ``raw_reader.read_events``; a source without an ingestion-time
+    column: the first row read)."""
+    layout = source.schema
+    wanted = list(columns or layout)
+    arrival = [source.ingestion_timestamp] if source.ingestion_timestamp else []
+    cols = wanted + [c for c in (source.id_column, *arrival) if c not in wanted]
+    unknown = set(cols) - set(layout)
     if unknown:
-        raise ValueError(f"unknown archive columns: {sorted(unknown)}")
+        raise ValueError(f"unknown columns of source {source.name}: {sorted(unknown)}")
+    ts = _table(source.timestamp)
     cursor.execute(
-        f"SELECT {', '.join(c.upper() for c in cols)} FROM {_table(table)} "
-        "WHERE EVENT_TS >= %s AND EVENT_TS < %s",
+        f"SELECT {', '.join(_table(c) for c in cols)} FROM {_table(table)} WHERE {ts} >= %s AND {ts} < %s",
         (_naive_utc(start), _naive_utc(end)),
     )
     arrow = cursor.fetch_arrow_all()
     if arrow is None:
-        return pl.DataFrame(schema={c: ARCHIVE_EVENT_COLUMNS[c] for c in wanted})
+        return pl.DataFrame(schema={c: layout[c] for c in wanted})
     frame = pl.from_arrow(arrow).rename({c.upper(): c for c in cols})
     frame = frame.select(
         (
             pl.col(c).dt.replace_time_zone("UTC").dt.cast_time_unit("ms")
-            if isinstance(ARCHIVE_EVENT_COLUMNS[c], pl.Datetime)
-            else pl.col(c).cast(ARCHIVE_EVENT_COLUMNS[c])
+            if isinstance(layout[c], pl.Datetime)
+            else pl.col(c).cast(layout[c])
         )
         for c in cols
     )
-    return frame.filter(pl.col("ingest_ts").rank("ordinal").over("event_id") == 1).select(wanted)
+    first = pl.col(arrival[0]).rank("ordinal") if arrival else pl.int_range(pl.len())
+    return frame.filter(first.over(source.id_column) == (1 if arrival else 0)).select(wanted)

@@ -1,8 +1,10 @@
 """``risk-stack`` command line: ``up``, ``down`` and ``status`` of the local real services.
 
-``--postgres`` adds PostgreSQL for the Dagster instance (see :mod:`risk_assets.stack.postgres`).
-``up --partitions N`` creates the pipeline topics with N partitions (topics that already exist keep
-theirs: tansu keeps topics in memory, so ``down`` then ``up`` to change it).
+``--postgres`` adds PostgreSQL for the Dagster instance (see :mod:`risk_assets.stack.postgres`);
+``--redis-cluster N`` runs a Redis Cluster of N primaries instead of one Redis
+(:mod:`risk_assets.stack.redis_cluster`). ``up --partitions N`` creates the pipeline topics with N
+partitions (topics that already exist keep theirs: tansu keeps topics in memory, so ``down`` then
+``up`` to change it).
 
 Output is ``KEY=value`` lines on stdout (``up`` and ``status``), so it can be ``eval``-ed or parsed.
 Errors are one line on stderr, ``risk-stack: error: <message>``, with exit code 1.
@@ -33,7 +35,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     ports = argparse.ArgumentParser(add_help=False)
     ports.add_argument("--s3", action="store_true", help="also run the S3 endpoint (moto_server)")
-    ports.add_argument("--redis-port", type=int, default=StackConfig.redis_port, metavar="PORT")
+    ports.add_argument(
+        "--redis-port",
+        type=int,
+        default=StackConfig.redis_port,
+        metavar="PORT",
+        help="Redis port; with --redis-cluster the first node's (node i: PORT+i, bus PORT+i+10000)",
+    )
+    ports.add_argument(
+        "--redis-cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run a local Redis Cluster of N primaries (3..16) instead of one server; "
+        "REDIS_URL becomes redis+cluster://…",
+    )
     ports.add_argument("--kafka-port", type=int, default=StackConfig.kafka_port, metavar="PORT")
     ports.add_argument("--s3-port", type=int, default=StackConfig.s3_port, metavar="PORT")
     ports.add_argument(
@@ -74,6 +90,7 @@ def _config(args: argparse.Namespace) -> StackConfig:
     if args.command != "down":
         kwargs.update(
             redis_port=args.redis_port,
+            redis_cluster=args.redis_cluster,
             kafka_port=args.kafka_port,
             s3_port=args.s3_port,
             with_s3=args.s3,
@@ -96,8 +113,8 @@ def _print_pairs(values: dict[str, str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``risk-stack`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
-    config = _config(args)
     try:
+        config = _config(args)
         if args.command == "up":
             t0 = time.monotonic()
             _print_pairs(up(config))

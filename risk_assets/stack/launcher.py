@@ -53,6 +53,8 @@ import contextlib
 import errno
 import fcntl
 import os
+import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -66,7 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from risk_assets.names import TOPICS
-from risk_assets.stack import postgres
+from risk_assets.stack import postgres, redis_cluster
 
 __all__ = [
     "DEFAULT_TOPICS",
@@ -77,6 +79,8 @@ __all__ = [
     "default_stack_dir",
     "down",
     "endpoints",
+    "free_cluster_port",
+    "free_port",
     "pids",
     "service_states",
     "status",
@@ -84,7 +88,9 @@ __all__ = [
 ]
 
 SERVICES: tuple[str, ...] = ("redis", "kafka", "s3", "postgres")
-"""Service names, in start order. Also the pid/log file stems."""
+"""Service names, in start order. Also the pid/log file stems. With ``redis_cluster`` N, ``redis``
+is replaced by the cluster's nodes ``redis-node0`` … ``redis-node<N-1>`` (:mod:`.redis_cluster`)."""
+CLUSTER_NODE = "redis-node"
 
 DEFAULT_TOPICS: tuple[str, ...] = TOPICS
 
@@ -139,14 +145,24 @@ class StackConfig:
     s3_bucket: str = "risk-lake"
     with_postgres: bool = False
     postgres_port: int = 15432
+    redis_cluster: int = 0
     start_timeout_s: float = 20.0
     stop_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state_dir", Path(self.state_dir).expanduser().absolute())
+        if self.redis_cluster and not 3 <= self.redis_cluster <= 16:
+            raise StackError(f"a Redis Cluster needs 3 to 16 primaries, not {self.redis_cluster}")
+
+    @property
+    def redis_nodes(self) -> tuple[str, ...]:
+        """Service names of the Redis Cluster nodes (``redis-node0``, …); empty for one server."""
+        return tuple(f"{CLUSTER_NODE}{i}" for i in range(self.redis_cluster))
 
     def port(self, service: str) -> int:
-        """The configured loopback port of ``service``."""
+        """The configured loopback port of ``service`` (cluster node i: ``redis_port + i``)."""
+        if service.startswith(CLUSTER_NODE):
+            return self.redis_port + int(service.removeprefix(CLUSTER_NODE))
         return {
             "redis": self.redis_port,
             "kafka": self.kafka_port,
@@ -221,6 +237,8 @@ def default_stack_dir(state_root: Path | str | None = None) -> Path:
 
 
 def _external(service: str) -> str | None:
+    if service.startswith(CLUSTER_NODE):
+        service = "redis"
     var = {"redis": ENV_REDIS_URL, "kafka": ENV_KAFKA, "s3": ENV_S3, "postgres": ENV_PG}[service]
     value = os.environ.get(var) or None
     if value is not None and service == "postgres":
@@ -229,7 +247,7 @@ def _external(service: str) -> str | None:
 
 
 def _endpoint(service: str, port: int) -> str:
-    if service == "redis":
+    if service == "redis" or service.startswith(CLUSTER_NODE):
         return f"redis://{LOOPBACK}:{port}/0"
     if service == "kafka":
         return f"{LOOPBACK}:{port}"
@@ -238,7 +256,15 @@ def _endpoint(service: str, port: int) -> str:
     return f"http://{LOOPBACK}:{port}"
 
 
+def _cluster_url(config: StackConfig) -> str:
+    return redis_cluster.cluster_url(LOOPBACK, [config.port(s) for s in config.redis_nodes])
+
+
 def _env_entries(service: str, endpoint: str, config: StackConfig, local: bool) -> dict[str, str]:
+    if service.startswith(CLUSTER_NODE):  # the cluster's URL once (node 0), not one per node
+        if service != config.redis_nodes[0]:
+            return {}
+        return {ENV_REDIS_URL: _cluster_url(config) if local else endpoint}
     if service == "redis":
         return {ENV_REDIS_URL: endpoint}
     if service == "kafka":
@@ -253,7 +279,20 @@ def _env_entries(service: str, endpoint: str, config: StackConfig, local: bool) 
 
 def _wanted(config: StackConfig) -> tuple[str, ...]:
     optional = {"s3": config.with_s3, "postgres": config.with_postgres}
-    return tuple(s for s in SERVICES if optional.get(s, True))
+    wanted = tuple(s for s in SERVICES if optional.get(s, True))
+    if config.redis_cluster:
+        i = wanted.index("redis")
+        wanted = wanted[:i] + config.redis_nodes + wanted[i + 1 :]
+    return wanted
+
+
+def _known(config: StackConfig) -> tuple[str, ...]:
+    """Every service this state dir may run: ``SERVICES`` plus any cluster node with a pid file."""
+    nodes = set(config.redis_nodes)
+    if config.state_dir.is_dir():
+        nodes.update(p.stem for p in config.state_dir.glob(f"{CLUSTER_NODE}*.pid"))
+    ordered = sorted(nodes, key=lambda s: int(s.removeprefix(CLUSTER_NODE) or 0))
+    return ("redis", *ordered, *SERVICES[1:])
 
 
 def endpoints(config: StackConfig) -> dict[str, str]:
@@ -355,6 +394,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_cluster_port(nodes: int = 3) -> int:
+    """A base port for a local Redis Cluster of ``nodes`` primaries: ``base … base+nodes-1`` and their
+    bus ports (+10000) free right now, all below the kernel's usual ephemeral range (32768+), so no
+    outgoing connection can hold them."""
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(10_000, 22_000)
+        if all(
+            _port_free(base + i) and _port_free(base + i + redis_cluster.BUS_OFFSET) for i in range(nodes)
+        ):
+            return base
+    raise StackError(f"no free port range for a {nodes}-node Redis Cluster between 10000 and 32000")
+
+
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # SO_REUSEADDR: TIME_WAIT leftovers of an earlier run must not count as "in use".
@@ -445,7 +498,7 @@ def _executable(path: str | Path, what: str, env_var: str) -> str:
 
 
 def _command(service: str, port: int, config: StackConfig) -> list[str]:
-    if service == "redis":
+    if service == "redis" or service.startswith(CLUSTER_NODE):
         override = os.environ.get(ENV_REDIS_BIN)
         if override:
             binary = override
@@ -461,9 +514,10 @@ def _command(service: str, port: int, config: StackConfig) -> list[str]:
             "--bind", LOOPBACK,
             "--save", "",
             "--appendonly", "no",
-            "--dir", str(config.state_dir / "redis"),
+            "--dir", str(config.state_dir / service),
             "--daemonize", "no",
             "--logfile", "",
+            *(redis_cluster.node_args() if service != "redis" else []),
         ]  # fmt: skip
     if service == "kafka":
         try:
@@ -554,6 +608,10 @@ _HEALTH: dict[str, Callable[[int, float], bool]] = {
 }
 
 
+def _health(service: str) -> Callable[[int, float], bool]:
+    return _redis_healthy if service.startswith(CLUSTER_NODE) else _HEALTH[service]
+
+
 def _create_topics(port: int, config: StackConfig, timeout_s: float) -> None:
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import NewTopic
@@ -639,11 +697,17 @@ def _start(service: str, config: StackConfig) -> int:
     if not _port_free(port):
         raise StackError(
             f"{service}: port {LOOPBACK}:{port} is already in use by a process this stack did not "
-            f"start; pick another port (--{service}-port) or stop that process"
+            f"start; pick another port (--{'redis' if service.startswith(CLUSTER_NODE) else service}-port) "
+            "or stop that process"
+        )
+    if service.startswith(CLUSTER_NODE) and not _port_free(port + redis_cluster.BUS_OFFSET):
+        raise StackError(
+            f"{service}: cluster bus port {LOOPBACK}:{port + redis_cluster.BUS_OFFSET} is already in use; "
+            "pick another --redis-port"
         )
     (config.state_dir / "logs").mkdir(parents=True, exist_ok=True)
-    if service == "redis":
-        (config.state_dir / "redis").mkdir(parents=True, exist_ok=True)
+    if service == "redis" or service.startswith(CLUSTER_NODE):
+        (config.state_dir / service).mkdir(parents=True, exist_ok=True)
     log_path = config.log_file(service)
     env = {
         **os.environ,
@@ -708,7 +772,7 @@ def _await_healthy(
 ) -> None:
     """Poll the health check until it passes; raise if the child exits or the deadline passes."""
     deadline = time.monotonic() + config.start_timeout_s
-    healthy = _HEALTH[service]
+    healthy = _health(service)
     while True:
         code = proc.poll()
         if code is not None:
@@ -762,7 +826,7 @@ def up(config: StackConfig) -> dict[str, str]:
                             f"{service} already runs from {config.state_dir} on port {actual} "
                             f"(pid {pid}), not {port}; run `risk-stack down` first"
                         )
-                    if not _HEALTH[service](port, min(config.start_timeout_s, 2.0)):
+                    if not _health(service)(port, min(config.start_timeout_s, 2.0)):
                         raise StackError(
                             f"{service} (pid {pid}) runs on {LOOPBACK}:{port} but is not healthy; "
                             f"see {config.log_file(service)} or run `risk-stack down`"
@@ -778,6 +842,12 @@ def up(config: StackConfig) -> dict[str, str]:
                 else:
                     started.append((service, _start(service, config)))
                 values.update(_env_entries(service, _endpoint(service, port), config, local=True))
+            if config.redis_cluster and _external("redis") is None:
+                ports = [config.port(s) for s in config.redis_nodes]
+                try:
+                    redis_cluster.form(LOOPBACK, ports, config.start_timeout_s)
+                except redis_cluster.ClusterFormError as exc:
+                    raise StackError(str(exc)) from None
         except BaseException:
             for service, pid in reversed(started):
                 with contextlib.suppress(StackError):
@@ -799,12 +869,14 @@ def down(config: StackConfig) -> list[str]:
         return []
     stopped: list[str] = []
     with _locked(config):
-        for service in reversed(SERVICES):
+        for service in reversed(_known(config)):
             running = _running(config, service)
             if running is not None:
                 _terminate(running[0], config.stop_timeout_s)
                 stopped.append(service)
             _forget(config, service)
+            if service.startswith(CLUSTER_NODE):  # its nodes.conf: the next up forms a new cluster
+                shutil.rmtree(config.state_dir / service, ignore_errors=True)
         config.env_file.unlink(missing_ok=True)
     return stopped
 
@@ -812,7 +884,7 @@ def down(config: StackConfig) -> list[str]:
 def pids(config: StackConfig) -> dict[str, int]:
     """Pids of the live services started from ``config.state_dir`` (stale pid files are removed)."""
     result: dict[str, int] = {}
-    for service in SERVICES:
+    for service in _known(config):
         running = _running(config, service)
         if running is not None:
             result[service] = running[0]
@@ -825,7 +897,7 @@ def service_states(config: StackConfig, timeout_s: float = 2.0) -> list[ServiceS
     S3 is reported even when ``with_s3`` is off if an earlier ``up --s3`` left it running.
     """
     states: list[ServiceState] = []
-    for service in SERVICES:
+    for service in _known(config):
         ext = _external(service)
         running = _running(config, service) if config.state_dir.is_dir() else None
         if ext is not None and running is None:
@@ -838,7 +910,7 @@ def service_states(config: StackConfig, timeout_s: float = 2.0) -> list[ServiceS
             states.append(ServiceState(service, state, endpoint=endpoint, port=config.port(service)))
             continue
         pid, port = running
-        state = "running" if _HEALTH[service](port, timeout_s) else "unhealthy"
+        state = "running" if _health(service)(port, timeout_s) else "unhealthy"
         states.append(ServiceState(service, state, endpoint=_endpoint(service, port), pid=pid, port=port))
     return states
 
@@ -856,9 +928,10 @@ def status(config: StackConfig) -> dict[str, str]:
     for st in service_states(config):
         if st.endpoint is not None:
             result.update(_env_entries(st.service, st.endpoint, config, local=st.state != "external"))
-        result[f"{st.service.upper()}_STATE"] = st.state
+        name = st.service.upper().replace("-", "_")
+        result[f"{name}_STATE"] = st.state
         if st.pid is not None:
-            result[f"{st.service.upper()}_PID"] = str(st.pid)
+            result[f"{name}_PID"] = str(st.pid)
         ok = ok and st.ok
     result["STACK_DIR"] = str(config.state_dir)
     result["STACK_OK"] = "1" if ok else "0"

@@ -136,15 +136,20 @@ def oracle(
     end_ms: int,
     labels: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
+    """Rows are dicts in the group's source layout (time as integer ms); the output names the as-of
+    time ``event_ts`` whatever the source calls its time column."""
+    src = group.source
+    ts, eid, etype = src.timestamp, src.id_column, src.event_type_column
     keys = group.entity.keys
     by_entity: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        if r["event_type"] in group.source_event_types and all(r[k] is not None for k in keys):
+        typed = etype is None or r[etype] in group.source_event_types
+        if typed and all(r[k] is not None for k in keys):
             by_entity[tuple(r[k] for k in keys)].append(r)
     out = []
     for key in sorted(by_entity):
-        es = sorted(by_entity[key], key=lambda r: (r["event_ts"], r["event_id"]))
-        for t in sorted({r["event_ts"] for r in es if start_ms <= r["event_ts"] < end_ms}):
+        es = sorted(by_entity[key], key=lambda r: (r[ts], r[eid]))
+        for t in sorted({r[ts] for r in es if start_ms <= r[ts] < end_ms}):
             row: dict[str, Any] = dict(zip(keys, key, strict=True))
             row["event_ts"] = t
             for f in group.features:
@@ -152,13 +157,11 @@ def oracle(
                     continue
                 w = f.window // timedelta(milliseconds=1)
                 o = f.offset // timedelta(milliseconds=1)
-                m = [
-                    e for e in es if t - o - w < e["event_ts"] <= t - o and all(c.matches(e) for c in f.where)
-                ]
+                m = [e for e in es if t - o - w < e[ts] <= t - o and all(c.matches(e) for c in f.where)]
                 if isinstance(f, LabelAggregate):
-                    row[f.name] = _oracle_label(f, m, t, labels or [])
+                    row[f.name] = _oracle_label(group, f, m, t, labels or [])
                 else:
-                    row[f.name] = _oracle_agg(f, m, t)
+                    row[f.name] = _oracle_agg(f, m, t, ts)
             for f in group.features:
                 if isinstance(f, Ratio):
                     num, den = row[f.numerator], row[f.denominator]
@@ -170,7 +173,7 @@ def oracle(
     return out
 
 
-def _oracle_agg(f: Aggregate, m: list[dict[str, Any]], t: int) -> Any:
+def _oracle_agg(f: Aggregate, m: list[dict[str, Any]], t: int, ts: str = "event_ts") -> Any:
     vals = [e[f.column] for e in m if e[f.column] is not None] if f.column else []
     match f.kind:
         case "count":
@@ -188,21 +191,26 @@ def _oracle_agg(f: Aggregate, m: list[dict[str, Any]], t: int) -> Any:
         case "last":
             return vals[-1] if vals else None
         case "time_since_last":
-            before = [e["event_ts"] for e in m if e["event_ts"] < t]
+            before = [e[ts] for e in m if e[ts] < t]
             return (t - max(before)) / 1000 if before else None
     raise AssertionError(f.kind)
 
 
-def _oracle_label(f: LabelAggregate, m: list[dict[str, Any]], t: int, labels: list[dict[str, Any]]) -> Any:
+def _oracle_label(
+    group: FeatureGroup, f: LabelAggregate, m: list[dict[str, Any]], t: int, labels: list[dict[str, Any]]
+) -> Any:
+    assert group.label_source is not None
+    key, lts = group.label_source.key, group.label_source.timestamp
+    eid, ts = group.source.id_column, group.source.timestamp
     d = f.availability_delay // timedelta(milliseconds=1)
     known: dict[str, int] = {}
     for lb in labels:
         if all(c.matches(lb) for c in f.label_where):
-            known[lb["event_id"]] = min(known.get(lb["event_id"], lb["label_ts"]), lb["label_ts"])
-    n = sum(1 for e in m if e["event_id"] in known and known[e["event_id"]] <= t - d)
+            known[lb[key]] = min(known.get(lb[key], lb[lts]), lb[lts])
+    n = sum(1 for e in m if e[eid] in known and known[e[eid]] <= t - d)
     if f.kind == "label_count":
         return n
-    base = m if f.denominator == "all" else [e for e in m if e["event_ts"] <= t - d]
+    base = m if f.denominator == "all" else [e for e in m if e[ts] <= t - d]
     return n / len(base) if base else None
 
 

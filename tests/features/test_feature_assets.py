@@ -6,7 +6,6 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-import fakesnow
 import polars as pl
 import pytest
 
@@ -25,7 +24,7 @@ from risk_assets.resources import LakeResource, RawEventSource
 from risk_assets.simulator.config import SimConfig
 from risk_assets.simulator.generator import generate
 from risk_assets.simulator.writers import write_history
-from tests.conftest import asset_def
+from tests.conftest import asset_def, fakesnow_server
 
 batch_features = asset_def(feature_asset_key(FEATURE_GROUPS[0].name))
 snowflake_raw_events = asset_def(SNOWFLAKE_RAW_EVENTS)
@@ -138,7 +137,7 @@ def test_snowflake_backend_gives_the_same_features(tmp_path):
     lake = Lake(str(tmp_path / "lake"))
     write_history(SimConfig(seed=9, start=START, hours=48, events_per_day=2_500, users=400), lake)
     day = START + timedelta(days=1)
-    with fakesnow.server() as conn_kwargs:
+    with fakesnow_server() as conn_kwargs:
         extra = {k: v for k, v in conn_kwargs.items() if k in ("host", "port", "protocol")}
         source = RawEventSource(
             backend="snowflake",

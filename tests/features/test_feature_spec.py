@@ -169,17 +169,30 @@ def test_starter_set_versions_are_distinct_and_json_round_trips() -> None:
         (lambda: label_rate("r", days(1), hours(1), denominator="some"), "denominator"),
         (lambda: ratio("r", "a", "b", empty="nan"), "empty"),
         (lambda: count("Bad-Name", hours(1)), "snake_case"),
-        (lambda: max_of("m", "user_id", hours(1)), "numeric"),
-        (lambda: sum_of("s", "nope", hours(1)), "archive event column"),
-        (lambda: Where("nope", "eq", 1), "not in the layout"),
-        (lambda: Where("amount_usd", "eq", "ten"), "wrong type"),
-        (lambda: Where("success", "eq", 1), "wrong type"),
+        # Columns, filter values and keys are checked against the group's source.
+        (lambda: tiny(features=(max_of("m", "user_id", hours(1)),)), "numeric"),
+        (lambda: tiny(features=(sum_of("s", "nope", hours(1)),)), "not a column of source exchange_events"),
+        (lambda: tiny(features=(count("n", hours(1), Where("nope", "eq", 1)),)), "not in source"),
+        (lambda: tiny(features=(count("n", hours(1), Where("amount_usd", "eq", "ten")),)), "wrong type"),
+        (lambda: tiny(features=(count("n", hours(1), Where("success", "eq", 1)),)), "wrong type"),
+        (lambda: Where("nope", "eq", 1, columns={"ip": pl.String}), "not in the layout"),
+        (
+            lambda: tiny(features=(count("n", hours(1), Where("event_type", "in", ("login", "logon"))),)),
+            "unknown event types",
+        ),
         (lambda: Where("ip", "between", "x"), "unknown filter op"),
         (lambda: Where("ip", "in", ()), "non-empty"),
         (lambda: Where("ip", "is_null", "x"), "no value"),
         (lambda: event_type("logon"), "unknown event types"),
         (lambda: label_rate("r", days(1), days(1)), "availability_delay"),
-        (lambda: Entity("e", ("nope",)), "not an archive event column"),
+        (lambda: tiny(entity=Entity("e", ("nope",))), "not a column of source"),
+        (lambda: tiny(entity=Entity("e", ("event_ts",))), "reserved"),
+        (
+            lambda: tiny(
+                features=(label_rate("r", days(1), hours(1), label_filters=(Where("nope", "eq", "x"),)),)
+            ),
+            "label source exchange_labels",
+        ),
         (lambda: tiny(features=(count("a", hours(1)), count("a", hours(2)))), "duplicate"),
         (lambda: tiny(features=(count("user_id", hours(1)),)), "reserved"),
         (lambda: tiny(features=(count("a", hours(1)), ratio("r", "a", "b"))), "non-ratio"),
@@ -215,8 +228,10 @@ def test_filters_render_to_null_safe_polars_expressions() -> None:
 def test_label_filters_use_the_label_layout() -> None:
     f = label_rate("r", days(30), days(2), label_filters=(label_where("scenario", "eq", "ato"),))
     assert f.label_where[0].column == "scenario"
-    with pytest.raises(ValueError):
-        Where("scenario", "eq", "ato")  # not an event column
+    with pytest.raises(ValueError, match="not in source exchange_events"):
+        tiny(features=(count("n", hours(1), Where("scenario", "eq", "ato")),))  # not an event column
+    with pytest.raises(ValueError, match="not in the layout"):
+        label_where("chain", "eq", "tron")  # not a label column
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from risk_assets.ingest.kafka_reader import OffsetRange
 from risk_assets.lake import Lake
 from risk_assets.monitoring import profiles
 from risk_assets.monitoring.artifacts import LOG_STATE, prediction_log_path
-from risk_assets.monitoring.health_assets import SLO_P99_MS, service_health
+from risk_assets.monitoring.health_assets import SLO_ERROR_RATE, SLO_P99_MS, service_health, slo_check
 from risk_assets.monitoring.prediction_log_assets import prediction_log
 from risk_assets.monitoring.service_health import health, histogram_quantile, scrape_state
 from risk_assets.monitoring.skew_assets import SKEW_ROW_SHARE_MAX, serving_skew
@@ -128,6 +128,11 @@ def test_histogram_quantile_and_scrape_deltas() -> None:
     # A restart (other start time) falls back to lifetime figures.
     restarted = scrape_state(text(5, 0, 5, 0, start=250.0), at=270.0)
     assert health(restarted, second).window == "lifetime"
+    # service_slo follows the figures: the fast, 1 % error lifetime passes; the slow half-failed window
+    # fails on both counts.
+    assert slo_check(lifetime).passed
+    bad = slo_check(window)
+    assert not bad.passed and not bad.metadata["p99_ok"].value and not bad.metadata["error_rate_ok"].value
 
 
 def test_prediction_log_skew_and_health(fresh_stack, tmp_path: Path) -> None:
@@ -216,7 +221,11 @@ def test_prediction_log_skew_and_health(fresh_stack, tmp_path: Path) -> None:
         assert 0 < h["latency_p50_ms"] <= h["latency_p95_ms"] <= h["latency_p99_ms"]
         assert h["memory_rss_mb"] > 10 and h["cpu_seconds"] > 0 and h["model_version"] == version
         slo = check(health_run, "service_slo")
-        assert slo.passed, slo.metadata
+        # The verdict follows the measured figures (how fast this box answers is a benchmark's
+        # business, not this test's: under a load of 10 the p99 crossed 10 ms).
+        within = h["latency_p99_ms"] <= SLO_P99_MS and h["error_rate"] <= SLO_ERROR_RATE
+        assert slo.passed == within, slo.metadata
+        assert slo.metadata["latency_p99_ms"].value == h["latency_p99_ms"]
         assert slo.metadata["p99_threshold_ms"].value == SLO_P99_MS
     finally:
         store.close()
