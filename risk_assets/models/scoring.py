@@ -21,16 +21,18 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-import xgboost as xgb
 
 from risk_assets.lake import Lake
 from risk_assets.models import metrics as mx
 from risk_assets.models import registry
 from risk_assets.models.training import feature_matrix, load_booster, predict
+
+if TYPE_CHECKING:
+    import xgboost as xgb
 
 # Rows scored per ``inplace_predict`` call (bounds the float32 matrix held in memory at once).
 BATCH_ROWS = 200_000
