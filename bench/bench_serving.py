@@ -76,7 +76,19 @@ def run_baseline_server(port: int) -> None:
             top = np.argsort(-c)[: self.config.reasons_top_k]
             n_missing = int(np.isnan(x[i]).sum())
             self.predictions.offer(
-                (ev.event_id, ev.event_ts, now_ms, model.version, score, decision, degraded, n_missing, x[i])
+                (
+                    ev.event_id,
+                    ev.event_ts,
+                    now_ms,
+                    model.version,
+                    score,
+                    decision,
+                    degraded,
+                    n_missing,
+                    x[i],
+                    None,
+                    None,
+                )
             )
             results.append(
                 {

@@ -4,6 +4,15 @@ Usage::
 
     .venv/bin/python bench/bench_stream_freshness.py [--rate 2000] [--seconds 20] [--cadence 1.0]
         [--warm-hours 0] [--warm-events-per-day 1000000]
+    .venv/bin/python bench/bench_stream_freshness.py --mode daemon [--rate 200] [--seconds 120]
+        [--partitions 1] [--drain 300] [--code-dir DIR]
+
+``--mode daemon`` measures the path production runs: the real ``dagster-daemon`` with both Kafka
+sensors on, launching a run per range (run worker process, code load, step) — see
+:func:`run_daemon`. ``--code-dir`` loads the code location from another checkout of this
+repository (e.g. ``git archive main | tar -x -C /tmp/main`` to measure the version before a change).
+
+The default ``--mode engine`` measures the engine alone, without Dagster:
 
 Starts its own Redis + broker through ``risk_assets.stack.launcher`` on free ports (stopped at the
 end; endpoints in the environment are ignored). A child process produces simulated events to
@@ -27,6 +36,10 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -68,16 +81,33 @@ def _pct(values: list[float] | np.ndarray) -> str:
     return f"p50 {p50:,.0f} ms, p95 {p95:,.0f} ms, p99 {p99:,.0f} ms, max {a.max():,.0f} ms"
 
 
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} ({os.cpu_count()} CPUs)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=("engine", "daemon"), default="engine")
     ap.add_argument("--rate", type=float, default=2000.0, help="events/s produced")
     ap.add_argument("--seconds", type=float, default=20.0, help="how long to produce")
-    ap.add_argument("--cadence", type=float, default=1.0, help="seconds between sensor ticks")
+    ap.add_argument("--cadence", type=float, default=1.0, help="seconds between sensor ticks (engine)")
     ap.add_argument("--users", type=int, default=50_000)
     ap.add_argument("--warm-hours", type=int, default=0)
     ap.add_argument("--warm-events-per-day", type=int, default=1_000_000)
+    ap.add_argument("--partitions", type=int, default=1, help="partitions of the topics (daemon)")
+    ap.add_argument("--drain", type=float, default=300.0, help="seconds to wait for the tail (daemon)")
+    ap.add_argument("--code-dir", type=Path, default=None, help="checkout to load the code from (daemon)")
     args = ap.parse_args()
+    print(f"start: {_load()}")
+    if args.mode == "daemon":
+        run_daemon(args)
+    else:
+        run_engine(args)
+    print(f"end: {_load()}")
 
+
+def run_engine(args: argparse.Namespace) -> None:
     for var in ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "S3_ENDPOINT_URL"):
         os.environ.pop(var, None)
     work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
@@ -208,6 +238,161 @@ def main() -> None:
         state.close()
         store.close()
         launcher.down(config)
+
+
+DAEMON_DOC = """Daemon mode: the stack, a DAGSTER_HOME with the repository's dagster.yaml, both Kafka
+sensors started (``dagster sensor start``) and ``dagster-daemon run``; the runs it launches are
+ordinary run worker processes. A child process produces live traffic at ``--rate`` for
+``--seconds`` (Kafka timestamp = produce time). The bench tails ``risk.events`` itself, samples
+events of the first stream group (up to ~5/s) and polls the online store every 0.25 s until the
+entity's row is at least as new as the event: freshness = that moment − the event's Kafka
+timestamp. Samples still not visible ``--drain`` seconds after the producer stopped are reported as
+unresolved (their freshness is at least the elapsed time). Run figures (queue = created → started,
+run = started → ended) come from the instance."""
+
+
+def run_daemon(args: argparse.Namespace) -> None:
+    for var in ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "S3_ENDPOINT_URL", "DAGSTER_PG_URL"):
+        os.environ.pop(var, None)
+    root = Path(__file__).resolve().parents[1]
+    code = (args.code_dir or root).resolve()
+    work = Path(tempfile.mkdtemp(prefix="bench-daemon-"))
+    config = launcher.StackConfig(
+        state_dir=work / "stack",
+        redis_port=launcher.free_port(),
+        kafka_port=launcher.free_port(),
+        topic_partitions=args.partitions,
+    )
+    env = launcher.up(config)
+    home = work / "dagster_home"
+    home.mkdir()
+    shutil.copy(root / "dagster.yaml", home / "dagster.yaml")
+    child_env = {
+        **os.environ,
+        **env,
+        "DAGSTER_HOME": str(home),
+        "RISK_LAKE_URL": str(work / "lake"),
+        "PYTHONPATH": str(code),
+    }
+    bin_dir = Path(sys.executable).parent
+    workspace = code / "workspace.yaml"
+    print(f"code: {code}; stack: {env['KAFKA_BOOTSTRAP_SERVERS']}, {args.partitions} partition(s)")
+    print(DAEMON_DOC.splitlines()[0])
+    daemon = None
+    try:
+        for sensor in ("stream_features_sensor", "feature_ingestion_sensor"):
+            subprocess.run(
+                [str(bin_dir / "dagster"), "sensor", "start", sensor, "-w", str(workspace)],
+                env=child_env,
+                cwd=code,
+                check=True,
+                capture_output=True,
+            )
+        daemon = subprocess.Popen(
+            [str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)],
+            env=child_env,
+            cwd=code,
+            stdout=(work / "daemon.log").open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        _measure_daemon(args, env, home, work)
+    finally:
+        if daemon is not None:
+            os.killpg(daemon.pid, signal.SIGTERM)
+            try:
+                daemon.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(daemon.pid, signal.SIGKILL)
+        launcher.down(config)
+        print(f"daemon log: {work / 'daemon.log'}")
+
+
+def _measure_daemon(args: argparse.Namespace, env: dict[str, str], home: Path, work: Path) -> None:
+    import dagster as dg
+
+    kafka = env["KAFKA_BOOTSTRAP_SERVERS"]
+    group = stream_groups(FEATURE_GROUPS)[0]
+    layout = group_layout(group)
+    key_col = group.entity.keys[0]
+    store = OnlineStore.from_url(env["REDIS_URL"])
+    watermarks = Consumer({"bootstrap.servers": kafka, "group.id": "bench-watermarks"})
+    proc = mp.get_context("spawn").Process(
+        target=_produce, args=(kafka, args.rate, args.seconds, args.users), daemon=True
+    )
+    t_start = time.time()
+    proc.start()
+    cursors = dict.fromkeys(range(args.partitions), 0)
+    pending: list[tuple[str, datetime, float]] = []  # (entity, event_ts, kafka ts in s)
+    fresh: list[float] = []
+    every = max(1, int(args.rate // 5))
+    seen = 0
+    stop_at: float | None = None
+    with KafkaRangeReader(kafka, timeout_s=30) as reader:
+        while True:
+            now = time.time()
+            if stop_at is None and not proc.is_alive():
+                stop_at = now + args.drain
+            for p in cursors:
+                end = watermarks.get_watermark_offsets(
+                    TopicPartition(EVENTS_TOPIC, p), timeout=10, cached=False
+                )[1]
+                if end <= cursors[p]:
+                    continue
+                batch = reader.read(OffsetRange(EVENTS_TOPIC, p, cursors[p], end))
+                cursors[p] = end
+                valid = decode_messages(batch, EVENTS).valid
+                mine = valid.filter(
+                    pl.col("event_type").is_in(sorted(group.source_event_types)),
+                    pl.col(key_col).is_not_null(),
+                )
+                for key, ts, produced in mine.select(key_col, "event_ts", "ingest_ts").iter_rows():
+                    seen += 1
+                    if seen % every == 0:
+                        pending.append((str(key), ts, produced.timestamp()))
+            if pending:
+                got = store.read([(layout, k) for k, _, _ in pending])
+                still = []
+                for (k, ts, produced), row in zip(pending, got, strict=True):
+                    if row is not None and row.event_ts >= ts:
+                        fresh.append(now - produced)
+                    else:
+                        still.append((k, ts, produced))
+                pending = still
+            if stop_at is not None and (not pending or now > stop_at):
+                break
+            time.sleep(0.25)
+    watermarks.close()
+    store.close()
+    a = np.asarray(fresh)
+    print(f"producer ran {args.seconds:.0f}s at {args.rate:,.0f}/s; elapsed {time.time() - t_start:.0f}s")
+    if len(a):
+        p50, p95, p99 = np.percentile(a, [50, 95, 99])
+        print(
+            f"freshness produce → Redis, {len(a)} sampled events: p50 {p50:.1f} s, p95 {p95:.1f} s, "
+            f"p99 {p99:.1f} s, max {a.max():.1f} s"
+        )
+    oldest = max((time.time() - produced for _, _, produced in pending), default=0.0)
+    print(f"unresolved samples: {len(pending)} (oldest waiting {oldest:.0f} s)")
+    os.environ["DAGSTER_HOME"] = str(home)
+    with dg.DagsterInstance.get() as instance:
+        for job in ("stream_features_job", "feature_ingestion_job"):
+            records = instance.get_run_records(filters=dg.RunsFilter(job_name=job))
+            runs = [r.dagster_run for r in records]
+            queue = [r.start_time - r.create_timestamp.timestamp() for r in records if r.start_time]
+            took = [r.end_time - r.start_time for r in records if r.start_time and r.end_time]
+            ok = sum(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+            sizes = [
+                int(r.tags["risk/offset_range"].split("-")[1])
+                - int(r.tags["risk/offset_range"].split("-")[0])
+                for r in runs
+                if "risk/offset_range" in r.tags
+            ]
+            print(
+                f"{job}: {len(runs)} runs ({ok} succeeded); queue p50 {np.median(queue or [0]):.1f} s; "
+                f"run p50 {np.median(took or [0]):.1f} s, p95 {np.percentile(took or [0], 95):.1f} s; "
+                f"range size mean {np.mean(sizes or [0]):,.0f}, max {max(sizes or [0]):,}"
+            )
 
 
 if __name__ == "__main__":

@@ -36,6 +36,12 @@ FEATURE_LOG_FRESHNESS = dg.FreshnessPolicy.time_window(
     warn_window=timedelta(minutes=5), fail_window=timedelta(minutes=15)
 )
 """The stream path publishes micro-batches every few seconds under live traffic."""
+STREAM_FRESHNESS = dg.FreshnessPolicy.time_window(
+    warn_window=timedelta(minutes=2), fail_window=timedelta(minutes=10)
+)
+"""Stream micro-batches and buffer ingestion under live traffic: a run every few seconds per
+partition. Stale = no run in that long (the stream fell behind, the sensors stopped, or no
+traffic); the ``kafka_lag_within_bound`` check tells which, with the lag in offsets and seconds."""
 ONLINE_SYNC_FRESHNESS = dg.FreshnessPolicy.time_window(
     warn_window=timedelta(minutes=15), fail_window=timedelta(minutes=30)
 )

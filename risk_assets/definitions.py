@@ -33,6 +33,7 @@ from risk_assets.monitoring.health_assets import service_health, service_health_
 from risk_assets.monitoring.performance_assets import build_realized_performance, monitoring_daily_job
 from risk_assets.monitoring.prediction_log_assets import prediction_log
 from risk_assets.monitoring.profile_assets import profile_assets
+from risk_assets.monitoring.shadow_assets import shadow_comparison
 from risk_assets.monitoring.skew_assets import serving_skew
 from risk_assets.names import (
     CHALLENGER_MODEL,
@@ -96,6 +97,7 @@ def all_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition | dg.Asse
         build_realized_performance(partitions),
         prediction_log,
         serving_skew,
+        shadow_comparison,
         service_health,
     ]
 

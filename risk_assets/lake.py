@@ -151,6 +151,14 @@ class Lake:
             return self._s3().get_object(Bucket=bucket, Key=key)["Body"].read()
         return Path(self.uri(relpath)).read_bytes()
 
+    def delete(self, relpath: str) -> None:
+        """Delete one object (no error when it does not exist)."""
+        if self.is_s3:
+            bucket, key = self._bucket_key(relpath)
+            self._s3().delete_object(Bucket=bucket, Key=key)
+            return
+        Path(self.uri(relpath)).unlink(missing_ok=True)
+
     def delete_prefix(self, relprefix: str) -> int:
         """Delete every object under ``relprefix``; returns how many were deleted."""
         if self.is_s3:

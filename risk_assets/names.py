@@ -50,6 +50,7 @@ DRIFT_REPORT = "drift_report"
 REALIZED_PERFORMANCE = "realized_performance"
 PREDICTION_LOG = "prediction_log"
 SERVING_SKEW = "serving_skew"
+SHADOW_COMPARISON = "shadow_comparison"
 SERVICE_HEALTH = "service_health"
 
 # -- asset check names ------------------------------------------------------------------------------
@@ -70,11 +71,17 @@ PREDICTION_STABLE_CHECK = "prediction_stable"
 LABEL_RATE_STABLE_CHECK = "label_rate_stable"
 SERVING_SKEW_CHECK = "serving_skew_below_threshold"
 SERVICE_SLO_CHECK = "service_slo"
+KAFKA_LAG_CHECK = "kafka_lag_within_bound"
+"""On the stream assets: the partition's log end is within a bound (offsets and seconds) of the run."""
 
 # -- metadata keys read by another module (the retraining sensor reads monitoring's) ---------------
 ROW_COUNT = "dagster/row_count"
 SHARE_DRIFTED = "share_drifted"
 PREDICTION_PSI = "prediction_psi"
+LAG_OFFSETS = "lag_offsets"
+"""Offsets of the partition past the range a stream/ingestion run processed, at the run's end."""
+LAG_SECONDS = "lag_seconds"
+"""How long the oldest record past that range has been in the log (0 when the run caught up)."""
 
 
 def recent_key(pool: str | None, metric: str) -> str:

@@ -100,6 +100,48 @@ def _check_time_dtype(owner: str, schema: Mapping[str, pl.DataType], column: str
         )
 
 
+def _check_times(
+    owner: str,
+    schema: Mapping[str, pl.DataType],
+    timestamp: str,
+    ingestion_timestamp: str | None,
+    required: tuple[str, ...],
+) -> None:
+    """The checks every declared source shares: required fields, its time columns."""
+    _check_required(owner, schema, required, ingestion_timestamp)
+    _need(owner, schema, timestamp, "timestamp", "time")
+    _check_time_dtype(owner, schema, timestamp)
+    if ingestion_timestamp is not None:
+        _need(owner, schema, ingestion_timestamp, "ingestion-time", "time")
+        _check_time_dtype(owner, schema, ingestion_timestamp)
+
+
+def _check_kinds(
+    owner: str,
+    schema: Mapping[str, pl.DataType],
+    column: str | None,
+    values: tuple[str, ...],
+    fields: tuple[str, str, str],
+) -> None:
+    """A kind column (event type, label type) and its allowed values: both or neither.
+    ``fields``: the column's field name, the values' field name, the role in messages."""
+    column_field, values_field, role = fields
+    if column is None:
+        if values:
+            raise ValueError(f"source {owner}: {values_field} need a {column_field} to be declared")
+        return
+    _need(owner, schema, column, role, "text")
+    if not values or len(set(values)) != len(values):
+        raise ValueError(f"source {owner}: {values_field} must be non-empty and distinct")
+
+
+def _check_schema_version(owner: str, version: object) -> None:
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"source {owner}: schema_version must be an integer")
+    if version < 1:
+        raise ValueError(f"source {owner}: schema_version must be ≥ 1")
+
+
 @dataclass(frozen=True)
 class EventSource:
     """A declared stream of events (see the module docstring).
@@ -133,24 +175,16 @@ class EventSource:
         object.__setattr__(self, "event_types", tuple(self.event_types))
         object.__setattr__(self, "required", tuple(self.required))
         schema = self.schema
-        _check_required(self.name, schema, self.required, self.ingestion_timestamp)
-        _need(self.name, schema, self.timestamp, "timestamp", "time")
-        _check_time_dtype(self.name, schema, self.timestamp)
+        _check_times(self.name, schema, self.timestamp, self.ingestion_timestamp, self.required)
         _need(self.name, schema, self.id_column, "id", "id")
-        if self.ingestion_timestamp is not None:
-            _need(self.name, schema, self.ingestion_timestamp, "ingestion-time", "time")
-            _check_time_dtype(self.name, schema, self.ingestion_timestamp)
-        if self.event_type_column is None:
-            if self.event_types:
-                raise ValueError(f"source {self.name}: event_types need an event_type_column")
-        else:
-            _need(self.name, schema, self.event_type_column, "event-type", "text")
-            if not self.event_types or len(set(self.event_types)) != len(self.event_types):
-                raise ValueError(f"source {self.name}: event_types must be non-empty and distinct")
-        if isinstance(self.schema_version, bool) or not isinstance(self.schema_version, int):
-            raise ValueError(f"source {self.name}: schema_version must be an integer")
-        if self.schema_version < 1:
-            raise ValueError(f"source {self.name}: schema_version must be ≥ 1")
+        _check_kinds(
+            self.name,
+            schema,
+            self.event_type_column,
+            self.event_types,
+            ("event_type_column", "event_types", "event-type"),
+        )
+        _check_schema_version(self.name, self.schema_version)
 
     @property
     def schema(self) -> dict[str, pl.DataType]:
@@ -229,26 +263,18 @@ class LabelSource:
         object.__setattr__(self, "label_types", tuple(self.label_types))
         object.__setattr__(self, "required", tuple(self.required))
         schema = self.schema
-        _check_required(self.name, schema, self.required, self.ingestion_timestamp)
         if self.id_column is not None:
             _need(self.name, schema, self.id_column, "id", "id")
         _need(self.name, schema, self.key, "key", "id")
-        _need(self.name, schema, self.timestamp, "timestamp", "time")
-        _check_time_dtype(self.name, schema, self.timestamp)
-        if self.ingestion_timestamp is not None:
-            _need(self.name, schema, self.ingestion_timestamp, "ingestion-time", "time")
-            _check_time_dtype(self.name, schema, self.ingestion_timestamp)
-        if self.type_column is None:
-            if self.label_types:
-                raise ValueError(f"source {self.name}: label_types need a type_column")
-        else:
-            _need(self.name, schema, self.type_column, "label-type", "text")
-            if not self.label_types or len(set(self.label_types)) != len(self.label_types):
-                raise ValueError(f"source {self.name}: label_types must be non-empty and distinct")
-        if isinstance(self.schema_version, bool) or not isinstance(self.schema_version, int):
-            raise ValueError(f"source {self.name}: schema_version must be an integer")
-        if self.schema_version < 1:
-            raise ValueError(f"source {self.name}: schema_version must be ≥ 1")
+        _check_times(self.name, schema, self.timestamp, self.ingestion_timestamp, self.required)
+        _check_kinds(
+            self.name,
+            schema,
+            self.type_column,
+            self.label_types,
+            ("type_column", "label_types", "label-type"),
+        )
+        _check_schema_version(self.name, self.schema_version)
 
     @property
     def schema(self) -> dict[str, pl.DataType]:

@@ -138,7 +138,9 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def _start(state_dir: Path, with_s3: bool, with_postgres: bool = False, redis_cluster: int = 0) -> Stack:
+def _start(
+    state_dir: Path, with_s3: bool, with_postgres: bool = False, redis_cluster: int = 0, partitions: int = 1
+) -> Stack:
     # Tests always own their services: ignore endpoints a developer may have exported.
     saved = {k: os.environ.pop(k) for k in _EXTERNAL_ENV if k in os.environ}
     try:
@@ -151,6 +153,7 @@ def _start(state_dir: Path, with_s3: bool, with_postgres: bool = False, redis_cl
             postgres_port=free_port(),
             with_s3=with_s3,
             with_postgres=with_postgres,
+            topic_partitions=partitions,
         )
         return Stack(config, launcher.up(config))
     finally:
@@ -186,6 +189,14 @@ def cluster_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def fresh_cluster(tmp_path: Path) -> Iterator[Stack]:
     """A 3-primary Redis Cluster of the test's own (for tests that restart a primary)."""
     stack = _start(tmp_path / "cluster", with_s3=False, redis_cluster=3)
+    yield stack
+    launcher.down(stack.config)
+
+
+@pytest.fixture
+def fresh_stack_4p(tmp_path: Path) -> Iterator[Stack]:
+    """Like ``fresh_stack``, with every pipeline topic created with 4 partitions."""
+    stack = _start(tmp_path / "stack", with_s3=False, partitions=4)
     yield stack
     launcher.down(stack.config)
 

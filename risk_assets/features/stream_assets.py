@@ -10,6 +10,10 @@ Two independent steps, each a thin wrapper around pure modules, so either can fa
 
 A broken ingestion leaves rows waiting in the buffer topic; a broken computation leaves events in
 the events topic; the sensors re-request failed ranges and never commit past them.
+
+Both jobs run their step in the run worker's process (``in_process_executor``: no second process
+spawn and code load per run), and every materialization reports how far its partition's log end
+is past the range (``lag_offsets``, ``lag_seconds``) with a ``kafka_lag_within_bound`` check (WARN).
 """
 
 import time
@@ -21,7 +25,7 @@ from datetime import datetime, timedelta
 import dagster as dg
 import polars as pl
 
-from risk_assets.automation import FEATURE_LOG_FRESHNESS
+from risk_assets.automation import FEATURE_LOG_FRESHNESS, STREAM_FRESHNESS
 from risk_assets.features.consistency import compare
 from risk_assets.features.feature_buffer import publish
 from risk_assets.features.groups import FEATURE_GROUPS
@@ -36,12 +40,21 @@ from risk_assets.features.stream_warm_start import (
     warm_start_now,
 )
 from risk_assets.ingest.archive import EVENTS, decode_messages
-from risk_assets.ingest.kafka_reader import IncarnationChanged, OffsetRange
+from risk_assets.ingest.kafka_reader import (
+    IncarnationChanged,
+    KafkaRangeReader,
+    KafkaReadError,
+    Lag,
+    OffsetRange,
+)
 from risk_assets.names import (
     EVENTS_TOPIC,
     EVENTS_TOPIC_ASSET,
     FEATURE_LOG,
     FEATURES_TOPIC,
+    KAFKA_LAG_CHECK,
+    LAG_OFFSETS,
+    LAG_SECONDS,
     ONLINE_FEATURES,
     STREAM_BATCH_CONSISTENCY_CHECK,
     STREAM_FEATURE_BUFFER,
@@ -72,8 +85,51 @@ class OffsetRangeConfig(RunConfig):
     """The topic incarnation the offsets belong to (set by the sensor); the run fails rather than
     read these offsets from another log. Empty: not checked."""
 
+    lag_warn_offsets: int = 100_000
+    """The lag check warns when more offsets than this are past the range at the run's end."""
+    lag_warn_seconds: float = 60.0
+    """…or when the oldest record past the range has waited longer than this."""
+
     def range(self) -> OffsetRange:
         return OffsetRange(self.topic, self.partition, self.start, self.end)
+
+
+def _lag(reader: KafkaRangeReader, rng: OffsetRange) -> Lag:
+    """The partition's lag past ``rng``, from a fresh look at its end (after the range's output).
+    The output is already published: a broker that cannot say how far the end is now does not fail
+    the run — the lag is reported as unknown (-1) and the check warns."""
+    try:
+        return reader.lag_after(rng, int(time.time() * 1000))
+    except KafkaReadError:
+        return Lag(-1, -1.0)
+
+
+def lag_check(asset_key: str, lag: Lag, config: OffsetRangeConfig) -> dg.AssetCheckResult:
+    """WARN when the partition's log end is further past the processed range than the bounds."""
+    return dg.AssetCheckResult(
+        asset_key=asset_key,
+        check_name=KAFKA_LAG_CHECK,
+        passed=0 <= lag.offsets <= config.lag_warn_offsets and lag.seconds <= config.lag_warn_seconds,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            LAG_OFFSETS: lag.offsets,
+            LAG_SECONDS: lag.seconds,
+            "max_offsets": config.lag_warn_offsets,
+            "max_seconds": config.lag_warn_seconds,
+            "partition": f"{config.topic}/{config.partition}",
+        },
+    )
+
+
+def _lag_check_spec(asset_key: str, topic: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        KAFKA_LAG_CHECK,
+        asset=asset_key,
+        description=(
+            f"After each run: offsets of the `{topic}` partition past its range and the age of the oldest "
+            "of them; warns above the run's bounds (`lag_warn_offsets`, `lag_warn_seconds`)."
+        ),
+    )
 
 
 class StreamBatchConfig(OffsetRangeConfig):
@@ -113,6 +169,8 @@ def _final_on_new_incarnation() -> Iterator[None]:
         "the batch definition's at the same as-of time (docs/stream_features.md)."
     ),
     retry_policy=dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL),
+    freshness_policy=STREAM_FRESHNESS,
+    check_specs=[_lag_check_spec(STREAM_FEATURE_BUFFER, EVENTS_TOPIC)],
 )
 def stream_feature_buffer(
     context: dg.AssetExecutionContext,
@@ -146,6 +204,8 @@ def stream_feature_buffer(
             w.archive_events, w.kafka_events, w.since.isoformat(), w.committed,
         )  # fmt: skip
     published = publish(kafka.producer(), rows, FEATURES_TOPIC, groups=STREAM_GROUPS)
+    with kafka.range_reader() as reader:
+        lag = _lag(reader, rng)
     done = time.time()
     newest_ms = int(batch.timestamps_ms.max()) if len(batch) else int(done * 1000)
     context.log.info("%s: %d events → %d feature rows", rng.key(), decoded.valid.height, published)
@@ -159,11 +219,14 @@ def stream_feature_buffer(
             "offset_end": rng.end,
             "kafka_incarnation": incarnation,
             "processing_seconds": done - t0,
-            "lag_seconds": max(0.0, done - newest_ms / 1000),
+            "newest_event_age_seconds": max(0.0, done - newest_ms / 1000),
+            LAG_OFFSETS: lag.offsets,
+            LAG_SECONDS: lag.seconds,
             "warm_starts": len(warmed),
             "warm_start_events": sum(w.archive_events + w.kafka_events for w in warmed),
             **{f"rows/{name}": frame.height for name, frame in rows.items()},
-        }
+        },
+        check_results=[lag_check(STREAM_FEATURE_BUFFER, lag, config)],
     )
 
 
@@ -176,6 +239,7 @@ def stream_feature_buffer(
             group_name="stream",
             owners=[OWNER],
             kinds={"redis"},
+            freshness_policy=STREAM_FRESHNESS,
             description=(
                 "The online store in Redis: latest value of every feature group per entity "
                 "(write-if-newer; docs/online_store.md). Fed by buffer ingestion (and the offline sync)."
@@ -194,6 +258,7 @@ def stream_feature_buffer(
             ),
         ),
     ],
+    check_specs=[_lag_check_spec(ONLINE_FEATURES, FEATURES_TOPIC)],
     retry_policy=dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL),
 )
 def ingest_feature_buffer(
@@ -215,6 +280,8 @@ def ingest_feature_buffer(
             batch = reader.read(rng, complete=True)
             reader.ensure_incarnation(rng.topic, incarnation)  # before anything is written
         result = ingest_batch(batch, rng, store, lake.lake(), FEATURE_GROUPS)
+    with kafka.range_reader() as tail:
+        lag = _lag(tail, rng)
     applied = sum(w.applied for w in result.online.values())
     skipped = sum(w.skipped for w in result.online.values())
     context.log.info(
@@ -222,7 +289,16 @@ def ingest_feature_buffer(
     )
     yield dg.MaterializeResult(
         asset_key=ONLINE_FEATURES,
-        metadata={"dagster/row_count": applied, "rows": result.row_count, "skipped_not_newer": skipped},
+        metadata={
+            "dagster/row_count": applied,
+            "rows": result.row_count,
+            "skipped_not_newer": skipped,
+            "offset_start": rng.start,
+            "offset_end": rng.end,
+            LAG_OFFSETS: lag.offsets,
+            LAG_SECONDS: lag.seconds,
+        },
+        check_results=[lag_check(ONLINE_FEATURES, lag, config)],
     )
     yield dg.MaterializeResult(
         asset_key=FEATURE_LOG,
@@ -233,6 +309,8 @@ def ingest_feature_buffer(
             "offset_start": rng.start,
             "offset_end": rng.end,
             "kafka_incarnation": incarnation,
+            LAG_OFFSETS: lag.offsets,
+            LAG_SECONDS: lag.seconds,
         },
     )
 
@@ -283,11 +361,16 @@ stream_features_job = dg.define_asset_job(
     "stream_features_job",
     selection=dg.AssetSelection.assets(STREAM_FEATURE_BUFFER),
     description="One stream micro-batch over an exact offset range of risk.events.",
+    executor_def=dg.in_process_executor,
 )
 feature_ingestion_job = dg.define_asset_job(
     "feature_ingestion_job",
-    selection=dg.AssetSelection.assets(ONLINE_FEATURES, FEATURE_LOG),
+    # Without the stream/batch consistency check: it reads days of the offline store, a cost no
+    # micro-batch should pay (run it from the asset's checks, or in a job of its own).
+    selection=dg.AssetSelection.assets(ONLINE_FEATURES, FEATURE_LOG)
+    - dg.AssetSelection.checks(dg.AssetCheckKey(dg.AssetKey(FEATURE_LOG), STREAM_BATCH_CONSISTENCY_CHECK)),
     description="Ingest one exact offset range of risk.features into the online store and the feature log.",
+    executor_def=dg.in_process_executor,
 )
 
 

@@ -17,6 +17,17 @@ gives the same records. Two broker facts are handled here and nowhere else:
   broker that lost its data (tansu's memory engine after a restart) or a deleted and re-created
   topic starts again at offset 0. ``incarnation`` names it ``<cluster id>/<topic id>`` (the topic
   id is a UUID the broker assigns at creation); runs and cursors record it next to their offsets.
+* **Fetch wait on a long log of small batches.** tansu's fetch cost grows with the number of record
+  batches in the log, and a fetch that does not finish within ``fetch.wait.max.ms`` comes back
+  empty — forever, at that setting (live traffic of ~4-message batches: empty fetches at 10 ms once
+  the log held ~20–30k batches; 200 ms fails at ~250k batches). A short wait keeps reads prompt:
+  on tansu every read of a range costs about one wait (measured: 33 ms per probe at 10 ms, 121 ms
+  at 100 ms), since the next seek waits for the consumer's pending fetch. So the wait *adapts*: it
+  starts at ``FETCH_WAIT_MS`` and, when a read sees no record for ``stall_seconds(wait)`` while its
+  records must exist, the consumer is rebuilt with four times the wait (up to
+  ``MAX_FETCH_WAIT_MS``). The wait learned is kept per bootstrap address for the process, so later
+  readers start where the last one ended. Real Kafka answers such fetches at once; the wait is
+  only ever raised on a broker that needs it.
 """
 
 from __future__ import annotations
@@ -34,6 +45,19 @@ TIMESTAMP_SLACK = timedelta(minutes=10)
 
 PROBE_RECORDS = 15
 """Records per timestamp probe of the offset search; the probe's timestamp is their median."""
+
+FETCH_WAIT_MS = 10
+"""Initial ``fetch.wait.max.ms`` of a reader (module docstring: it grows ×4 while fetches stall)."""
+MAX_FETCH_WAIT_MS = 5_000
+"""Upper bound of the adaptive fetch wait."""
+
+_learned_fetch_wait_ms: dict[str, int] = {}
+"""Fetch wait that worked last, per bootstrap address (process-local; starts a new reader there)."""
+
+
+def stall_seconds(wait_ms: int) -> float:
+    """How long a read may see no record before its fetch wait is raised: a few fetch round trips."""
+    return max(0.2, 5 * wait_ms / 1000)
 
 
 class KafkaReadError(RuntimeError):
@@ -96,37 +120,72 @@ class MessageBatch:
         )
 
 
+@dataclass(frozen=True)
+class Lag:
+    """How far a processed range is behind its partition's log end."""
+
+    offsets: int
+    seconds: float  # age of the oldest record past the range (0.0 when there is none)
+
+
 class KafkaRangeReader:
     """Reads exact offset ranges with ``assign()`` + seek. Never joins a group, never commits."""
 
-    def __init__(self, bootstrap_servers: str, *, timeout_s: float = 30.0, client_id: str = "risk-assets"):
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        timeout_s: float = 30.0,
+        client_id: str = "risk-assets",
+        fetch_wait_ms: int | None = None,
+    ):
         self.timeout_s = timeout_s
         self._bootstrap = bootstrap_servers
+        self._client_id = client_id
+        self.fetch_wait_ms = fetch_wait_ms or _learned_fetch_wait_ms.get(bootstrap_servers, FETCH_WAIT_MS)
+        self.fetch_wait_raises = 0  # how often this reader raised its fetch wait
         self._incarnations: dict[str, str] = {}
         self._admin: Any = None  # confluent_kafka.admin.AdminClient, made on first use
         self._boundaries: dict[tuple[str, int, int], int] = {}
         # Partition bounds are taken once per reader: one run works on one consistent snapshot of
         # the log (create a new reader to see newer data).
         self._bounds: dict[tuple[str, int], tuple[int, int]] = {}
-        self._consumer = Consumer(
+        self._consumer = self._new_consumer()
+
+    def _new_consumer(self) -> Consumer:
+        return Consumer(
             {
-                "bootstrap.servers": bootstrap_servers,
-                "client.id": client_id,
+                "bootstrap.servers": self._bootstrap,
+                "client.id": self._client_id,
                 # A group id is required by the client even for assign(); nothing is ever committed.
-                "group.id": f"{client_id}-range-reader",
+                "group.id": f"{self._client_id}-range-reader",
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
                 "fetch.max.bytes": 64 * 1024 * 1024,
                 "max.partition.fetch.bytes": 16 * 1024 * 1024,
                 "queued.min.messages": 200_000,
-                # Reads are bounded ranges, not tails: a long-polling fetch would only delay the
-                # next seek (binary search probes took 0.5 s each at the 500 ms default).
-                "fetch.wait.max.ms": 10,
+                # Reads are bounded ranges, not tails: a long-polling fetch only delays the next seek,
+                # so the wait is short — but long enough for the broker to answer (adaptive, see
+                # the module docstring).
+                "fetch.wait.max.ms": self.fetch_wait_ms,
                 # EOF events end the tail fetch of true_end() without waiting for an idle poll.
                 "enable.partition.eof": True,
             }
         )
+
+    def _stalled(self, tp: TopicPartition) -> bool:
+        """No record arrived for ``stall_seconds``: rebuild the consumer with four times the fetch
+        wait and re-assign ``tp``. False when the wait is already at its maximum (keep waiting)."""
+        if self.fetch_wait_ms >= MAX_FETCH_WAIT_MS:
+            return False
+        self._consumer.close()
+        self.fetch_wait_ms = min(MAX_FETCH_WAIT_MS, self.fetch_wait_ms * 4)
+        self.fetch_wait_raises += 1
+        _learned_fetch_wait_ms[self._bootstrap] = self.fetch_wait_ms
+        self._consumer = self._new_consumer()
+        self._consumer.assign([tp])
+        return True
 
     def close(self) -> None:
         self._consumer.close()
@@ -201,15 +260,29 @@ class KafkaRangeReader:
         keeps the probe bounded on a live topic (draining until quiet would follow the tail)."""
         self._consumer.assign([TopicPartition(topic, partition, offset)])
         deadline = time.monotonic() + self.timeout_s
+        stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
         try:
             while time.monotonic() < deadline:
                 # consume(n, t) returns after n messages or t seconds, whichever comes first.
                 records = [m for m in self._consumer.consume(100_000, timeout=0.02) if self._is_record(m)]
                 if records:
                     return max(m.offset() for m in records)
+                if time.monotonic() > stall_at:
+                    self._stalled(TopicPartition(topic, partition, offset))
+                    stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
         finally:
             self._consumer.unassign()
         raise KafkaReadError(f"{topic}:{partition}: no record at offset {offset} within {self.timeout_s}s")
+
+    def lag_after(self, rng: OffsetRange, now_ms: int) -> Lag:
+        """Offsets of the partition past ``rng`` and the age at ``now_ms`` of the first of them, as of
+        this reader's look at the partition's end (take it after the range was processed)."""
+        _, end = self.bounds(rng.topic, rng.partition)
+        behind = max(0, end - rng.end)
+        if not behind:
+            return Lag(0, 0.0)
+        first_waiting = self.timestamp_at(rng.topic, rng.partition, rng.end)
+        return Lag(behind, max(0.0, (now_ms - first_waiting) / 1000))
 
     def timestamp_at(self, topic: str, partition: int, offset: int) -> int:
         """Message timestamp (ms) of the record at ``offset``."""
@@ -285,19 +358,24 @@ class KafkaRangeReader:
         values: list[bytes] = []
         self._consumer.assign([TopicPartition(rng.topic, rng.partition, rng.start)])
         deadline = time.monotonic() + self.timeout_s
+        stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
         next_offset = rng.start
         try:
             while next_offset < rng.end:
                 if time.monotonic() > deadline:
                     raise KafkaReadError(
                         f"{rng.key()}: broker delivered {len(values)} of {n} messages "
-                        f"within {self.timeout_s}s"
+                        f"within {self.timeout_s}s (fetch wait {self.fetch_wait_ms} ms)"
                     )
                 # consume(n, t) returns after n messages or t seconds, whichever comes first.
                 msgs = self._consumer.consume(min(100_000, rng.end - next_offset), timeout=0.05)
                 if not msgs:
+                    if time.monotonic() > stall_at:
+                        self._stalled(TopicPartition(rng.topic, rng.partition, next_offset))
+                        stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
                     continue
                 deadline = time.monotonic() + self.timeout_s
+                stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
                 msgs = [m for m in msgs if self._is_record(m)]
                 # Re-deliveries after a fetch retry (offset < next) and records past the range are
                 # dropped; gaps (compaction, transaction markers) are offsets that do not exist.

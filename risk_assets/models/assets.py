@@ -6,7 +6,7 @@ day"."""
 
 import math
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -27,7 +27,12 @@ from risk_assets.models.artifacts import (
     write_challenger,
 )
 from risk_assets.models.coverage import WindowCoverage, window_coverage
-from risk_assets.models.promotion import promote_if_better, recent_holdout, rollback
+from risk_assets.models.promotion import (
+    ShadowRequirement,
+    promote_or_shadow,
+    recent_holdout,
+    rollback,
+)
 from risk_assets.models.thresholds import MANIFEST_KEY as THRESHOLDS_KEY
 from risk_assets.models.thresholds import ThresholdPolicy, choose_thresholds, manifest_thresholds
 from risk_assets.models.training import (
@@ -45,6 +50,7 @@ from risk_assets.models.training_set import (
     manifest_bytes,
     parquet_bytes,
 )
+from risk_assets.monitoring.artifacts import read_shadow_report
 from risk_assets.names import (
     CHALLENGER_MODEL,
     CHALLENGER_SANITY_CHECK,
@@ -165,6 +171,12 @@ class PromotionConfig(RunConfig):
     """The challenger must beat the champion by at least this much (absolute) on the holdout."""
     holdout_days: float = 2.0
     """The most recent days of the training set, scored by both models."""
+    min_shadow_days: float = 0.0
+    """Require a shadow period: the candidate was scored in shadow by risk-serve for at least this
+    many days of event time (the ``shadow_comparison`` report); 0 with ``min_shadow_labelled`` 0:
+    no shadow period required."""
+    min_shadow_labelled: int = 0
+    """Require at least this many matured (labelled) shadow-scored events."""
 
 
 MIN_POSITIVE_SHARE = 0.0001
@@ -429,18 +441,25 @@ def model_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
             challenger = read_challenger(store, context.partition_key)
         except MissingArtifact as exc:
             raise dg.Failure(str(exc)) from exc
-        decision = promote_if_better(
+        decision, candidate, shadow_note = promote_or_shadow(
             store,
             challenger,
             recent_holdout(frame, config.holdout_days),
+            requirement=ShadowRequirement(config.min_shadow_days, config.min_shadow_labelled),
+            evidence_of=lambda version: read_shadow_report(store, version),
+            label=f"model_promotion {context.partition_key}",
             metric=config.metric,
             margin=config.margin,
+            # the rule (registry docstring): it serves the events after its training set's as-of
+            effective_from=context.partition_time_window.end,
         )
         current = registry.champion(store)
         served = manifest_thresholds(registry.load_manifest(store, current.version)) if current else None
         return dg.MaterializeResult(
             metadata={
                 "promoted": decision.promote,
+                "candidate": candidate,
+                "shadow": shadow_note,
                 "champion_threshold/review": served[0] if served else math.nan,
                 "champion_threshold/block": served[1] if served else math.nan,
                 "challenger": challenger,
@@ -455,12 +474,13 @@ def model_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
 
 def _audit_markdown(store: Lake, last: int = 10) -> str:
     rows = registry.audit_trail(store)[-last:]
-    lines = ["| at | action | version | reasons |", "|---|---|---|---|"]
+    lines = ["| at | action | version | serves from (event time) | reasons |", "|---|---|---|---|---|"]
     for r in rows:
         reasons = (
             "; ".join(r.get("reasons", [])) if isinstance(r.get("reasons"), list) else r.get("reason", "")
         )
-        lines.append(f"| {r['at'][:19]} | {r['action']} | {r.get('version', '')} | {reasons} |")
+        effective = (r.get("effective_from") or "")[:19]
+        lines.append(f"| {r['at'][:19]} | {r['action']} | {r.get('version', '')} | {effective} | {reasons} |")
     return "\n".join(lines)
 
 
@@ -525,6 +545,9 @@ class RollbackConfig(RunConfig):
     force: bool = False
     """Skip the holdout checks (integrity is still checked); needs ``operator``; audited."""
     operator: str = ""
+    effective_from: str = ""
+    """Event time from which the restored version serves (ISO 8601, naive = UTC; empty: now — a
+    live rollback). Set it when rolling back simulated or replayed days."""
 
 
 @dg.op(
@@ -547,10 +570,16 @@ def rollback_champion(context: dg.OpExecutionContext, config: RollbackConfig, la
             holdout_frame=holdout,
             force=config.force,
             operator=config.operator,
+            effective_from=_utc(config.effective_from) if config.effective_from else None,
         )
     except ValueError as exc:  # refused by the gate or the integrity check (audited), or misconfigured
         raise dg.Failure(str(exc)) from exc
     context.log.info("champion is now %s (was %s)", new.version, new.previous)
+
+
+def _utc(text: str) -> datetime:
+    ts = datetime.fromisoformat(text)
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
 
 
 @dg.job(description="Roll the serving model back; services hot-reload the restored champion.")

@@ -11,6 +11,12 @@ A challenger is promoted when **all** of these hold (``decide``):
 * and, when there is a champion, the challenger's ``metric`` (default: weighted average precision)
   on the holdout beats the champion's on the same holdout by at least ``margin`` (absolute).
 
+* and, when a shadow period is required (``ShadowRequirement``: ``min_days`` / ``min_labelled``
+  non-zero), the challenger was scored in shadow by risk-serve for at least ``min_days`` of event
+  time with at least ``min_labelled`` matured (labelled) shadow-scored events
+  (``shadow_failures`` on the ``shadow_comparison`` evidence); otherwise it is refused with reasons
+  starting ``shadow:`` (the ``model_promotion`` asset then puts it in shadow when no shadow runs).
+
 Without a champion, passing the sanity checks is enough. A challenger whose bytes, hash or
 signature do not verify (``registry.verify_version``) is refused with that reason. A champion that
 does not verify (corrupt or tampered) cannot be compared against: the gate says so in the audit
@@ -26,7 +32,7 @@ is checked even when forced: the pointer never names bytes that do not verify.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -45,6 +51,48 @@ from risk_assets.models.training_set import model_feature_columns
 DEFAULT_METRIC = "average_precision"
 DEFAULT_MARGIN = 0.01
 MIN_SCORE_STD = 1e-6
+
+
+@dataclass(frozen=True)
+class ShadowRequirement:
+    """A shadow period the gate requires before a promotion (zeros: none required)."""
+
+    min_days: float = 0.0
+    min_labelled: int = 0
+
+    @property
+    def required(self) -> bool:
+        return self.min_days > 0 or self.min_labelled > 0
+
+
+SHADOW_REASON = "shadow:"
+
+
+def shadow_failures(
+    version: str, requirement: ShadowRequirement, evidence: dict[str, Any] | None
+) -> list[str]:
+    """Why ``version`` has not had the required shadow period. ``evidence``: the
+    ``shadow_comparison`` report of that version (``shadow_days``, ``labelled``), ``None``: never
+    shadowed. Each reason starts with ``shadow:``."""
+    if not requirement.required:
+        return []
+    if not evidence or evidence.get("shadow_version") != version:
+        return [f"{SHADOW_REASON} {version} has not been scored in shadow (a shadow period is required)"]
+    days = float(evidence.get("shadow_days") or 0.0)
+    labelled = int(evidence.get("labelled") or 0)
+    out = []
+    if days < requirement.min_days:
+        out.append(f"{SHADOW_REASON} {days:.2f} days in shadow, {requirement.min_days:g} required")
+    if labelled < requirement.min_labelled:
+        out.append(
+            f"{SHADOW_REASON} {labelled} labelled shadow-scored events, {requirement.min_labelled} required"
+        )
+    return out
+
+
+def waits_for_shadow(decision: Decision) -> bool:
+    """The gate refused only because the required shadow period is missing."""
+    return (not decision.promote) and all(r.startswith(SHADOW_REASON) for r in decision.reasons)
 
 
 @dataclass(frozen=True)
@@ -181,11 +229,16 @@ def promote_if_better(
     metric: str = DEFAULT_METRIC,
     margin: float = DEFAULT_MARGIN,
     k: int = mx.DEFAULT_TOP_K,
+    effective_from: datetime | None = None,
+    shadow: ShadowRequirement = ShadowRequirement(),
+    shadow_evidence: dict[str, Any] | None = None,
 ) -> Decision:
-    """Score the challenger and the current champion on ``holdout_frame`` and apply ``decide``.
-    The audit trail gets one entry with the reasons and both metrics (``gate_pass`` or
-    ``refuse``); a pass then moves the champion pointer (``registry.set_champion``, which audits a
-    ``promote``)."""
+    """Score the challenger and the current champion on ``holdout_frame`` and apply ``decide``
+    (plus :func:`shadow_failures` when ``shadow`` requires a period; ``shadow_evidence``: the
+    challenger's ``shadow_comparison`` report). The audit trail gets one entry with the reasons
+    and both metrics (``gate_pass`` or ``refuse``); a pass then moves the champion pointer
+    (``registry.set_champion``, which audits a ``promote`` with ``effective_from``: the event time
+    from which it serves, default now)."""
     current = registry.champion(lake)
     if current is not None and current.version == challenger_version:
         return Decision(False, [f"{challenger_version} is already the champion"])
@@ -211,6 +264,10 @@ def promote_if_better(
         margin=margin,
         sanity=mine["sanity_failures"],
     )
+    waiting = shadow_failures(challenger_version, shadow, shadow_evidence)
+    if waiting:
+        kept = decision.reasons if not decision.promote else []
+        decision = Decision(False, [*kept, *waiting])
     if champion_integrity is not None:
         note = f"champion {current.version} does not verify ({champion_integrity}); judged without it"  # type: ignore[union-attr]
         decision = Decision(decision.promote, [*decision.reasons, note])
@@ -235,11 +292,63 @@ def promote_if_better(
             "champion_metrics": _summary(theirs["metrics"]) if theirs else None,
             "challenger_prediction_stats": mine["prediction_stats"],
             "champion_integrity": champion_integrity,
+            "shadow_required": vars(shadow) if shadow.required else None,
+            "shadow_evidence": _shadow_summary(shadow_evidence) if shadow.required else None,
         },
     )
     if decision.promote:
-        registry.set_champion(lake, challenger_version, "; ".join(decision.reasons))
+        registry.set_champion(
+            lake, challenger_version, "; ".join(decision.reasons), effective_from=effective_from
+        )
     return decision
+
+
+def _shadow_summary(evidence: dict[str, Any] | None) -> dict[str, Any] | None:
+    keys = ("shadow_version", "shadow_days", "labelled", "positives", "champion", "challenger")
+    return {k: evidence.get(k) for k in keys} if evidence else None
+
+
+def promote_or_shadow(
+    lake: Lake,
+    challenger_version: str,
+    holdout_frame: pl.DataFrame,
+    *,
+    requirement: ShadowRequirement,
+    evidence_of: Callable[[str], dict[str, Any] | None],
+    label: str,
+    metric: str = DEFAULT_METRIC,
+    margin: float = DEFAULT_MARGIN,
+    effective_from: datetime | None = None,
+) -> tuple[Decision, str, str]:
+    """The daily promotion with an optional shadow period: ``(decision, candidate, note)``.
+
+    Without a requirement: :func:`promote_if_better` of the challenger. With one, the candidate is
+    the challenger already in shadow if any (the one accumulating evidence), else the day's
+    challenger; ``evidence_of(version)`` gives its ``shadow_comparison`` report. A promoted shadow is
+    cleared; a challenger refused only for the missing shadow period is put in shadow when none
+    runs (``registry.set_shadow``, audited). ``label`` names the caller in the audit reasons."""
+    shadowed = registry.shadow(lake) if requirement.required else None
+    candidate = shadowed.version if shadowed else challenger_version
+    decision = promote_if_better(
+        lake,
+        candidate,
+        holdout_frame,
+        metric=metric,
+        margin=margin,
+        effective_from=effective_from,
+        shadow=requirement,
+        shadow_evidence=evidence_of(candidate) if requirement.required else None,
+    )
+    note = "-"
+    if decision.promote and shadowed:
+        registry.clear_shadow(lake, f"promoted to champion by {label}")
+        note = f"{candidate} promoted after its shadow period; shadow cleared"
+    elif requirement.required and shadowed is None and waits_for_shadow(decision):
+        registry.set_shadow(lake, candidate, f"shadow period required ({label})")
+        note = f"{candidate} passed the holdout checks: now scored in shadow"
+    elif shadowed:
+        note = f"{candidate} in shadow: {'; '.join(decision.reasons)}"
+    return decision, candidate, note
 
 
 class RollbackRefused(ValueError):
@@ -255,6 +364,7 @@ def rollback(
     force: bool = False,
     operator: str = "",
     k: int = mx.DEFAULT_TOP_K,
+    effective_from: datetime | None = None,
 ) -> registry.Champion:
     """Point the champion back at ``to_version``, or at the version the current champion replaced.
 
@@ -262,7 +372,8 @@ def rollback(
     non-NaN, non-constant predictions, servable with the current feature-group versions, holdout
     after its training split) — else :class:`RollbackRefused`, audited. Forced: ``operator`` is
     required, the holdout checks are skipped, the audit entry records ``forced`` and the operator.
-    Integrity (bytes, sha256, signature) is checked either way (``registry.set_champion``)."""
+    Integrity (bytes, sha256, signature) is checked either way (``registry.set_champion``).
+    ``effective_from``: the event time from which the restored version serves (default now)."""
     current = registry.champion(lake)
     target = to_version
     if target is None:
@@ -273,7 +384,12 @@ def rollback(
         if not operator.strip():
             raise ValueError("a forced rollback needs the operator's name (it is audited)")
         return registry.set_champion(
-            lake, target, reason, action="rollback", audit={"forced": True, "operator": operator}
+            lake,
+            target,
+            reason,
+            action="rollback",
+            audit={"forced": True, "operator": operator},
+            effective_from=effective_from,
         )
     if holdout_frame is None:
         raise ValueError(
@@ -296,5 +412,10 @@ def rollback(
         )
         raise RollbackRefused(f"rollback to {target} refused by the gate: {'; '.join(failures)}")
     return registry.set_champion(
-        lake, target, reason, action="rollback", audit={"forced": False, "operator": operator or None}
+        lake,
+        target,
+        reason,
+        action="rollback",
+        audit={"forced": False, "operator": operator or None},
+        effective_from=effective_from,
     )

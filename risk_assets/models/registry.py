@@ -8,7 +8,9 @@ Layout (all under ``models/registry/`` of the lake, local or S3)::
                                        {as_of, data_sha256}, params, metrics, metrics_by_scenario,
                                        training_seconds, and anything else the trainer records
     champion.json                      {"version", "model_sha256", "promoted_at", "reason", "previous"}
-    audit.jsonl                        one JSON line per promotion / rollback / refusal
+    shadow.json                        {"version", "model_sha256", "set_at", "reason"}: the challenger
+                                       risk-serve scores in shadow (absent: no shadow)
+    audit.jsonl                        one JSON line per promotion / rollback / refusal / shadow change
 
 A version is immutable once written (its id includes the model's hash). The champion pointer is
 one small object replaced atomically; the scoring service polls it and loads the version it names,
@@ -22,6 +24,19 @@ wrote both: with ``RISK_MODEL_SIGNING_KEY`` set (read when called, never at impo
 adds ``signature`` = HMAC-SHA256(key, the manifest's canonical JSON without ``signature``) and
 ``verify_version`` refuses a version whose signature is missing or wrong — so a booster altered
 together with a consistent manifest is refused by the registry and by ``risk-serve``.
+The shadow pointer (``set_shadow``) goes through the same ``verify_version``.
+
+Champion timeline in event time: every ``promote`` / ``rollback`` audit entry carries
+``effective_from`` (ISO, UTC), the event time from which that version serves. The rule: a promotion
+by the daily ``model_promotion`` asset of partition D takes the training set's ``as_of`` (the
+partition's window end, D + 1 day 00:00 UTC) — the model was trained on events before it and
+serves the events after it, also when simulated days are replayed long after; a live manual
+promotion or rollback takes the wall-clock time of the pointer change (the default). Each entry
+owns ``[effective_from, ∞)`` until a *later audit entry* with an earlier or equal ``effective_from``
+overrides it (a re-run promotion of an older partition takes over from its effective time on,
+matching the pointer, which names the latest promotion). :func:`champion_timeline` resolves the
+trail into non-overlapping spans; entries written before ``effective_from`` existed fall back to
+their wall-clock ``at``.
 """
 
 from __future__ import annotations
@@ -38,6 +53,7 @@ from risk_assets.lake import Lake
 
 ROOT = "models/registry"
 CHAMPION = f"{ROOT}/champion.json"
+SHADOW = f"{ROOT}/shadow.json"
 AUDIT = f"{ROOT}/audit.jsonl"
 ENV_SIGNING_KEY = "RISK_MODEL_SIGNING_KEY"
 SIGNATURE = "signature"
@@ -201,11 +217,47 @@ def set_champion(
     action: str = "promote",
     signing_key: bytes | None = None,
     audit: dict[str, Any] | None = None,
+    effective_from: datetime | None = None,
 ) -> Champion:
     """Point the champion at ``version`` and append to the audit trail — only after
     :func:`verify_version` passed (bytes, sha256, loadable booster, signature when signing is on).
     A version that fails is audited as ``pointer_refused`` and raises :class:`IntegrityError`; the
-    pointer is unchanged. ``audit``: extra fields for the audit entry (e.g. who forced a rollback)."""
+    pointer is unchanged. ``audit``: extra fields for the audit entry (e.g. who forced a rollback).
+    ``effective_from``: the event time from which the version serves (default: now; see the module
+    docstring for the rule), recorded in the audit entry."""
+    manifest = _verified(lake, version, reason, action, signing_key)
+    try:
+        current = champion(lake)
+    except (ValueError, TypeError):  # an unreadable pointer is replaced, not a reason to stay stuck
+        current = None
+    new = Champion(
+        version=version,
+        model_sha256=manifest["model_sha256"],
+        promoted_at=datetime.now(UTC).isoformat(),
+        reason=reason,
+        previous=current.version if current else None,
+    )
+    lake.write_bytes(CHAMPION, (json.dumps(vars(new), indent=1, sort_keys=True) + "\n").encode())
+    effective = (effective_from or datetime.fromisoformat(new.promoted_at)).astimezone(UTC)
+    append_audit(
+        lake,
+        {
+            **(audit or {}),
+            "action": action,
+            "version": version,
+            "previous": new.previous,
+            "reason": reason,
+            "effective_from": effective.isoformat(),
+        },
+    )
+    return new
+
+
+def _verified(
+    lake: Lake, version: str, reason: str, action: str, signing_key: bytes | None
+) -> dict[str, Any]:
+    """The manifest of ``version`` after :func:`verify_version`; a failure is audited as
+    ``pointer_refused`` (with the ``attempted`` action) and re-raised."""
     try:
         manifest, _ = verify_version(lake, version, signing_key=signing_key)
     except IntegrityError as exc:
@@ -221,23 +273,73 @@ def set_champion(
             },
         )
         raise
-    try:
-        current = champion(lake)
-    except (ValueError, TypeError):  # an unreadable pointer is replaced, not a reason to stay stuck
-        current = None
-    new = Champion(
-        version=version,
-        model_sha256=manifest["model_sha256"],
-        promoted_at=datetime.now(UTC).isoformat(),
-        reason=reason,
-        previous=current.version if current else None,
-    )
-    lake.write_bytes(CHAMPION, (json.dumps(vars(new), indent=1, sort_keys=True) + "\n").encode())
-    append_audit(
-        lake,
-        {**(audit or {}), "action": action, "version": version, "previous": new.previous, "reason": reason},
-    )
+    return manifest
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """The shadow pointer: the challenger risk-serve scores off the decision path."""
+
+    version: str
+    model_sha256: str
+    set_at: str
+    reason: str
+
+
+def shadow(lake: Lake) -> Shadow | None:
+    """The shadowed challenger, or ``None`` when no shadow is set."""
+    if not lake.exists(SHADOW):
+        return None
+    return Shadow(**json.loads(lake.read_bytes(SHADOW)))
+
+
+def set_shadow(lake: Lake, version: str, reason: str, *, signing_key: bytes | None = None) -> Shadow:
+    """Point the shadow at ``version`` with the same integrity checks as :func:`set_champion`
+    (refusals audited as ``pointer_refused`` with ``attempted: shadow``); audited as ``shadow_set``.
+    The champion itself cannot be its own shadow (``ValueError``)."""
+    current = champion(lake)
+    if current is not None and current.version == version:
+        raise ValueError(f"{version} is the champion: a shadow is scored next to it, not as it")
+    manifest = _verified(lake, version, reason, "shadow", signing_key)
+    new = Shadow(version, manifest["model_sha256"], datetime.now(UTC).isoformat(), reason)
+    lake.write_bytes(SHADOW, (json.dumps(vars(new), indent=1, sort_keys=True) + "\n").encode())
+    append_audit(lake, {"action": "shadow_set", "version": version, "reason": reason})
     return new
+
+
+def clear_shadow(lake: Lake, reason: str) -> str | None:
+    """Stop shadowing (the services unload the shadow at their next poll); audited as
+    ``shadow_cleared``. Returns the version that was shadowed (``None``: nothing was)."""
+    current = shadow(lake)
+    if current is None:
+        return None
+    lake.delete(SHADOW)
+    append_audit(lake, {"action": "shadow_cleared", "version": current.version, "reason": reason})
+    return current.version
+
+
+def effective_time(entry: dict[str, Any]) -> datetime:
+    """When, in event time, a ``promote``/``rollback`` entry started serving: its
+    ``effective_from``, else (entries written before it existed) its wall-clock ``at``."""
+    return datetime.fromisoformat(entry.get("effective_from") or entry["at"]).astimezone(UTC)
+
+
+def champion_timeline(lake: Lake) -> list[tuple[datetime, str]]:
+    """``[(start, version), ...]`` ascending: ``version`` served event times in ``[start, next
+    start)`` (the last one to this day). Resolved from the audit trail by the module docstring's
+    rule: a later entry overrides every span from its ``effective_from`` on."""
+    entries = [
+        (effective_time(e), e["version"])
+        for e in audit_trail(lake)
+        if e.get("action") in ("promote", "rollback") and isinstance(e.get("version"), str)
+    ]
+    spans: list[tuple[datetime, str]] = []
+    owned_until: datetime | None = None  # spans from here on are owned by later entries
+    for start, version in reversed(entries):
+        if owned_until is None or start < owned_until:
+            spans.append((start, version))
+            owned_until = start
+    return spans[::-1]
 
 
 def append_audit(lake: Lake, entry: dict[str, Any]) -> None:

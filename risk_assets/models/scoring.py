@@ -9,26 +9,30 @@ Public interface::
 
     load_scorer(lake, version) -> Scorer
     champion_scorer(lake) -> Scorer | None
-    champion_at(lake, at) -> str | None            (who was champion at an instant, from the audit)
+    champion_at(lake, at) -> str | None            (who served event time ``at``: the registry's timeline)
+    serving_versions(lake, event_ts) -> pl.Series   (the same for a column of event times)
     Scorer.score(frame) -> np.ndarray               (float64 probabilities; missing features → NaN)
     realized_metrics(frame, scores, label=...) -> dict   (``metrics.evaluate`` without by_scenario)
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-import xgboost as xgb
 
 from risk_assets.lake import Lake
 from risk_assets.models import metrics as mx
 from risk_assets.models import registry
 from risk_assets.models.training import feature_matrix, load_booster, predict
+
+if TYPE_CHECKING:
+    import xgboost as xgb
 
 # Rows scored per ``inplace_predict`` call (bounds the float32 matrix held in memory at once).
 BATCH_ROWS = 200_000
@@ -78,19 +82,35 @@ def champion_scorer(lake: Lake, nthread: int = 2) -> Scorer | None:
     return load_scorer(lake, current.version, nthread) if current else None
 
 
-def champion_at(lake: Lake, at: datetime) -> str | None:
-    """The version that was champion at ``at``: the last ``promote``/``rollback`` of the audit trail
-    recorded at or before ``at`` (wall-clock audit times). ``None`` when the trail does not reach back
-    that far (history not kept, or ``at`` precedes the first promotion)."""
-    at = at.astimezone(UTC)
-    version = None
-    for entry in registry.audit_trail(lake):
-        if entry.get("action") not in ("promote", "rollback"):
-            continue
-        if datetime.fromisoformat(entry["at"]).astimezone(UTC) > at:
-            break
-        version = entry.get("version")
-    return version
+def champion_at(
+    lake: Lake, at: datetime, timeline: Sequence[tuple[datetime, str]] | None = None
+) -> str | None:
+    """The version that served event time ``at``: the span of the registry's champion timeline
+    (``registry.champion_timeline``: each promotion's ``effective_from`` in event time, or its
+    wall-clock ``at`` for entries written before ``effective_from`` existed) holding ``at`` — a
+    span starts *at* its ``effective_from`` (inclusive). ``None`` when the trail does not reach back
+    that far. ``timeline``: an already resolved timeline (saves re-reading the audit trail)."""
+    spans = registry.champion_timeline(lake) if timeline is None else timeline
+    starts = [s for s, _ in spans]
+    i = bisect.bisect_right(starts, at.astimezone(UTC))
+    return spans[i - 1][1] if i else None
+
+
+def serving_versions(
+    lake: Lake, event_ts: pl.Series, timeline: Sequence[tuple[datetime, str]] | None = None
+) -> pl.Series:
+    """:func:`champion_at` for every value of ``event_ts`` (Datetime; null where the timeline does
+    not reach back), as a String series named ``model_version``."""
+    spans = registry.champion_timeline(lake) if timeline is None else timeline
+    if not spans or event_ts.len() == 0:
+        return pl.Series("model_version", [None] * event_ts.len(), dtype=pl.String)
+    starts = np.array([int(s.timestamp() * 1_000_000) for s, _ in spans], dtype=np.int64)
+    ts = event_ts.dt.replace_time_zone(None) if event_ts.dtype.time_zone else event_ts  # type: ignore[union-attr]
+    micros = ts.dt.cast_time_unit("us").cast(pl.Int64).to_numpy()
+    idx = np.searchsorted(starts, micros, side="right") - 1
+    names = np.array([v for _, v in spans], dtype=object)
+    out = np.where(idx >= 0, names[np.clip(idx, 0, None)], None)
+    return pl.Series("model_version", out.tolist(), dtype=pl.String)
 
 
 def realized_metrics(

@@ -44,14 +44,24 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-import xgboost as xgb
 
 from risk_assets.features.spec import FeatureGroup
 from risk_assets.models import metrics as mx
+
+if TYPE_CHECKING:
+    import xgboost as xgb
+
+
+def _xgb() -> Any:
+    """xgboost, imported when a model is trained or loaded (≈1 s of imports no stream run needs)."""
+    import xgboost
+
+    return xgboost
+
 
 LABEL = "is_fraud"
 WEIGHT = "weight"
@@ -353,7 +363,7 @@ def _undo_pos_weight(booster: xgb.Booster, scale_pos_weight: float) -> None:
 
 
 def _dmatrix(part: pl.DataFrame, features: list[str], weight: np.ndarray, nthread: int) -> xgb.DMatrix:
-    return xgb.DMatrix(
+    return _xgb().DMatrix(
         feature_matrix(part, features),
         label=part[LABEL].cast(pl.Float32).to_numpy(),
         weight=weight,
@@ -430,7 +440,7 @@ def train(frame: pl.DataFrame, features: list[str], params: TrainingParams | Non
         ]
     if early_stopping:
         callbacks = [
-            xgb.callback.EarlyStopping(
+            _xgb().callback.EarlyStopping(
                 rounds=params.early_stopping_rounds,
                 metric_name=EARLY_STOPPING_METRIC,
                 data_name="validation",
@@ -438,7 +448,7 @@ def train(frame: pl.DataFrame, features: list[str], params: TrainingParams | Non
                 save_best=True,
             )
         ]
-    booster = xgb.train(
+    booster = _xgb().train(
         _xgb_params(params),
         dtrain,
         num_boost_round=params.n_estimators,
@@ -526,13 +536,13 @@ def manifest_for(
         "split": trained.split.to_dict(),
         "training_seconds": trained.training_seconds,
         "feature_importance": trained.feature_importance,
-        "framework": {"xgboost": xgb.__version__, "format": "ubj", "output": "probability"},
+        "framework": {"xgboost": _xgb().__version__, "format": "ubj", "output": "probability"},
     }
 
 
 def load_booster(model_bytes: bytes, nthread: int = 1) -> xgb.Booster:
     """A booster from the registry's UBJSON bytes (``nthread=1``: the serving fast path)."""
-    booster = xgb.Booster(model_file=bytearray(model_bytes))
+    booster = _xgb().Booster(model_file=bytearray(model_bytes))
     booster.set_param({"nthread": nthread})
     return booster
 

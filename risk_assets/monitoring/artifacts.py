@@ -18,6 +18,8 @@ Layout::
     monitoring/serving_skew/state.json             {partitions: {p: next offset compared}}
     monitoring/serving_skew/at=YYYYMMDDTHHMMSS/report.json, features.parquet, examples.parquet
     monitoring/service_health/last_scrape.json     the previous scrape (for per-interval figures)
+    monitoring/shadow/version={version}/report.json champion vs that shadow challenger on shadow
+                                                   traffic (the newest run; read by the promotion gate)
 """
 
 from __future__ import annotations
@@ -86,6 +88,17 @@ def prediction_log_dead_letter_path(rng: OffsetRange) -> str:
 def prediction_log_profile_path(rng: OffsetRange) -> str:
     """Lake path of the whylogs profile of one offset range of the prediction log."""
     return f"profiles/prediction_log/{_range_tag(rng)}.bin"
+
+
+def shadow_report_path(version: str) -> str:
+    """Lake path of the newest shadow comparison of one shadowed challenger."""
+    return f"monitoring/shadow/version={version}/report.json"
+
+
+def read_shadow_report(store: Lake, version: str) -> dict[str, Any] | None:
+    """The newest shadow comparison of ``version`` (``None``: it was never compared)."""
+    path = shadow_report_path(version)
+    return json.loads(store.read_bytes(path)) if store.exists(path) else None
 
 
 def prediction_log_files(store: Lake) -> list[tuple[int, int, int, str]]:

@@ -1,4 +1,5 @@
-"""The daily drift report: the champion's inputs and outputs today against its training set.
+"""The daily drift report: the inputs and outputs of the model that served the day against its
+training set (the model: ``attribution`` — the prediction log, else the champion timeline).
 
 Thin wiring around :mod:`risk_assets.monitoring.drift` (statistics), :mod:`~risk_assets.monitoring.
 decisions` (the current window, built like training sets) and :mod:`~risk_assets.monitoring.reports`
@@ -23,9 +24,15 @@ from risk_assets.automation import MONITORING_DAYS
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.lake import Lake
 from risk_assets.models.artifacts import MissingArtifact, read_training_set
-from risk_assets.models.scoring import Scorer, champion_scorer
+from risk_assets.models.scoring import Scorer, champion_scorer, load_scorer
 from risk_assets.models.training_set import SPINE_COLUMNS, TrainingSetSpec, spine_and_labels
 from risk_assets.monitoring.artifacts import drift_report_paths, write_json
+from risk_assets.monitoring.attribution import (
+    attribute_versions,
+    dominant_version,
+    source_counts,
+    version_counts,
+)
 from risk_assets.monitoring.decisions import decision_frame, labels_within, weighted_rate
 from risk_assets.monitoring.drift import DriftReport, drift_report, label_rate_drift, prediction_drift
 from risk_assets.monitoring.reports import drift_markdown, metadata_float
@@ -63,6 +70,17 @@ def _champion(store: Lake) -> Scorer:
     if scorer is None:
         raise dg.Failure("no champion yet: train and promote a model first (model_promotion)")
     return scorer
+
+
+def serving_model(store: Lake, current: pl.DataFrame) -> tuple[Scorer, dict[str, Any]]:
+    """The model that served most of the day's decisions (``attribution``: the prediction log,
+    else the registry's champion timeline in event time, else the current champion), loaded, and
+    ``{"versions": events per version, "sources": events per attribution source}``."""
+    champ = _champion(store)
+    attributed = attribute_versions(store, current.select("event_id", "event_ts"), champ.version)
+    version = dominant_version(attributed) or champ.version
+    scorer = champ if version == champ.version else load_scorer(store, version)
+    return scorer, {"versions": version_counts(attributed), "sources": source_counts(attributed)}
 
 
 def reference_day(scorer: Scorer) -> str:
@@ -175,11 +193,14 @@ def build_drift_report(partitions: TimePartitions) -> dg.AssetsDefinition:
             ),
         ],
         description=(
-            "Daily drift of the champion's inputs and outputs. Current window: the day's decision events "
+            "Daily drift of the inputs and outputs of the model that served the day (the prediction "
+            "log's model versions, else the registry's champion timeline in event time; the one that "
+            "served most of the day's decisions — `champion` in the metadata). Current window: the "
+            "day's decision events "
             "with features joined point-in-time exactly as training sets join them (`build_training_set`, "
-            "window = the day, maturity 0). Reference: the training set the champion was trained on (its "
+            "window = the day, maturity 0). Reference: the training set that model was trained on (its "
             "manifest's `as_of`). Per feature KS/χ² + PSI + Hellinger + category; prediction drift of "
-            "the champion's scores (reference: its out-of-sample validation+test rows); label-rate drift "
+            "its scores (reference: its out-of-sample validation+test rows); label-rate drift "
             "of the newest day whose labels had `maturity` days to arrive vs the reference, both "
             "counting only labels that arrived within `maturity` of their event. Written to "
             "`monitoring/drift/dt=YYYY-MM-DD/` (JSON, Markdown, Parquet)."
@@ -196,12 +217,6 @@ def build_drift_report(partitions: TimePartitions) -> dg.AssetsDefinition:
         t0 = time.perf_counter()
         day = context.partition_key
         window = context.partition_time_window
-        scorer = _champion(store)
-        ref_day = reference_day(scorer)
-        try:
-            reference, ref_manifest = read_training_set(store, ref_day)
-        except MissingArtifact as exc:
-            raise dg.Failure(str(exc)) from exc
         current = decision_frame(
             store,
             raw_event_source,
@@ -210,10 +225,16 @@ def build_drift_report(partitions: TimePartitions) -> dg.AssetsDefinition:
         )
         if current.height == 0:
             raise dg.Failure(f"no decision events on {day}: is the archive / offline store materialized?")
+        scorer, served = serving_model(store, current)
+        ref_day = reference_day(scorer)
+        try:
+            reference, ref_manifest = read_training_set(store, ref_day)
+        except MissingArtifact as exc:
+            raise dg.Failure(str(exc)) from exc
         features = [f for f in scorer.features if f in reference.columns and f in current.columns]
         report = drift_report(reference, current, features)
 
-        # Prediction drift: the champion's scores on its out-of-sample reference rows vs today.
+        # Prediction drift: the serving model's scores on its out-of-sample reference rows vs today.
         split_start = (scorer.manifest.get("split") or {}).get("validation_start")
         ref_oos = reference
         if split_start:
@@ -251,6 +272,8 @@ def build_drift_report(partitions: TimePartitions) -> dg.AssetsDefinition:
         summary: dict[str, Any] = {
             "day": day,
             "champion": scorer.version,
+            "served_versions": served["versions"],
+            "version_sources": served["sources"],
             "reference_day": ref_day,
             "rows_reference": reference.height,
             "rows_current": current.height,
@@ -305,6 +328,7 @@ def build_drift_report(partitions: TimePartitions) -> dg.AssetsDefinition:
                 "label_rate_category": summary["label_rate_category"],
                 "label_day": summary["label_day"],
                 "champion": scorer.version,
+                "served_versions": dg.MetadataValue.json(served["versions"]),
                 "reference_day": ref_day,
                 "seconds": seconds,
                 **{f"psi/{name}": metadata_float(v) for name, v in psi_by_feature[:TOP_PSI]},

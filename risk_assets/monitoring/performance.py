@@ -1,10 +1,12 @@
 """Delayed-label performance: how well did the models that served actually do, once labels came?
 
 Pure (no Dagster). A day is *mature* once its youngest event is ``maturity`` old (its labels had time
-to arrive). Each mature day is scored by the model that was champion at the end of that day (the
-registry's audit trail; the current champion when the trail does not reach back) and evaluated
-against the labels known now. The *recent pool* — the newest mature days out of the current
-champion's training sample — is what the retraining sensor compares with the champion's test metrics.
+to arrive). Each event of a mature day is scored by the model that actually served it
+(:mod:`risk_assets.monitoring.attribution`: the prediction log's ``model_version`` where the decision
+was logged, otherwise the registry's champion timeline at its ``event_ts``, otherwise the current
+champion) and the day is evaluated against the labels known now. The *recent pool* — the newest
+mature days out of the current champion's training sample — is what the retraining sensor compares
+with the champion's test metrics.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ import polars as pl
 
 from risk_assets.events.schema import SCENARIOS
 from risk_assets.lake import Lake
-from risk_assets.models.scoring import Scorer, champion_at, load_scorer, realized_metrics
+from risk_assets.models.scoring import Scorer, load_scorer, realized_metrics
+from risk_assets.monitoring.attribution import (
+    SOURCE,
+    attribute_versions,
+    dominant_version,
+    source_counts,
+    version_counts,
+)
 
 DAY = timedelta(days=1)
 REALIZED_METRICS = ("average_precision", "recall_at_1pct_fpr", "auc")
@@ -45,7 +54,9 @@ class RealizedPerformance:
     """The figures of one realized-performance evaluation."""
 
     per_day: list[dict[str, Any]]
-    """Newest mature day first: ``day``, ``version`` (who served it) and its realized metrics."""
+    """Newest mature day first: ``day``, ``version`` (the model that served most of its events),
+    ``versions`` (events per serving model), ``sources`` (events per attribution source) and the
+    realized metrics of the scores of the models that served them."""
     recent: dict[str, Any]
     """The recent pool scored by the current champion (:func:`pooled_metrics`)."""
     recent_start: datetime
@@ -67,18 +78,30 @@ def realized_performance(
     """Evaluate the ``lookback_days`` mature days ending at ``newest`` (exclusive) of ``frame`` (a
     decision frame with labels, :func:`~risk_assets.monitoring.decisions.decision_frame`)."""
     frame = frame.with_columns(pl.col("event_ts").dt.truncate("1d").alias("_day"))
+    attributed = attribute_versions(store, frame.select("event_id", "event_ts"), champion.version)
+    frame = frame.with_columns(attributed["model_version"], attributed[SOURCE])
     scorers: dict[str, Scorer] = {champion.version: champion}
     per_day: list[dict[str, Any]] = []
     for i in range(lookback_days):
         start = newest - (i + 1) * DAY
         part = frame.filter(pl.col("_day") == start)
-        version = champion_at(store, start + DAY) or champion.version
-        if version not in scorers:
-            scorers[version] = load_scorer(store, version)
-        m = realized_metrics(
-            part, scorers[version].score(part), keys=("rows", "positives", *REALIZED_METRICS)
+        scores = np.zeros(part.height, dtype=np.float64)
+        versions = part["model_version"].to_numpy() if part.height else np.zeros(0, dtype=object)
+        for version in version_counts(part):
+            if version not in scorers:
+                scorers[version] = load_scorer(store, version)
+            rows = versions == version
+            scores[rows] = scorers[version].score(part.filter(pl.Series(rows)))
+        m = realized_metrics(part, scores, keys=("rows", "positives", *REALIZED_METRICS))
+        per_day.append(
+            {
+                "day": start.strftime("%Y-%m-%d"),
+                "version": dominant_version(part) or champion.version,
+                "versions": version_counts(part),
+                "sources": source_counts(part),
+                **m,
+            }
         )
-        per_day.append({"day": start.strftime("%Y-%m-%d"), "version": version, **m})
 
     # The recent pool: newest mature days after the current champion's training window.
     window_end = (champion.manifest.get("training_set") or {}).get("window_end")

@@ -71,8 +71,9 @@ def build_realized_performance(partitions: TimePartitions) -> dg.AssetsDefinitio
         kinds={"xgboost", "polars"},
         description=(
             "Delayed-label performance: each mature past day's decision events (features joined "
-            "point-in-time), scored by the model that was champion at the end of that day (from the "
-            "registry's audit trail; the current champion when the trail does not reach back) and "
+            "point-in-time), each scored by the model that served it (the prediction log's model "
+            "version where the decision was logged, else the registry's champion timeline in event "
+            "time, else the current champion) and "
             "evaluated against the labels known at the end of the partition day: average precision, "
             "recall at 1% FPR, AUC, overall and per scenario. `recent/*` pools the newest mature days "
             "out of the current champion's sample, scored by the current champion, with `drop/*` = its "

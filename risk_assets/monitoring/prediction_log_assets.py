@@ -50,8 +50,9 @@ class PredictionLogConfig(RunConfig):
     description=(
         "The scoring service's prediction log (`risk.predictions`) in the lake: each run reads the "
         "offset range after the last one it stored (exact ranges, replayable), decodes the messages "
-        "(event id, event/scored time, model version, score, decision, the served feature vector "
-        "with names from the version's manifest) and writes "
+        "(event id, event/scored time, model version, score, decision, the shadow challenger's "
+        "version and score when one scored the event in shadow, the served feature vector with "
+        "names from the version's manifest) and writes "
         "`monitoring/prediction_log/p=P/offsets=START-END.parquet` plus a whylogs profile under "
         "`profiles/prediction_log/`. A record that cannot become a row (poison: not JSON, invalid "
         "UTF-8, impossible timestamp, unknown model version, ...) is a dead letter with its reason "
@@ -122,6 +123,7 @@ def prediction_log(
         "retention_gap": retention_gaps,
         "model_versions": len(versions),
         "model_version_list": ", ".join(versions) or "-",
+        "shadow_scored": int(base["shadow_version"].is_not_null().sum()) if base is not None else 0,
         "score_mean": metadata_float(base["score"].mean()) if base is not None and rows else math.nan,
         "degraded_share": metadata_float(base["degraded"].mean()) if base is not None and rows else math.nan,
         "seconds": 0.0,

@@ -16,7 +16,8 @@ decodes messages into one frame:
   re-scored event appears once per scoring);
 * ``event_id``, ``event_ts`` (Datetime ms UTC), ``scored_ts`` (Datetime ms UTC, from ``scored_at``),
   ``model_version``, ``score`` (Float64), ``decision``, ``degraded`` (Boolean),
-  ``features_missing`` (Int64);
+  ``features_missing`` (Int64), ``shadow_version`` / ``shadow_score`` (the challenger risk-serve
+  scored the event with in shadow and its score; null when no shadow scored it);
 * one Float64 column per feature of the row's model version, named as in the manifest (``req_*``,
   ``{group}__{feature}``); ``null`` = missing. A range holding several versions gets the union of
   their features (first-seen version's order, then new names); a feature a row's version does not
@@ -56,6 +57,8 @@ BASE_SCHEMA: dict[str, pl.DataType] = {
     "decision": pl.String(),
     "degraded": pl.Boolean(),
     "features_missing": pl.Int64(),
+    "shadow_version": pl.String(),
+    "shadow_score": pl.Float64(),
 }
 BASE_COLUMNS: tuple[str, ...] = tuple(BASE_SCHEMA)
 DEAD_LETTER_SCHEMA: dict[str, pl.DataType] = {
@@ -101,6 +104,8 @@ class _Message(msgspec.Struct):
     values: list[float | None]
     degraded: bool = False
     features_missing: int = 0
+    shadow_version: str | None = None
+    shadow_score: float | None = None
 
 
 _decode = msgspec.json.Decoder(_Message).decode
@@ -157,6 +162,8 @@ def predictions_frame(batch: MessageBatch, features_of: Callable[[str], Sequence
                     )
             if not 0 <= msg.features_missing <= len(msg.values):
                 raise PoisonRecord("schema", f"features_missing {msg.features_missing} out of range")
+            if (msg.shadow_version is None) != (msg.shadow_score is None):
+                raise PoisonRecord("schema", "shadow_version and shadow_score come together")
             version = msg.model_version
             if version in unknown:
                 raise PoisonRecord("unknown_model_version", unknown[version])
@@ -191,6 +198,8 @@ def predictions_frame(batch: MessageBatch, features_of: Callable[[str], Sequence
         base["decision"].append(msg.decision)
         base["degraded"].append(msg.degraded)
         base["features_missing"].append(msg.features_missing)
+        base["shadow_version"].append(msg.shadow_version)
+        base["shadow_score"].append(msg.shadow_score)
         per_version_rows.setdefault(msg.model_version, []).append(row)
         per_version_values.setdefault(msg.model_version, []).append(msg.values)
 

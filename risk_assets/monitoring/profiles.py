@@ -48,23 +48,33 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-# whylogs 1.6.4 references ``np.unicode_`` (removed in NumPy 2.0) in whylogs/core/datatypes.py; that
-# is its only NumPy-2 incompatibility (docs/design.md §4). ``np.str_`` is the same type under its new name.
-# Alias it once, here, before whylogs is imported.
-if not hasattr(np, "unicode_"):
-    np.unicode_ = np.str_  # type: ignore[attr-defined]
-
-# whylogs sends usage telemetry to stats.whylogs.com from a thread on import unless opted out (any
-# value of this variable opts out). A pipeline must not phone home; respect an explicit setting.
-os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "1")
-
-import pandas as pd
 import polars as pl
-from whylogs.core import DatasetProfile, DatasetProfileView
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from whylogs.core import DatasetProfileView
+
+
+@functools.cache
+def _libs() -> tuple[Any, Any]:
+    """``(pandas, whylogs.core)``, imported on first use: together ~3 s of imports that every run
+    worker of the code location (a stream micro-batch, say) would otherwise pay for nothing."""
+    # whylogs 1.6.4 references ``np.unicode_`` (removed in NumPy 2.0) in whylogs/core/datatypes.py;
+    # that is its only NumPy-2 incompatibility (docs/design.md §4). ``np.str_`` is the same type
+    # under its new name. Alias it once, here, before whylogs is imported.
+    if not hasattr(np, "unicode_"):
+        np.unicode_ = np.str_  # type: ignore[attr-defined]
+    # whylogs sends usage telemetry to stats.whylogs.com from a thread on import unless opted out
+    # (any value of this variable opts out). A pipeline must not phone home; respect an explicit setting.
+    os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "1")
+    import pandas
+    import whylogs.core
+
+    return pandas, whylogs.core
+
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 QUANTILES: dict[str, str] = {
@@ -123,6 +133,7 @@ class Profile:
 
 def _to_pandas_column(s: pl.Series) -> pd.Series | None:
     """One Polars column as the pandas series whylogs profiles best; None if not profilable."""
+    pd, _ = _libs()
     dt = s.dtype
     if dt.is_float() or isinstance(dt, pl.Decimal):
         return pd.Series(s.cast(pl.Float64).to_numpy(), name=s.name)
@@ -147,6 +158,7 @@ def _to_pandas_column(s: pl.Series) -> pd.Series | None:
 
 def to_pandas(frame: pl.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """The pandas frame :func:`profile_frame` hands to whylogs (conversion rules in the module doc)."""
+    pd, _ = _libs()
     if columns is None:
         pairs = [(c, _to_pandas_column(frame[c])) for c in frame.columns]
         data = {c: s for c, s in pairs if s is not None}
@@ -178,14 +190,14 @@ def profile_frame(
     ts = dataset_timestamp or EPOCH
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=UTC)
-    prof = DatasetProfile(dataset_timestamp=ts, creation_timestamp=ts)
+    prof = _libs()[1].DatasetProfile(dataset_timestamp=ts, creation_timestamp=ts)
     if data.shape[1]:
         prof.track(pandas=data)
     return Profile(prof.view())
 
 
 def _empty_view() -> DatasetProfileView:
-    return DatasetProfileView(columns={}, dataset_timestamp=EPOCH, creation_timestamp=EPOCH)
+    return _libs()[1].DatasetProfileView(columns={}, dataset_timestamp=EPOCH, creation_timestamp=EPOCH)
 
 
 def merge(profiles: Iterable[Profile]) -> Profile:
@@ -203,7 +215,7 @@ def serialize(profile: Profile) -> bytes:
 
 def deserialize(data: bytes) -> Profile:
     """Inverse of :func:`serialize`."""
-    return Profile(DatasetProfileView.deserialize(data))
+    return Profile(_libs()[1].DatasetProfileView.deserialize(data))
 
 
 def _num(value: Any) -> float | None:
@@ -272,6 +284,7 @@ def drift_scores(reference: Profile, current: Profile) -> pl.DataFrame:
     whylogs cannot score get a row with nulls.
     """
     # whylogs.viz pulls in scipy.stats (~2 s of imports): loaded only when drift is scored.
+    _libs()
     from whylogs.viz.drift.column_drift_algorithms import calculate_drift_scores
 
     scores = calculate_drift_scores(

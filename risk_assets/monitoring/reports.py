@@ -61,8 +61,10 @@ def realized_table_markdown(per_day: Sequence[dict[str, Any]]) -> str:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in per_day:
+        served = r.get("versions") or {}
+        model = " + ".join(f"`{v[-12:]}`" for v in served) if len(served) > 1 else f"`{r['version'][-12:]}`"
         lines.append(
-            f"| {r['day']} | `{r['version'][-12:]}` | {r.get('rows', 0)} | {r.get('positives', 0)} "
+            f"| {r['day']} | {model} | {r.get('rows', 0)} | {r.get('positives', 0)} "
             f"| {fmt3(r.get('average_precision'))} | {fmt3(r.get('recall_at_1pct_fpr'))} "
             f"| {fmt3(r.get('auc'))} |"
         )

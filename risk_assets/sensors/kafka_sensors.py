@@ -1,12 +1,17 @@
 """Kafka sensors: watch a topic's end offsets and request one run per new exact offset range.
 
 Each tick reads end offsets only (a sensor must never block on consuming), asks the instance how the
-runs of inflight ranges went, and lets ``offset_cursor.plan`` decide; the run does the reading.
+runs of inflight ranges went and which partitions have a run of the job queued or running, and lets
+``offset_cursor.plan`` decide; the run does the reading. At most one run is in flight per
+topic-partition, and it takes everything up to the end seen at the tick (≤ the max range size:
+``RISK_STREAM_MAX_RANGE`` / ``RISK_INGEST_MAX_RANGE``, read at each tick), so a partition's ranges are
+processed in offset order, partitions in parallel, and a backlog makes ranges larger, not runs more.
 Nothing is committed to the broker: the sensor cursor is the only bookkeeping. A changed topic
 incarnation or offsets going backwards fail the tick with :class:`OffsetIncident`, which states the
 numbers and the cursor to set to accept the new incarnation (``offset_cursor`` module docstring).
 """
 
+import os
 import time
 from typing import Any
 
@@ -26,6 +31,35 @@ class OffsetIncident(Exception):
 
 
 _FAILED = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+_IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+TOPIC_TAG = "risk/topic"
+PARTITION_TAG = "risk/partition"
+
+
+def busy_partitions(instance: dg.DagsterInstance, job_name: str, topic: str) -> set[str]:
+    """``topic/partition`` of every run of ``job_name`` over ``topic`` queued or running on the
+    instance — whoever launched it (this sensor, a re-execution, a backfill by hand)."""
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(job_name=job_name, statuses=_IN_FLIGHT, tags={TOPIC_TAG: topic})
+    )
+    return {tp_key(topic, int(r.tags[PARTITION_TAG])) for r in runs if PARTITION_TAG in r.tags}
+
+
+def max_range_setting(env_var: str, default: int) -> int:
+    """The max range size: ``env_var`` if set (read at each tick, never at import), else ``default``."""
+    raw = os.environ.get(env_var, "").strip()
+    if not raw:
+        return default
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(f"{env_var} must be a positive number of offsets, got {raw!r}")
+    return value
 
 
 def _run_state(instance: dg.DagsterInstance, run_key: str) -> RunState:
@@ -46,9 +80,11 @@ def build_offset_range_sensor(
     max_range: int,
     interval_s: int,
     as_of_field: bool = False,
+    max_range_env: str = "",
 ) -> dg.SensorDefinition:
-    """A sensor requesting ``job`` runs over new offset ranges of ``topic`` (≤ ``max_range`` each);
-    with ``as_of_field``, each run's config also gets the range's first-request time (``as_of_ms``)."""
+    """A sensor requesting ``job`` runs over new offset ranges of ``topic`` (≤ ``max_range`` each,
+    or ``$max_range_env``), one in flight per partition; with ``as_of_field``, each run's config also
+    gets the range's first-request time (``as_of_ms``)."""
 
     @dg.sensor(
         name=name,
@@ -56,10 +92,12 @@ def build_offset_range_sensor(
         minimum_interval_seconds=interval_s,
         default_status=dg.DefaultSensorStatus.STOPPED,
         description=(
-            f"Every {interval_s}s: read the end offsets of `{topic}` and request one `{job.name}` run per "
-            f"new offset range (≤ {max_range:,} offsets; run key `topic@<topic id>:partition:start-end`). "
-            "The cursor commits a range only after its run succeeded; failed ranges are re-requested "
-            "(3 attempts). A new topic incarnation or offsets going backwards stop it (failed tick)."
+            f"Every {interval_s}s: read the end offsets of `{topic}` and, for each partition with no "
+            f"`{job.name}` run in flight, request one run over everything new (≤ {max_range:,} offsets, "
+            f"`{max_range_env}`; run key `topic@<topic id>:partition:start-end`): one partition's ranges "
+            "run in offset order, partitions in parallel. The cursor commits a range only after its run "
+            "succeeded; failed ranges are re-requested (3 attempts). A new topic incarnation or offsets "
+            "going backwards stop it (failed tick)."
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource):
@@ -75,7 +113,15 @@ def build_offset_range_sensor(
         incarnations = dict.fromkeys(ends, incarnation)
         now_ms = int(time.time() * 1000)
         p = plan(
-            cursor, ends, states, max_range=max_range, starts=starts, incarnations=incarnations, now_ms=now_ms
+            cursor,
+            ends,
+            states,
+            max_range=max_range_setting(max_range_env, max_range) if max_range_env else max_range,
+            starts=starts,
+            incarnations=incarnations,
+            now_ms=now_ms,
+            max_inflight=1,
+            busy=busy_partitions(context.instance, job.name, topic),
         )
         for note in p.accepted:
             context.log.warning(note)
@@ -106,8 +152,8 @@ def build_offset_range_sensor(
                     }
                 },
                 tags={
-                    "risk/topic": r.topic,
-                    "risk/partition": str(r.partition),
+                    TOPIC_TAG: r.topic,
+                    PARTITION_TAG: str(r.partition),
                     "risk/offset_range": f"{r.start}-{r.end}",
                     "risk/attempt": str(req.attempt),
                     INCARNATION_TAG: incarnation,
@@ -128,6 +174,7 @@ stream_features_sensor = build_offset_range_sensor(
     max_range=50_000,
     interval_s=5,
     as_of_field=True,
+    max_range_env="RISK_STREAM_MAX_RANGE",
 )
 feature_ingestion_sensor = build_offset_range_sensor(
     "feature_ingestion_sensor",
@@ -136,4 +183,5 @@ feature_ingestion_sensor = build_offset_range_sensor(
     "ingest_feature_buffer",
     max_range=100_000,
     interval_s=5,
+    max_range_env="RISK_INGEST_MAX_RANGE",
 )

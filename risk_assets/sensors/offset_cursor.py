@@ -15,6 +15,12 @@ Rules:
   ``max_range`` offsets, each requested once under a stable run key
   ``topic@<topic id>:partition:start-end`` (``topic:partition:start-end`` when no incarnation is
   given, as in the pure tests).
+* With ``max_inflight=1`` (what the sensors use) a partition has at most one range in flight: its
+  next range is requested only once the previous one succeeded, and it takes everything up to the
+  end seen at that tick (≤ ``max_range``), so ranges grow with the backlog instead of runs
+  multiplying, and one partition's ranges are processed strictly in offset order (partitions run
+  in parallel). ``busy`` partitions — a run of the job for them is queued or running on the
+  instance, whoever launched it — get no request at all (neither new ranges nor retries).
 * A range leaves ``inflight`` when its run succeeded; ``committed`` then advances over the
   contiguous prefix of succeeded ranges only. A failed run therefore never moves ``committed``.
 * A failed (or canceled) range is requested again under ``…#attemptN`` (a new run key, since Dagster
@@ -200,6 +206,8 @@ def plan(
     starts: dict[str, int] | None = None,
     incarnations: dict[str, str] | None = None,
     now_ms: int = 0,
+    max_inflight: int | None = None,
+    busy: frozenset[str] | set[str] = frozenset(),
 ) -> Plan:
     """Next cursor and run requests, given partition ``ends`` and the states of inflight runs.
 
@@ -208,7 +216,9 @@ def plan(
     a new incarnation once accepted. ``incarnations`` (per partition) enables the incarnation rules
     of the module docstring; partitions with an incident are left exactly as they were. ``now_ms``
     is recorded with each new range (``as_of_ms``) and requested again with its retries, so every
-    attempt of a range judges "too far in the future" against the same time.
+    attempt of a range judges "too far in the future" against the same time. ``max_inflight``
+    caps the unfinished ranges per partition (None: no cap) and ``busy`` names partitions with a
+    run in flight on the instance (module docstring).
     """
     incidents: list[str] = []
     accepted: list[str] = []
@@ -228,6 +238,8 @@ def plan(
         state = run_states.get(item.run_key, "pending")
         if state == "success":
             item.done = True
+        elif state == "failure" and item.tp in busy:
+            continue  # another run of this partition is in flight: retry once it is over
         elif state == "failure":
             if item.attempt >= max_attempts:
                 stuck.append(item.run_key)
@@ -254,7 +266,13 @@ def plan(
         committed.setdefault(tp, base)
         frontier = max([base, *(i.end for i in inflight.values() if i.tp == tp)])
         topic, partition = tp.rsplit("/", 1)
-        while frontier < end:
+        slots = None
+        if max_inflight is not None:
+            unfinished = sum(1 for i in inflight.values() if i.tp == tp and not i.done)
+            slots = 0 if tp in busy else max(0, max_inflight - unfinished)
+        while frontier < end and (slots is None or slots > 0):
+            if slots is not None:
+                slots -= 1
             stop = min(end, frontier + max_range)
             rng = OffsetRange(topic, int(partition), frontier, stop)
             key = range_run_key(rng, (incarnations or {}).get(tp))

@@ -54,12 +54,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from risk_assets.events.schema import JSON_SCHEMA_DIR, RiskEvent
 from risk_assets.features.online_store import OnlineStore
 from risk_assets.lake import Lake
+from risk_assets.models import registry
 from risk_assets.serving.config import ServeConfig
 from risk_assets.serving.feature_fetch import FeatureFetcher, RedisBreaker
 from risk_assets.serving.model_holder import LoadedModel, ModelHolder
 from risk_assets.serving.prediction_log import PredictionLog
 from risk_assets.serving.protocol import SHED_KEY, connection_metric_lines
 from risk_assets.serving.service_metrics import ENV_METRICS_DIR, ServiceMetrics
+from risk_assets.serving.shadow import ShadowItem, ShadowScorer
 
 log = logging.getLogger("risk_assets.serving")
 
@@ -131,9 +133,31 @@ class ScoringService:
             queue_size=config.prediction_queue,
             buffer_messages=config.prediction_buffer,
         )
+        self.shadow: ShadowScorer | None = None
+        if config.shadow_enabled:
+            shadow_holder = ModelHolder(
+                self.lake,
+                self.metrics,
+                config.poll_s,
+                retry_s=config.model_retry_s,
+                verify_s=config.model_verify_s,
+                signing_key=config.signing_key,
+                role="shadow",
+                pointer=registry.shadow,
+            )
+            # Its own fetcher (and throwaway counters): a shadow that needs online groups the
+            # champion does not read fetches them in the shadow thread, not counted as requests.
+            self.shadow = ShadowScorer(
+                shadow_holder,
+                self.predictions,
+                FeatureFetcher(self.store, self.breaker, ServiceMetrics()),
+                queue_size=config.shadow_queue,
+                batch_rows=config.shadow_batch_rows,
+            )
         self._auth = ("Bearer " + config.token).encode()
         self.metrics.gauges += [
             self.holder.info_lines,
+            *([self.shadow.metric_lines] if self.shadow else []),
             self.predictions.metric_lines,
             self._gauge_lines,
             connection_metric_lines,
@@ -147,12 +171,17 @@ class ScoringService:
         self.holder.start()
         self.breaker.start()
         self.predictions.start()
+        if self.shadow is not None:
+            self.shadow.start()
         gc.collect()
         gc.freeze()  # startup objects (model, modules) leave the GC's working set: shorter pauses
 
     def stop(self) -> None:
-        """Stop the threads, flush the prediction log (bounded), close Redis."""
+        """Stop the threads, score what the shadow queue holds, flush the prediction log (both
+        bounded), close Redis."""
         self.holder.stop()
+        if self.shadow is not None:
+            self.shadow.stop()
         self.breaker.stop()
         self.predictions.stop()
         self.store.close()
@@ -213,16 +242,38 @@ class ScoringService:
                 reasons[i] = r
         now_ms = time.time_ns() // 1_000_000
         counts = self.metrics.events_scored
-        offer = self.predictions.offer
+        shadow = self.shadow
+        # With a shadow loaded the records go to the prediction log from the shadow thread, with
+        # both scores; when its queue is full (or no shadow) they are logged here, as before.
+        offer = None
+        if (
+            shadow is None
+            or not shadow.active()
+            or not shadow.offer(ShadowItem(events, x, model, scores, decisions, degraded, missing, now_ms))
+        ):
+            offer = self.predictions.offer
         results = []
         for i, ev in enumerate(events):
             score = float(scores[i])
             decision = decisions[i]
             counts[decision] += 1
             n_missing = int(missing[i])
-            offer(
-                (ev.event_id, ev.event_ts, now_ms, model.version, score, decision, degraded, n_missing, x[i])
-            )
+            if offer is not None:
+                offer(
+                    (
+                        ev.event_id,
+                        ev.event_ts,
+                        now_ms,
+                        model.version,
+                        score,
+                        decision,
+                        degraded,
+                        n_missing,
+                        x[i],
+                        None,
+                        None,
+                    )
+                )
             results.append(
                 {
                     "event_id": ev.event_id,

@@ -33,6 +33,11 @@ variable                       meaning                                     defau
 ``RISK_MODEL_RETRY_S``         retry a refused champion every              ``10``
 ``RISK_MODEL_VERIFY_S``        re-hash the served champion's bytes every   ``60``
 ``RISK_MODEL_SIGNING_KEY``     require HMAC-signed manifests (unset: off)  —
+``RISK_SHADOW``                score the registry's shadow challenger      ``1``
+                               (``0``: never load it)
+``RISK_SHADOW_QUEUE``          bounded shadow queue (requests); full:      ``2000``
+                               logged without a shadow score, counted
+``RISK_SHADOW_BATCH_ROWS``     rows per shadow ``inplace_predict``         ``512``
 =============================  ==========================================  =====================
 
 Decision thresholds belong to the model: chosen at training by its policy and stored in its manifest
@@ -110,6 +115,9 @@ class ServeConfig:
     model_retry_s: float = 10.0
     model_verify_s: float = 60.0
     signing_key: bytes | None = field(default=None, repr=False)
+    shadow_enabled: bool = True
+    shadow_queue: int = 2_000
+    shadow_batch_rows: int = 512
 
     def __post_init__(self) -> None:
         if not self.token:
@@ -145,6 +153,8 @@ class ServeConfig:
             "max_body_bytes",
             "max_connections",
             "max_inflight",
+            "shadow_queue",
+            "shadow_batch_rows",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
@@ -195,4 +205,7 @@ class ServeConfig:
             model_retry_s=_num(e, "RISK_MODEL_RETRY_S", 10.0),
             model_verify_s=_num(e, "RISK_MODEL_VERIFY_S", 60.0),
             signing_key=e.get(ENV_SIGNING_KEY, "").encode() or None,
+            shadow_enabled=e.get("RISK_SHADOW", "1").strip().lower() not in ("0", "false", "no", "off"),
+            shadow_queue=int(_num(e, "RISK_SHADOW_QUEUE", 2_000, integer=True)),
+            shadow_batch_rows=int(_num(e, "RISK_SHADOW_BATCH_ROWS", 512, integer=True)),
         )

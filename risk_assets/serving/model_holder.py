@@ -29,6 +29,10 @@ true, in ``/readyz`` and ``/metrics``) instead of answering every request with 5
 ``verify_s`` the served champion's bytes in the lake are re-hashed, so a corruption is noticed
 (logged once, ``risk_model_champion_intact 0``) while the process runs, not only at the next
 restart.
+
+The same class holds the shadow challenger (``role="shadow"``, pointer ``registry.shadow``): the same
+verification steps and retries, but no fallback (nothing decides on it), its refusals counted as
+``risk_serve_errors_total{kind="shadow_refused_<reason>"}``, and a cleared pointer unloads it.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,7 +158,11 @@ class ModelHolder:
         verify_s: float = 60.0,
         signing_key: bytes | None = None,
         max_fallbacks: int = 5,
+        role: str = "champion",
+        pointer: Callable[[Lake], Any] = registry.champion,
     ) -> None:
+        self.role = role
+        self.pointer = pointer
         self.lake = lake
         self.metrics = metrics
         self.poll_s = poll_s
@@ -178,21 +187,31 @@ class ModelHolder:
         """Read the pointer; load and swap in a new champion if it changed (or a refused one was
         repaired). True if swapped."""
         try:
-            champ = registry.champion(self.lake)
+            champ = self.pointer(self.lake)
         except Exception as exc:
-            self.metrics.error("champion_pointer")
+            self.metrics.error(f"{self.role}_pointer")
             if not self._pointer_error_logged:
-                log.warning("cannot read the champion pointer: %s: %s", type(exc).__name__, exc)
+                log.warning("cannot read the %s pointer: %s: %s", self.role, type(exc).__name__, exc)
                 self._pointer_error_logged = True
             content_error = isinstance(exc, ValueError | TypeError | KeyError)  # not lake I/O
             now = time.monotonic()
-            if self.current is None and content_error and now - self._refused_at >= self.retry_s:
+            if (
+                self.current is None
+                and content_error
+                and self.role == "champion"
+                and now - self._refused_at >= self.retry_s
+            ):
                 self._refused_at = now
                 self._fall_back("(unreadable champion.json)")
             return False
         self._pointer_error_logged = False
         self.last_check_ok = time.time()
         if champ is None:
+            if self.role != "champion" and self.current is not None:
+                log.info("%s pointer cleared: %s unloaded", self.role, self.current.version)
+                self.current = None
+                self.last_refused = None
+                self.last_refusal_reason = None
             return False
         wanted = (champ.version, champ.model_sha256)
         cur = self.current
@@ -212,12 +231,12 @@ class ModelHolder:
             self.metrics.error("model_load_io")
             if self._io_error_logged != wanted:
                 self._io_error_logged = wanted
-                log.warning("could not read champion %s: %s: %s", champ.version, type(exc).__name__, exc)
+                log.warning("could not read %s %s: %s: %s", self.role, champ.version, type(exc).__name__, exc)
             return False
         repaired = wanted == self.last_refused
         self._swap(model, cur)
         if repaired:
-            log.warning("champion %s verifies again (repaired): serving it", model.version)
+            log.warning("%s %s verifies again (repaired): serving it", self.role, model.version)
         return True
 
     def _swap(self, model: LoadedModel, previous: LoadedModel | None, *, fallback: bool = False) -> None:
@@ -228,9 +247,11 @@ class ModelHolder:
         if not fallback:
             self.last_refused = None
             self.last_refusal_reason = None
-        self.metrics.model_reloads["loaded"] += 1
+        if self.role == "champion":
+            self.metrics.model_reloads["loaded"] += 1
         log.info(
-            "serving model %s (%d features, previous %s%s)",
+            "%s model %s (%d features, previous %s%s)",
+            "serving" if self.role == "champion" else f"{self.role}:",
             model.version,
             model.plan.n,
             previous.version if previous else "none",
@@ -243,16 +264,20 @@ class ModelHolder:
         self.last_refusal_reason = exc.reason
         self._refused_at = time.monotonic()
         if new:  # a retry that fails the same way is neither logged nor counted again
-            self.metrics.refused(exc.reason)
+            if self.role == "champion":
+                self.metrics.refused(exc.reason)
+            else:
+                self.metrics.error(f"{self.role}_refused_{exc.reason}")
             log.error(
-                "refused champion %s (%s): %s; still serving %s; retrying every %gs",
+                "refused %s %s (%s): %s; still serving %s; retrying every %gs",
+                self.role,
                 wanted[0],
                 exc.reason,
                 exc,
                 cur.version if cur else "nothing",
                 self.retry_s,
             )
-        if cur is None:
+        if cur is None and self.role == "champion":
             self._fall_back(wanted[0])
 
     def _fall_back(self, refused_version: str) -> None:
@@ -301,7 +326,7 @@ class ModelHolder:
             if intact:
                 log.warning("champion %s bytes in the lake match again", cur.version)
             else:
-                self.metrics.error("champion_corrupt_in_lake")
+                self.metrics.error(f"{self.role}_corrupt_in_lake")
                 log.error(
                     "champion %s: model.ubj in the lake no longer matches its sha256 (still serving the "
                     "copy loaded at %s; a restart would fall back)",
@@ -313,7 +338,8 @@ class ModelHolder:
     def start(self) -> None:
         """Load the champion now (if any), then keep polling in a daemon thread."""
         self.check_once()
-        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+        name = "model-watcher" if self.role == "champion" else f"{self.role}-watcher"
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

@@ -13,6 +13,10 @@ Message (value, JSON; key = ``event_id``)::
      "model_version": "20261101T000000-abcdef012345", "score": 0.0123, "decision": "allow",
      "degraded": false, "features_missing": 12, "values": [0.0, 1.0, null, ...]}
 
+With a challenger in shadow (``risk_assets.serving.shadow``) the record also carries
+``"shadow_version"`` and ``"shadow_score"`` (the challenger's score of the same event; it decided
+nothing); both keys are absent when no shadow scored the event.
+
 ``values`` is the exact input vector the model scored, in the order of the ``features`` list of
 that ``model_version``'s manifest (``null`` = missing): compact, and unambiguous because versions
 are immutable.
@@ -31,12 +35,13 @@ import numpy as np
 
 log = logging.getLogger("risk_assets.serving")
 
-# (event_id, event_ts, scored_at_ms, model_version, score, decision, degraded, n_missing, vector)
-Record = tuple[str, int, int, str, float, str, bool, int, np.ndarray]
+# (event_id, event_ts, scored_at_ms, model_version, score, decision, degraded, n_missing, vector,
+#  shadow_version, shadow_score)  — the last two None without a shadow score
+Record = tuple[str, int, int, str, float, str, bool, int, np.ndarray, str | None, float | None]
 
 
-class PredictionMessage(msgspec.Struct, kw_only=True):
-    """One ``risk.predictions`` message."""
+class PredictionMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One ``risk.predictions`` message (the shadow keys only when a shadow scored the event)."""
 
     event_id: str
     event_ts: int
@@ -47,6 +52,8 @@ class PredictionMessage(msgspec.Struct, kw_only=True):
     degraded: bool
     features_missing: int
     values: list[float]
+    shadow_version: str | None = None
+    shadow_score: float | None = None
 
 
 _encode = msgspec.json.Encoder().encode
@@ -65,6 +72,8 @@ def encode_record(rec: Record) -> bytes:
             degraded=rec[6],
             features_missing=rec[7],
             values=rec[8].tolist(),
+            shadow_version=rec[9],
+            shadow_score=rec[10],
         )
     )
 

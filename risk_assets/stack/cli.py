@@ -2,7 +2,9 @@
 
 ``--postgres`` adds PostgreSQL for the Dagster instance (see :mod:`risk_assets.stack.postgres`);
 ``--redis-cluster N`` runs a Redis Cluster of N primaries instead of one Redis
-(:mod:`risk_assets.stack.redis_cluster`).
+(:mod:`risk_assets.stack.redis_cluster`). ``up --partitions N`` creates the pipeline topics with N
+partitions (topics that already exist keep theirs: tansu keeps topics in memory, so ``down`` then
+``up`` to change it).
 
 Output is ``KEY=value`` lines on stdout (``up`` and ``status``), so it can be ``eval``-ed or parsed.
 Errors are one line on stderr, ``risk-stack: error: <message>``, with exit code 1.
@@ -67,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="health-check deadline per service (default: %(default)s)",
     )
+    p_up.add_argument(
+        "--partitions",
+        type=int,
+        default=StackConfig.topic_partitions,
+        metavar="N",
+        help="partitions of each pipeline topic it creates (default: %(default)s)",
+    )
     sub.add_parser("down", parents=[common], help="stop what this state dir started")
     sub.add_parser(
         "status",
@@ -90,6 +99,9 @@ def _config(args: argparse.Namespace) -> StackConfig:
         )
     if args.command == "up":
         kwargs["start_timeout_s"] = args.timeout
+        if args.partitions < 1:
+            raise SystemExit(f"{PROG}: error: --partitions must be at least 1, got {args.partitions}")
+        kwargs["topic_partitions"] = args.partitions
     return StackConfig(**kwargs)  # type: ignore[arg-type]
 
 

@@ -62,3 +62,57 @@ def test_empty_range_and_empty_topic(fresh_stack):
         assert len(reader.read(OffsetRange(TOPIC, 0, 0, 0))) == 0
         batch, ranges = reader.read_time_window(TOPIC, 0, 2**40)
     assert len(batch) == 0 and ranges == []
+
+
+def _produce_small_batches(producer: Producer, first: int, n: int, start_ts: int) -> list[bytes]:
+    """Live-traffic shape: ``n`` messages in record batches of at most 4 (the producer is configured
+    with ``batch.num.messages`` 4), produced back to back without sleeping."""
+    values = []
+    for i in range(first, first + n):
+        v = b"live-%d" % i
+        while True:
+            try:
+                producer.produce(TOPIC, value=v, partition=0, timestamp=start_ts + i)
+                break
+            except BufferError:  # local queue full: let deliveries drain
+                producer.poll(0.01)
+        values.append(v)
+    assert producer.flush(60) == 0
+    return values
+
+
+def test_exact_tail_ranges_of_a_long_log_of_tiny_batches(fresh_stack):
+    """Issue 15.1: paced live traffic arrives in ~4-message record batches; past ~20–30k batches
+    the broker's fetches at a 10 ms wait came back empty and every read of the tail failed
+    ("no record at offset … within 30s"). The reader must read exact tail ranges of such a log."""
+    t0 = 1_790_000_000_000
+    producer = Producer(
+        {
+            "bootstrap.servers": fresh_stack.kafka,
+            "linger.ms": 0,
+            "batch.num.messages": 4,
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
+    total = 220_000  # 55,000 record batches
+    values = _produce_small_batches(producer, 0, total, t0)
+    # The log really is made of tiny batches: tansu reports the last batch's base offset + 1.
+    assert total - 4 < _reported_high(fresh_stack.kafka) <= total
+
+    # Sensor-like: a new reader per tick sees the end, then the run reads [previous end, end).
+    committed = total - 37
+    for tick in range(4):
+        more = _produce_small_batches(producer, len(values), 9 + tick, t0)
+        values += more
+        with KafkaRangeReader(fresh_stack.kafka, timeout_s=30) as reader:
+            low, end = reader.bounds(TOPIC, 0)
+            assert (low, end) == (0, len(values))
+            batch = reader.read(OffsetRange(TOPIC, 0, committed, end), complete=True)
+        assert batch.values == values[committed:end]
+        assert batch.offsets.tolist() == list(range(committed, end))
+        committed = end
+    with KafkaRangeReader(fresh_stack.kafka, timeout_s=30) as reader:
+        mid = reader.read(OffsetRange(TOPIC, 0, total - 5_000, total - 4_001), complete=True)
+        found = reader.first_offset_at_or_after(TOPIC, 0, t0 + total - 1_000, 0, len(values))
+    assert mid.values == values[total - 5_000 : total - 4_001]
+    assert found == total - 1_000

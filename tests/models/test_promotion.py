@@ -4,7 +4,7 @@ stale and worse challengers, accepts better ones, records every decision, and ro
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +17,20 @@ from risk_assets.models import registry
 from risk_assets.models.promotion import (
     Decision,
     RollbackRefused,
+    ShadowRequirement,
     decide,
     evaluate_on_holdout,
     prediction_failures,
     promote_if_better,
+    promote_or_shadow,
     recent_holdout,
     rollback,
     servability_failures,
+    shadow_failures,
+    waits_for_shadow,
 )
 from risk_assets.models.request_features import REQUEST_FEATURE_NAMES
+from risk_assets.models.scoring import champion_at
 from risk_assets.models.training import TrainedModel, TrainingParams, manifest_for, train
 from tests.models.test_model_training import FAST, simulated_training_set, trained_model
 
@@ -315,3 +320,108 @@ def test_signed_manifests_refuse_a_consistent_tamper(tmp_path: Path, monkeypatch
     with pytest.raises(registry.IntegrityError) as info:
         registry.verify_version(lake, unsigned)
     assert info.value.reason == "unsigned"
+
+
+def test_gate_requires_a_shadow_period_when_configured(tmp_path: Path) -> None:
+    """With a shadow period required, a challenger that beats the champion on the holdout is still
+    refused until its shadow evidence (days in shadow, labelled shadow-scored events) is enough;
+    the reasons say so, the audit records the requirement, the pointer stays; with enough evidence
+    it is promoted and the promotion carries its effective_from (event time)."""
+    lake = Lake(str(tmp_path))
+    weak, best, holdout = _weak_and_best(lake)
+    assert promote_if_better(lake, weak, holdout).promote
+    need = ShadowRequirement(min_days=3.0, min_labelled=500)
+
+    d = promote_if_better(lake, best, holdout, margin=0.05, shadow=need, shadow_evidence=None)
+    assert not d.promote and waits_for_shadow(d), d
+    assert any("has not been scored in shadow" in r for r in d.reasons), d
+    assert registry.champion(lake).version == weak
+
+    short = {"shadow_version": best, "shadow_days": 1.5, "labelled": 120}
+    d = promote_if_better(lake, best, holdout, margin=0.05, shadow=need, shadow_evidence=short)
+    assert not d.promote and waits_for_shadow(d), d
+    assert any("1.50 days in shadow, 3 required" in r for r in d.reasons), d
+    assert any("120 labelled shadow-scored events, 500 required" in r for r in d.reasons), d
+    entry = registry.audit_trail(lake)[-1]
+    assert entry["action"] == "refuse" and entry["shadow_required"] == {"min_days": 3.0, "min_labelled": 500}
+    assert entry["shadow_evidence"]["shadow_days"] == 1.5
+    # Evidence of another version does not count.
+    other = {"shadow_version": weak, "shadow_days": 9.0, "labelled": 9000}
+    assert not promote_if_better(lake, best, holdout, margin=0.05, shadow=need, shadow_evidence=other).promote
+    # A challenger that loses on the holdout is not "waiting for its shadow": other reasons too.
+    d = promote_if_better(lake, weak, holdout, shadow=need, shadow_evidence=None)
+    assert not d.promote and not waits_for_shadow(d)
+
+    enough = {"shadow_version": best, "shadow_days": 3.2, "labelled": 800}
+    served_from = datetime(2026, 6, 10, tzinfo=UTC)
+    d = promote_if_better(
+        lake, best, holdout, margin=0.05, shadow=need, shadow_evidence=enough, effective_from=served_from
+    )
+    assert d.promote, d
+    assert registry.champion(lake).version == best
+    promote = [e for e in registry.audit_trail(lake) if e["action"] == "promote"][-1]
+    assert promote["version"] == best and promote["effective_from"] == served_from.isoformat()
+    # Without a requirement the evidence is not consulted.
+    assert shadow_failures(best, ShadowRequirement(), None) == []
+
+
+def test_shadow_pointer_has_the_champions_integrity_checks(tmp_path: Path) -> None:
+    """set_shadow verifies bytes and sha like set_champion (refusal audited, pointer unchanged),
+    refuses the champion itself, and clear_shadow removes the pointer (audited)."""
+    lake = Lake(str(tmp_path))
+    weak, best, holdout = _weak_and_best(lake)
+    assert promote_if_better(lake, weak, holdout).promote
+    with pytest.raises(ValueError, match="is the champion"):
+        registry.set_shadow(lake, weak, "no")
+    assert registry.set_shadow(lake, best, "try it").version == best
+    assert registry.shadow(lake).version == best
+    third = _register(lake, train(simulated_training_set().frame, list(REQUEST_FEATURE_NAMES)[:4], AUX))
+    _corrupt(lake, third)
+    with pytest.raises(registry.IntegrityError) as info:
+        registry.set_shadow(lake, third, "corrupt")
+    assert info.value.reason == "sha_mismatch"
+    assert registry.shadow(lake).version == best
+    refused = registry.audit_trail(lake)[-1]
+    assert (refused["action"], refused["attempted"]) == ("pointer_refused", "shadow")
+    assert refused["version"] == third
+    assert registry.clear_shadow(lake, "done") == best
+    assert registry.shadow(lake) is None and registry.clear_shadow(lake, "again") is None
+    actions = [e["action"] for e in registry.audit_trail(lake)]
+    assert actions[-3:] == ["shadow_set", "pointer_refused", "shadow_cleared"]
+
+
+def test_daily_promotion_puts_a_challenger_in_shadow_then_promotes_it(tmp_path: Path) -> None:
+    """The model_promotion flow with a shadow period required: the day's better challenger is
+    refused only for its missing shadow period and put in shadow; the next day the shadow (not the
+    new day's challenger) is the candidate, refused while its evidence is short, then promoted at
+    the partition's event time and the shadow cleared."""
+    lake = Lake(str(tmp_path))
+    weak, best, holdout = _weak_and_best(lake)
+    assert promote_if_better(lake, weak, holdout, effective_from=datetime(2026, 6, 1, tzinfo=UTC)).promote
+    need = ShadowRequirement(min_days=2.0, min_labelled=100)
+    evidence: dict[str, dict] = {}
+    kw = {"requirement": need, "evidence_of": evidence.get, "margin": 0.05}
+
+    d, candidate, note = promote_or_shadow(lake, best, holdout, label="day 1", **kw)
+    assert not d.promote and candidate == best and "now scored in shadow" in note
+    assert registry.shadow(lake).version == best and registry.champion(lake).version == weak
+
+    # Day 2: another challenger arrives, but the shadow is the candidate; its evidence is short.
+    evidence[best] = {"shadow_version": best, "shadow_days": 1.0, "labelled": 40}
+    d, candidate, note = promote_or_shadow(lake, weak, holdout, label="day 2", **kw)
+    assert not d.promote and candidate == best and note.startswith(f"{best} in shadow")
+    assert registry.shadow(lake).version == best
+
+    evidence[best] = {"shadow_version": best, "shadow_days": 2.5, "labelled": 300}
+    day_end = datetime(2026, 6, 4, tzinfo=UTC)
+    d, candidate, note = promote_or_shadow(lake, weak, holdout, label="day 3", effective_from=day_end, **kw)
+    assert d.promote and candidate == best and "shadow cleared" in note
+    assert registry.champion(lake).version == best and registry.shadow(lake) is None
+    assert champion_at(lake, day_end) == best
+    assert champion_at(lake, day_end - timedelta(milliseconds=1)) == weak
+
+    # Without a requirement: the day's challenger, no shadow involved.
+    d, candidate, note = promote_or_shadow(
+        lake, weak, holdout, requirement=ShadowRequirement(), evidence_of=evidence.get, label="day 4"
+    )
+    assert candidate == weak and note == "-" and registry.shadow(lake) is None

@@ -36,7 +36,9 @@ def test_poison_prediction_records_are_dead_lettered(session_stack, tmp_path: Pa
 
     def good(i: int) -> bytes:
         values = np.array([float(i), np.nan, 1.0])
-        return encode_record((f"ev_{i}", TS + i, TS + i + 5, version, 0.25, "allow", False, 1, values))
+        shadow = ("challenger-v", 0.5 + i / 100) if i >= 5 else (None, None)  # scored in shadow too
+        head = (f"ev_{i}", TS + i, TS + i + 5, version, 0.25, "allow", False, 1, values)
+        return encode_record((*head, *shadow))
 
     template = good(0)
     poison = {
@@ -84,3 +86,7 @@ def test_poison_prediction_records_are_dead_lettered(session_stack, tmp_path: Pa
     for reason, raw in poison.items():
         assert by_reason[reason]["value"] == raw and by_reason[reason]["error"]
     assert by_reason["timestamp_out_of_bounds"]["offset"] == 6
+    shadowed = rows.filter(pl.col("shadow_version").is_not_null()).sort("event_id")
+    assert shadowed["event_id"].to_list() == [f"ev_{i}" for i in range(5, 10)]
+    assert shadowed["shadow_score"].to_list() == [0.5 + i / 100 for i in range(5, 10)]
+    assert meta["shadow_scored"] == 5

@@ -141,3 +141,45 @@ def test_retries_keep_the_as_of_time_of_the_first_request():
         ("risk.events@AAAA:0:0-1000#attempt2", 111),
         ("risk.events@AAAA:0:1000-1500", 222),
     ]
+
+
+def test_one_range_in_flight_per_partition_growing_with_the_backlog():
+    """Issue 13.1 / 15.2: a backlog used to be requested as several ranges at once, whose runs
+    then finished out of order. With ``max_inflight=1`` a partition gets its next range only after
+    the previous one succeeded, and that range takes everything up to the end (≤ max_range)."""
+    other = "risk.events/1"
+    p = plan(OffsetCursor(), {TP: 2500, other: 300}, {}, max_range=10_000, max_inflight=1)
+    assert [(r.range.partition, r.range.start, r.range.end) for r in p.requests] == [
+        (0, 0, 2500),
+        (1, 0, 300),
+    ]
+    # More data while both are running: nothing new is requested.
+    p = plan(p.cursor, {TP: 9000, other: 700}, {}, max_range=10_000, max_inflight=1)
+    assert p.requests == []
+    # Partition 1 finished: its next range is everything new; partition 0 still waits for its run.
+    p = plan(
+        p.cursor, {TP: 9000, other: 700}, {"risk.events:1:0-300": "success"}, max_range=10_000, max_inflight=1
+    )
+    assert [r.run_key for r in p.requests] == ["risk.events:1:300-700"]
+    assert p.cursor.committed == {TP: 0, other: 300}
+    # The max range size still caps one request.
+    p = plan(
+        p.cursor,
+        {TP: 30_000, other: 700},
+        {"risk.events:0:0-2500": "success"},
+        max_range=10_000,
+        max_inflight=1,
+    )
+    assert [r.run_key for r in p.requests] == ["risk.events:0:2500-12500"]
+
+
+def test_a_busy_partition_gets_no_request_not_even_a_retry():
+    p = plan(OffsetCursor(), {TP: 1000}, {}, max_range=10_000, max_inflight=1)
+    (first,) = p.requests
+    # A run of this partition is in flight on the instance (a re-execution, say): wait for it.
+    held = plan(p.cursor, {TP: 1000}, {first.run_key: "failure"}, max_range=10_000, max_inflight=1, busy={TP})
+    assert held.requests == [] and held.cursor.inflight[first.run_key].attempt == 1
+    never_seen = plan(OffsetCursor(), {TP: 1000}, {}, max_range=10_000, max_inflight=1, busy={TP})
+    assert never_seen.requests == [] and never_seen.cursor.inflight == {}
+    retried = plan(held.cursor, {TP: 1000}, {first.run_key: "failure"}, max_range=10_000, max_inflight=1)
+    assert [r.run_key for r in retried.requests] == [f"{first.run_key}#attempt2"]

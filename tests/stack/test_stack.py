@@ -412,3 +412,31 @@ def test_sigterm_ignoring_child_is_killed(
     assert not process_alive(pid)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, signal.SIGCONT)
+
+
+def test_cli_up_with_partitions_creates_multi_partition_topics(tmp_path: Path) -> None:
+    """Issue 13.1: ``risk-stack`` could only make 1-partition topics."""
+    redis_port, kafka_port = free_ports(2)
+    args = ["--state-dir", str(tmp_path), "--redis-port", str(redis_port), "--kafka-port", str(kafka_port)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "risk_assets.stack.cli", "up", "--partitions", "4", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(),
+    )
+    try:
+        assert proc.returncode == 0, proc.stderr
+        values = dict(line.split("=", 1) for line in proc.stdout.splitlines())
+        metadata = AdminClient({"bootstrap.servers": values["KAFKA_BOOTSTRAP_SERVERS"]}).list_topics(
+            timeout=5
+        )
+        for topic in DEFAULT_TOPICS:
+            assert sorted(metadata.topics[topic].partitions) == [0, 1, 2, 3]
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "risk_assets.stack.cli", "down", "--state-dir", str(tmp_path)],
+            capture_output=True,
+            timeout=60,
+            env=clean_env(),
+        )

@@ -36,6 +36,7 @@ ASSETS = sorted(
         "risk_events_topic",
         "service_health",
         "serving_skew",
+        "shadow_comparison",
         "snowflake_raw_events",
         "stream_feature_buffer",
         "training_set",
@@ -52,6 +53,8 @@ CHECKS = sorted(
         "drift_report:label_rate_stable",
         "drift_report:prediction_stable",
         "feature_log:stream_batch_consistency",
+        "online_features:kafka_lag_within_bound",
+        "stream_feature_buffer:kafka_lag_within_bound",
         "online_store_sync:online_offline_consistency",
         "raw_events:invalid_share_below_threshold",
         "raw_labels:invalid_share_below_threshold",
@@ -97,7 +100,14 @@ SENSORS = [
 AUTOMATED = {f"features/{g.name}" for g in FEATURE_GROUPS} | {"training_set", "raw_events_daily_profile"}
 AUTOMATED |= {"feature_catalog"}
 AUTOMATED |= {"feature_profiles", "drift_report", "realized_performance"}
-FRESHNESS = {"raw_events", "raw_labels", "feature_log", "online_store_sync"}
+FRESHNESS = {
+    "raw_events",
+    "raw_labels",
+    "feature_log",
+    "online_store_sync",
+    "online_features",
+    "stream_feature_buffer",
+}
 HOURLY = {"raw_events", "raw_labels", "raw_event_dead_letters", "raw_label_dead_letters"}
 HOURLY |= {"raw_events_profile", "snowflake_raw_events"}
 DAILY = {"training_set", "challenger_model", "model_promotion", "raw_events_daily_profile"}
