@@ -39,9 +39,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_serving import (  # bench/ is not a package: imported from its directory
-    OPENLOOP,
     ROOT,
     TOKEN,
+    openloop,
     preload_online,
     scrape,
     simulate_events,
@@ -49,27 +49,6 @@ from bench_serving import (  # bench/ is not a package: imported from its direct
     train_champion,
     wait_ready,
 )
-
-
-def drive(port: int, bodies: Path, rate: float, seconds: float, conns: int) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
-        str(OPENLOOP),
-        "--url",
-        f"http://127.0.0.1:{port}/v1/score",
-        "--bodies",
-        str(bodies),
-        "--header",
-        f"Authorization: Bearer {TOKEN}",
-        "--rate",
-        str(rate),
-        "--seconds",
-        str(seconds),
-        "--conns",
-        str(conns),
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def oversize_chunked(port: int, total_mib: int = 256) -> dict[str, Any]:
@@ -172,8 +151,8 @@ def main() -> None:
         proc = start(env, port, work / "capacity.log", 1_000_000)
         procs.append(proc)
         wait_ready(port)
-        drive(port, bodies, 200, 3, 32)  # warm-up
-        probe = drive(port, bodies, args.probe_rate, 5, 64)
+        openloop(port, bodies, 200, 3, 32)  # warm-up
+        probe = openloop(port, bodies, args.probe_rate, 5, 64)
         capacity = probe["ok_rps"]
         stop_server(proc)
         procs.remove(proc)
@@ -190,10 +169,10 @@ def main() -> None:
             proc = start(env, port, work / f"{mode.split()[0]}.log", inflight)
             procs.append(proc)
             wait_ready(port)
-            drive(port, bodies, 200, 3, 32)  # warm-up
+            openloop(port, bodies, 200, 3, 32)  # warm-up
             load0 = os.getloadavg()
             t0 = time.perf_counter()
-            res = drive(port, bodies, offered, args.seconds, args.conns)
+            res = openloop(port, bodies, offered, args.seconds, args.conns)
             wall = time.perf_counter() - t0
             load1 = os.getloadavg()
             m = scrape(port)

@@ -213,7 +213,10 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-def openloop(port: int, bodies: Path, rate: int, seconds: float) -> dict[str, Any]:
+def openloop(
+    port: int, bodies: Path, rate: float, seconds: float, conns: int | None = None
+) -> dict[str, Any]:
+    """Run bench/openloop.py against ``/v1/score`` (``conns``: its connection count, default its own)."""
     cmd = [
         sys.executable,
         str(OPENLOOP),
@@ -227,6 +230,7 @@ def openloop(port: int, bodies: Path, rate: int, seconds: float) -> dict[str, An
         str(rate),
         "--seconds",
         str(seconds),
+        *(["--conns", str(conns)] if conns is not None else []),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
