@@ -2,8 +2,8 @@
 
 Usage::
 
-    .venv/bin/python bench/bench_serving.py [--rates 50,100,250,500,750,1000] [--seconds 20]
-        [--baseline-rates 25,50,75] [--users 20000] [--trees 300] [--depth 6]
+    .venv/bin/python bench/bench_serving.py [--rates 200,500,1000,1500] [--seconds 20]
+        [--baseline-rates 25,50,75] [--before-ref main] [--users 20000] [--trees 300] [--depth 6]
 
 What it does, all on this machine:
 
@@ -17,9 +17,17 @@ What it does, all on this machine:
    loop, latency from the scheduled start) against ``risk-serve`` at each rate;
 5. the **baseline**: the same service, same features, same model, but the naive scoring path —
    ``DMatrix`` + ``predict`` and exact SHAP (``pred_contribs=True``) on every request — started by
-   this script (``--baseline-server``, a patched ``ScoringService.score_events``; production code
+   this script (``--baseline-server``, a patched ``ScoringService.finish``; production code
    has no such switch);
-6. prints p50/p99/p99.9/errors per rate and the highest rate with p99 < 10 ms for both.
+6. ``--before-ref REF``: also the service as it was at git ``REF`` (its ``risk_assets`` extracted
+   with ``git archive`` and imported from there), same stack, same model, same rates — a before/after
+   of a serving change measured in one run;
+7. prints p50/p99/p99.9/errors, server CPU per request (the server process's own CPU time, from its
+   ``process_cpu_seconds_total``) and the load average per rate, and the highest rate with
+   p99 < 10 ms per series.
+
+On a machine with 2+ cores the load generator is pinned to CPU 0 and the server to CPU 1
+(``taskset``), so the generator does not steal the server's core.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,11 +66,9 @@ def run_baseline_server(port: int) -> None:
     from risk_assets.serving import app as app_module
     from risk_assets.serving.config import ServeConfig
 
-    def naive_score_events(self: Any, events: list[Any]) -> tuple[Any, list[dict[str, Any]]]:
-        model = self.holder.current
-        if model is None:
-            raise app_module.NoModel()
-        x, degraded = self.fetcher.matrix(events, model.plan)
+    def naive_finish(
+        self: Any, model: Any, events: list[Any], x: Any, degraded: bool
+    ) -> list[dict[str, Any]]:
         dm = xgb.DMatrix(x, missing=np.nan)
         scores = model.booster.predict(dm, validate_features=False)
         contribs = model.booster.predict(dm, pred_contribs=True, validate_features=False)
@@ -70,7 +77,7 @@ def run_baseline_server(port: int) -> None:
         now_ms = time.time_ns() // 1_000_000
         for i, ev in enumerate(events):
             score = float(scores[i])
-            decision = self.decide(score)
+            decision = self.decide(score, *self.thresholds(model))
             self.metrics.events_scored[decision] += 1
             c = contribs[i, :-1]
             top = np.argsort(-c)[: self.config.reasons_top_k]
@@ -101,9 +108,9 @@ def run_baseline_server(port: int) -> None:
                     "degraded": degraded,
                 }
             )
-        return model, results
+        return results
 
-    app_module.ScoringService.score_events = naive_score_events  # type: ignore[method-assign]
+    app_module.ScoringService.finish = naive_finish  # type: ignore[method-assign]
     app = app_module.create_app(ServeConfig.from_env())
     uvicorn.run(
         app,
@@ -218,6 +225,7 @@ def openloop(
 ) -> dict[str, Any]:
     """Run bench/openloop.py against ``/v1/score`` (``conns``: its connection count, default its own)."""
     cmd = [
+        *pin(0),
         sys.executable,
         str(OPENLOOP),
         "--url",
@@ -234,6 +242,13 @@ def openloop(
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def pin(cpu: int) -> list[str]:
+    """``taskset -c cpu`` as a command prefix when there are 2+ cores and taskset exists."""
+    if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
+        return ["taskset", "-c", str(cpu)]
+    return []
 
 
 def busy_cores() -> tuple[float, float]:
@@ -261,6 +276,7 @@ def run_series(name: str, port: int, bodies: Path, rates: list[int], seconds: fl
         res["server_cpu_ms_per_request"] = round(cpu * 1000 / max(1, res["status"].get("200", 0)), 3)
         res["machine_busy_cores"] = round((busy1 - busy0) / wall, 2)
         res["errors"] = sum(v for k, v in res["status"].items() if k != "200")
+        res["load1"] = round(os.getloadavg()[0], 2)
         rows.append(res)
         print(
             f"  {name:9s} rate {rate:5d}/s  achieved {res['achieved_rps']:7.1f}/s"
@@ -268,7 +284,8 @@ def run_series(name: str, port: int, bodies: Path, rates: list[int], seconds: fl
             f"  p99 {res['p99_ms']:8.2f} ms  p99.9 {res['p999_ms']:8.2f} ms  max {res['max_ms']:8.2f} ms"
             f"  errors {res['errors']}  server CPU {res['server_cpu_share']:.2f} core"
             f" ({res['server_cpu_ms_per_request']:.2f} ms/req)"
-            f"  machine busy {res['machine_busy_cores']:.2f} of {os.cpu_count()} cores",
+            f"  machine busy {res['machine_busy_cores']:.2f} of {os.cpu_count()} cores"
+            f"  load {res['load1']:.2f}",
             flush=True,
         )
         if res["p99_ms"] > 1000 or res["achieved_rps"] < 0.9 * rate:
@@ -282,13 +299,30 @@ def best_rate(rows: list[dict[str, Any]], limit_ms: float = 10.0) -> int | None:
     return int(max(ok)) if ok else None
 
 
-def start_server(env: dict[str, str], port: int, log: Path, baseline: bool) -> subprocess.Popen[bytes]:
+def start_server(
+    env: dict[str, str], port: int, log: Path, baseline: bool, src: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """The server on CPU 1; ``src``: import ``risk_assets`` from that tree (the ``--before-ref`` copy)."""
     if baseline:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--baseline-server", "--port", str(port)]
     else:
         cmd = [sys.executable, "-m", "risk_assets.serving.cli", "--port", str(port), "--log-level", "warning"]
+    if src is not None:  # `python -m` puts the working directory first on sys.path
+        env = {**env, "PYTHONPATH": str(src)}
     with log.open("wb") as fh:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [*pin(1), *cmd], cwd=src or ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT
+        )
+
+
+def extract_ref(ref: str, dest: Path) -> Path:
+    """``risk_assets`` as it is at git ``ref``, extracted under ``dest``."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ref, "risk_assets"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:
@@ -302,8 +336,9 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rates", default="50,100,250,500,750,1000")
-    ap.add_argument("--baseline-rates", default="25,50,75")
+    ap.add_argument("--rates", default="200,500,1000,1500")
+    ap.add_argument("--baseline-rates", default="25,50,75", help="empty: no naive baseline series")
+    ap.add_argument("--before-ref", default="", help="git ref of the service to compare with (same rates)")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--events", type=int, default=20_000)
@@ -379,17 +414,23 @@ def main() -> None:
             "KAFKA_BOOTSTRAP_SERVERS": endpoints["KAFKA_BOOTSTRAP_SERVERS"],
         }
         results: dict[str, list[dict[str, Any]]] = {}
-        for name, baseline, rates in (
-            ("risk-serve", False, args.rates),
-            ("baseline", True, args.baseline_rates),
-        ):
+        series: list[tuple[str, bool, str, Path | None]] = [("risk-serve", False, args.rates, None)]
+        if args.before_ref:
+            src = extract_ref(args.before_ref, work / "before")
+            series.append((f"before:{args.before_ref}"[:20], False, args.rates, src))
+        if args.baseline_rates:
+            series.append(("baseline", True, args.baseline_rates, None))
+        for name, baseline, rates, src in series:
             port = launcher.free_port()
-            proc = start_server(env, port, work / f"{name}.log", baseline)
+            log_name = name.replace(":", "_").replace("/", "_")
+            proc = start_server(env, port, work / f"{log_name}.log", baseline, src)
             procs.append(proc)
             wait_ready(port)
             path = (
                 "DMatrix+predict, exact SHAP on every request"
                 if baseline
+                else f"risk_assets from git {args.before_ref}"
+                if src is not None
                 else "inplace_predict, approximate reasons for review/block only"
             )
             print(f"{name}: {path}", flush=True)
@@ -415,14 +456,15 @@ def main() -> None:
         for name, rows_ in results.items():
             cells = "  ".join(f"{r['rate']}/s: {r['p99_ms']:.2f}" for r in rows_)
             print(f"  {name:10s} {cells}   highest rate with p99 < 10 ms: {best_rate(rows_)}")
-        common = [r for r in results["risk-serve"] if r["rate"] in {b["rate"] for b in results["baseline"]}]
-        for r in common:
-            b = next(x for x in results["baseline"] if x["rate"] == r["rate"])
-            print(
-                f"  at {r['rate']:.0f}/s: baseline p50 / p99 / server CPU per request are "
-                f"{b['p50_ms'] / r['p50_ms']:.1f}x / {b['p99_ms'] / r['p99_ms']:.1f}x / "
-                f"{b['server_cpu_ms_per_request'] / r['server_cpu_ms_per_request']:.1f}x risk-serve's"
-            )
+        for other in (n for n in results if n != "risk-serve"):
+            common = [r for r in results["risk-serve"] if r["rate"] in {b["rate"] for b in results[other]}]
+            for r in common:
+                b = next(x for x in results[other] if x["rate"] == r["rate"])
+                print(
+                    f"  at {r['rate']:.0f}/s: {other} p50 / p99 / server CPU per request are "
+                    f"{b['p50_ms'] / r['p50_ms']:.2f}x / {b['p99_ms'] / r['p99_ms']:.2f}x / "
+                    f"{b['server_cpu_ms_per_request'] / r['server_cpu_ms_per_request']:.2f}x risk-serve's"
+                )
         (work / "results.json").write_text(json.dumps(results, indent=1))
         print(f"\nraw results: {work / 'results.json'}")
     finally:

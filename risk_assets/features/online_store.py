@@ -91,6 +91,8 @@ with the epoch it recorded before every incremental tick; risk-serve reports ``d
 not ready while it is missing. A Redis restarted without persistence loses it with everything else.
 
 Thread safety: one :class:`OnlineStore` can be shared by threads (redis-py pools connections).
+:meth:`OnlineStore.read_async` reads through a second, ``redis.asyncio`` client (opened lazily in the
+event loop that first uses it), so an asyncio server never blocks its loop on a Redis round trip.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ from redis.crc import key_slot as _redis_key_slot
 from redis.exceptions import AskError, MovedError, NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
-from risk_assets.features.redis_client import connect
+from risk_assets.features.redis_client import connect, connect_async
 from risk_assets.features.store_epoch import EpochMarker, epoch_key
 
 __all__ = [
@@ -471,6 +473,8 @@ class OnlineStore:
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._epoch = EpochMarker(client, epoch_key(self._prefix, ONLINE_EPOCH))
+        self._async_connect: tuple[str, bool, dict[str, Any]] | None = None
+        self._aclient: Any = None
 
     # ---- construction -----------------------------------------------------------------------
 
@@ -521,6 +525,8 @@ class OnlineStore:
             pipeline_rows=pipeline_rows,
             write_concurrency=write_concurrency,
         )
+        async_options = {k: v for k, v in options.items() if k != "retry"}
+        store._async_connect = (url, cluster, async_options)
         if check:
             try:
                 store.ping()
@@ -870,6 +876,46 @@ class OnlineStore:
         for (layout, ek), blob in zip(requests, raw, strict=True):
             out.append(None if blob is None else _decode(layout, ek, blob))
         return out
+
+    async def read_async(
+        self, requests: Sequence[tuple[GroupLayout, EntityKey | str | int]]
+    ) -> list[FeatureRow | None]:
+        """:meth:`read` for an event loop (``redis.asyncio``): the loop serves other requests while
+        the ``MGET`` is in flight instead of blocking on the socket. The asyncio client is opened on
+        first use, in the calling loop (a store built with :meth:`from_url`); it does not retry
+        (the caller's breaker decides). Same keys, same decoding, same errors as :meth:`read`."""
+        if not requests:
+            return []
+        keys = [self.key(layout, ek) for layout, ek in requests]
+        raw = await self.mget_async(keys)
+        out: list[FeatureRow | None] = []
+        for (layout, ek), blob in zip(requests, raw, strict=True):
+            out.append(None if blob is None else _decode(layout, ek, blob))
+        return out
+
+    async def mget_async(self, keys: list[str]) -> list[bytes | None]:
+        """Raw values of ``keys`` in one round trip (per node on a cluster), on the event loop."""
+        client = self._aclient
+        if client is None:
+            if self._async_connect is None:
+                raise OnlineStoreError("asynchronous reads need a store opened with OnlineStore.from_url")
+            url, cluster, options = self._async_connect
+            try:
+                client = self._aclient = connect_async(url, cluster=cluster, **options)
+            except ValueError as exc:  # pragma: no cover - from_url parsed the same URL already
+                raise OnlineStoreError(f"invalid Redis URL {self._url}: {exc}") from None
+        try:
+            if self._cluster:
+                return await client.mget_nonatomic(keys)
+            return await client.execute_command("MGET", *keys)
+        except RedisError as exc:
+            raise _translate(exc, self._url, "read") from None
+
+    async def aclose(self) -> None:
+        """Close the asyncio client (in the loop that used it); the sync client stays open."""
+        client, self._aclient = self._aclient, None
+        if client is not None:
+            await client.aclose()
 
     def _mget(self, keys: list[str]) -> list[bytes | None]:
         if self._cluster:

@@ -21,9 +21,11 @@ import urllib.parse
 from typing import Any
 
 import redis
+import redis.asyncio
+import redis.asyncio.cluster
 from redis.cluster import ClusterNode, RedisCluster
 
-__all__ = ["CLUSTER_SCHEMES", "connect", "is_cluster_url"]
+__all__ = ["CLUSTER_SCHEMES", "connect", "connect_async", "is_cluster_url"]
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 """Cluster URL scheme → the redis-py scheme of its seed nodes."""
@@ -41,14 +43,42 @@ def connect(url: str, *, cluster: bool = False, **options: Any) -> redis.Redis |
     Raises ``ValueError`` for a malformed URL and redis-py errors when a cluster's seed nodes cannot
     be reached (a cluster client reads the slot map on construction).
     """
+    seeds = _cluster_seeds(url, cluster)
+    if seeds is None:
+        return redis.Redis.from_url(url, **options)
+    first, nodes = seeds
+    if not nodes:
+        return RedisCluster.from_url(first, **options)
+    return RedisCluster.from_url(first, startup_nodes=[ClusterNode(h, p) for h, p in nodes], **options)
+
+
+def connect_async(
+    url: str, *, cluster: bool = False, **options: Any
+) -> redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster:
+    """The asyncio twin of :func:`connect` (``redis.asyncio``), for readers on an event loop
+    (risk-serve's request path): same URL rules, same options. A cluster client reads its slot map
+    on first use (``await client.initialize()`` to do it now)."""
+    seeds = _cluster_seeds(url, cluster)
+    if seeds is None:
+        return redis.asyncio.Redis.from_url(url, **options)
+    first, nodes = seeds
+    cls = redis.asyncio.cluster.RedisCluster
+    if not nodes:
+        return cls.from_url(first, **options)
+    return cls.from_url(
+        first, startup_nodes=[redis.asyncio.cluster.ClusterNode(h, p) for h, p in nodes], **options
+    )
+
+
+def _cluster_seeds(url: str, cluster: bool) -> tuple[str, list[tuple[str, int]]] | None:
+    """``None`` for a one-server URL; else the first seed's redis-py URL and the seed nodes (empty:
+    a plain ``redis://`` URL forced to cluster mode, the URL is the seed)."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ValueError("a Redis URL needs a scheme (redis://, rediss://, unix://, redis+cluster://)")
     base = CLUSTER_SCHEMES.get(scheme.lower())
     if base is None:
-        if cluster:
-            return RedisCluster.from_url(url, **options)
-        return redis.Redis.from_url(url, **options)
+        return (url, []) if cluster else None
     parts = urllib.parse.urlsplit(f"{base}://{rest}")
     auth, _, hosts = parts.netloc.rpartition("@")
     seeds = [h.strip() for h in hosts.split(",") if h.strip()]
@@ -59,8 +89,7 @@ def connect(url: str, *, cluster: bool = False, **options: Any) -> redis.Redis |
     first = f"{base}://{auth + '@' if auth else ''}{seeds[0]}"
     if parts.query:
         first += f"?{parts.query}"
-    nodes = [ClusterNode(*_host_port(s)) for s in seeds]
-    return RedisCluster.from_url(first, startup_nodes=nodes, **options)
+    return first, [_host_port(s) for s in seeds]
 
 
 def _host_port(seed: str) -> tuple[str, int]:

@@ -8,10 +8,12 @@ names, :func:`risk_assets.models.training_set.model_feature_columns`). A name th
 the model unservable and it is refused before it is swapped in.
 
 Per request the :class:`FeatureFetcher` fills a float64 matrix (NaN = missing): one
-``OnlineStore.read`` (a single ``MGET``) for every (group, entity) pair of every event whose key
-columns are present in the event, then the request-time features. Only groups the model uses are
-read. When Redis is unavailable the breaker opens: requests skip Redis entirely (online features
-stay NaN, ``degraded`` is reported) until a background probe sees Redis answer again.
+``OnlineStore.read_async`` (a single ``MGET`` through ``redis.asyncio``, so the event loop is not
+blocked during the round trip; the shadow thread uses the blocking ``read``) for every (group,
+entity) pair of every event whose key columns are present in the event, then the request-time
+features. Only groups the model uses are read. When Redis is unavailable the breaker opens:
+requests skip Redis entirely (online features stay NaN, ``degraded`` is reported) until a background
+probe sees Redis answer again.
 
 Answering is not holding the data: a Redis restarted without persistence answers at once, empty.
 The probe therefore reads the online store's epoch marker (``store_epoch.py``; committed by the
@@ -244,9 +246,36 @@ class FeatureFetcher:
         self.metrics = metrics
 
     def matrix(self, events: Sequence[msgspec.Struct], plan: FeaturePlan) -> tuple[np.ndarray, bool]:
-        """``(X, degraded)``: one row per event in ``plan`` order, NaN where missing."""
-        n_rows = len(events)
-        x = np.full((n_rows, plan.n), np.nan)
+        """``(X, degraded)``: one row per event in ``plan`` order, NaN where missing (blocking read:
+        for threads, e.g. the shadow scorer)."""
+        x, reads, where = self._prepare(events, plan)
+        rows = self._read(reads) if reads else []
+        return x, self._fill(x, rows, where, len(events))
+
+    async def matrix_async(
+        self, events: Sequence[msgspec.Struct], plan: FeaturePlan
+    ) -> tuple[np.ndarray, bool]:
+        """:meth:`matrix` for the event loop: the online rows are read with ``redis.asyncio``, so the
+        loop keeps serving other requests during the round trip."""
+        x, reads, where = self._prepare(events, plan)
+        rows: list[Any] | None = []
+        if reads:
+            if self.breaker.open:
+                rows = None
+            else:
+                try:
+                    rows = await self.store.read_async(reads)
+                except OnlineStoreError as exc:
+                    rows = self._failed(exc)
+                else:
+                    self.breaker.last_ok = time.monotonic()
+        return x, self._fill(x, rows, where, len(events))
+
+    def _prepare(
+        self, events: Sequence[msgspec.Struct], plan: FeaturePlan
+    ) -> tuple[np.ndarray, list[tuple[GroupLayout, Any]], list[tuple[int, GroupPlan]]]:
+        """The NaN matrix with the request-time features filled, and the online reads it needs."""
+        x = np.full((len(events), plan.n), np.nan)
         reads: list[tuple[GroupLayout, Any]] = []
         where: list[tuple[int, GroupPlan]] = []
         for i, ev in enumerate(events):
@@ -268,25 +297,29 @@ class FeatureFetcher:
                 row = x[i]
                 for name, idx in plan.request:
                     row[idx] = rf[name]
+        return x, reads, where
+
+    def _fill(
+        self, x: np.ndarray, rows: list[Any] | None, where: list[tuple[int, GroupPlan]], n_rows: int
+    ) -> bool:
+        """Put the online rows into ``x``; returns ``degraded``."""
         degraded = not self.breaker.epoch_ok  # an emptied store: most online features are missing
-        if reads:
-            rows = self._read(reads)
-            if rows is None:
-                degraded = True
-            else:
-                lookups = self.metrics.feature_lookups
-                misses = self.metrics.feature_misses
-                for (i, gp), fr in zip(where, rows, strict=True):
-                    lookups[gp.name] = lookups.get(gp.name, 0) + 1
-                    if fr is None:
-                        misses[gp.name] = misses.get(gp.name, 0) + 1
-                    elif gp.whole:
-                        x[i, gp.dest] = fr.vector
-                    else:
-                        x[i, gp.dest] = np.asarray(fr.vector)[gp.src]
+        if rows is None:
+            degraded = True
+        elif where:
+            lookups = self.metrics.feature_lookups
+            misses = self.metrics.feature_misses
+            for (i, gp), fr in zip(where, rows, strict=True):
+                lookups[gp.name] = lookups.get(gp.name, 0) + 1
+                if fr is None:
+                    misses[gp.name] = misses.get(gp.name, 0) + 1
+                elif gp.whole:
+                    x[i, gp.dest] = fr.vector
+                else:
+                    x[i, gp.dest] = np.asarray(fr.vector)[gp.src]
         if degraded:
             self.metrics.degraded_events += n_rows
-        return x, degraded
+        return degraded
 
     def _read(self, reads: list[tuple[GroupLayout, Any]]) -> list[Any] | None:
         breaker = self.breaker
@@ -294,15 +327,18 @@ class FeatureFetcher:
             return None
         try:
             rows = self.store.read(reads)
-        except OnlineStoreUnavailable as exc:
-            breaker.failed("unavailable", exc)
-            return None
-        except OnlineStoreError as exc:  # e.g. a row that does not match its layout
-            self.metrics.redis_failures["bad_row"] = self.metrics.redis_failures.get("bad_row", 0) + 1
-            log.warning("online store read failed: %s", exc)
-            return None
+        except OnlineStoreError as exc:
+            return self._failed(exc)
         breaker.last_ok = time.monotonic()
         return rows
+
+    def _failed(self, exc: OnlineStoreError) -> None:
+        if isinstance(exc, OnlineStoreUnavailable):
+            self.breaker.failed("unavailable", exc)
+        else:  # e.g. a row that does not match its layout
+            self.metrics.redis_failures["bad_row"] = self.metrics.redis_failures.get("bad_row", 0) + 1
+            log.warning("online store read failed: %s", exc)
+        return None
 
 
 class _EventView(Mapping[str, Any]):
