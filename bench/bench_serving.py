@@ -316,7 +316,10 @@ def start_server(
 
 
 def extract_ref(ref: str, dest: Path) -> Path:
-    """``risk_assets`` as it is at git ``ref``, extracted under ``dest``."""
+    """``risk_assets`` as it is at git ``ref``, extracted under ``dest`` (a directory holding a
+    ``risk_assets`` package is used as it is)."""
+    if (Path(ref) / "risk_assets").is_dir():
+        return Path(ref)
     dest.mkdir(parents=True)
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", ref, "risk_assets"], check=True, capture_output=True
@@ -338,7 +341,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rates", default="200,500,1000,1500")
     ap.add_argument("--baseline-rates", default="25,50,75", help="empty: no naive baseline series")
-    ap.add_argument("--before-ref", default="", help="git ref of the service to compare with (same rates)")
+    ap.add_argument(
+        "--before-ref", default="", help="git ref (or source tree) of the service to compare with"
+    )
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--events", type=int, default=20_000)
