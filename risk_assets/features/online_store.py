@@ -617,6 +617,10 @@ class OnlineStore:
             [pl.lit(f"{self._prefix}{{{layout.entity}:"), tag, pl.lit(f"}}:{layout.name}:{layout.version}")]
         )
 
+    def entity_keys(self, layout: GroupLayout, frame: pl.DataFrame) -> pl.Series:
+        """The Redis keys (:meth:`key`) of every row of ``frame`` (its key columns), vectorized."""
+        return self._keys_of(layout, frame)
+
     def _keys_of(self, layout: GroupLayout, frame: pl.DataFrame) -> pl.Series:
         missing = [c for c in layout.key_columns if c not in frame.columns]
         if missing:
@@ -895,6 +899,27 @@ class OnlineStore:
 
     async def mget_async(self, keys: list[str]) -> list[bytes | None]:
         """Raw values of ``keys`` in one round trip (per node on a cluster), on the event loop."""
+        client = self._async_client()
+        try:
+            if self._cluster:
+                return await client.mget_nonatomic(keys)
+            return await client.execute_command("MGET", *keys)
+        except RedisError as exc:
+            raise _translate(exc, self._url, "read") from None
+
+    async def hgetall_async(self, keys: list[str]) -> list[dict[bytes, bytes]]:
+        """``HGETALL`` of every key in one pipeline (one round trip; per node on a cluster), on the
+        event loop (the online tiles, ``online_tiles.py``)."""
+        client = self._async_client()
+        try:
+            pipe = client.pipeline() if self._cluster else client.pipeline(transaction=False)
+            for k in keys:
+                pipe.hgetall(k)
+            return await pipe.execute()
+        except RedisError as exc:
+            raise _translate(exc, self._url, "read") from None
+
+    def _async_client(self) -> Any:
         client = self._aclient
         if client is None:
             if self._async_connect is None:
@@ -904,12 +929,7 @@ class OnlineStore:
                 client = self._aclient = connect_async(url, cluster=cluster, **options)
             except ValueError as exc:  # pragma: no cover - from_url parsed the same URL already
                 raise OnlineStoreError(f"invalid Redis URL {self._url}: {exc}") from None
-        try:
-            if self._cluster:
-                return await client.mget_nonatomic(keys)
-            return await client.execute_command("MGET", *keys)
-        except RedisError as exc:
-            raise _translate(exc, self._url, "read") from None
+        return client
 
     async def aclose(self) -> None:
         """Close the asyncio client (in the loop that used it); the sync client stays open."""

@@ -42,6 +42,7 @@ from risk_assets.features.online_store import (
     OnlineStoreError,
     OnlineStoreUnavailable,
 )
+from risk_assets.features.online_tiles import TileLayout, TileStore, finish, tile_layout
 from risk_assets.features.spec import FeatureGroup
 from risk_assets.models.request_features import REQUEST_FEATURE_NAMES, request_features
 from risk_assets.serving.service_metrics import ServiceMetrics
@@ -49,6 +50,7 @@ from risk_assets.serving.service_metrics import ServiceMetrics
 log = logging.getLogger("risk_assets.serving")
 
 GROUP_SEPARATOR = "__"
+_NAN = float("nan")
 
 
 class UnservableFeatures(ValueError):
@@ -61,6 +63,7 @@ class GroupPlan:
 
     name: str
     layout: GroupLayout
+    tiles: TileLayout
     key_columns: tuple[str, ...]
     dest: np.ndarray  # model vector positions
     src: np.ndarray  # positions in the group's packed row (same length as dest)
@@ -140,7 +143,8 @@ def build_plan(
         dest = np.array([d for d, _ in pairs], dtype=np.intp)
         src = np.array([s for _, s in pairs], dtype=np.intp)
         whole = len(src) == len(layout.features) and bool(np.all(src == np.arange(len(src))))
-        groups.append(GroupPlan(group_name, layout, layout.key_columns, dest, src, whole))
+        tiles = tile_layout(groups_by_name[group_name])
+        groups.append(GroupPlan(group_name, layout, tiles, layout.key_columns, dest, src, whole))
     return FeaturePlan(features, tuple(request), tuple(groups))
 
 
@@ -242,6 +246,7 @@ class FeatureFetcher:
 
     def __init__(self, store: OnlineStore, breaker: RedisBreaker, metrics: ServiceMetrics) -> None:
         self.store = store
+        self.tiles = TileStore(store)
         self.breaker = breaker
         self.metrics = metrics
 
@@ -250,7 +255,7 @@ class FeatureFetcher:
         for threads, e.g. the shadow scorer)."""
         x, reads, where = self._prepare(events, plan)
         rows = self._read(reads) if reads else []
-        return x, self._fill(x, rows, where, len(events))
+        return x, self._fill(x, rows, where, events)
 
     async def matrix_async(
         self, events: Sequence[msgspec.Struct], plan: FeaturePlan
@@ -264,19 +269,19 @@ class FeatureFetcher:
                 rows = None
             else:
                 try:
-                    rows = await self.store.read_async(reads)
+                    rows = await self.tiles.read_async(reads)
                 except OnlineStoreError as exc:
                     rows = self._failed(exc)
                 else:
                     self.breaker.last_ok = time.monotonic()
-        return x, self._fill(x, rows, where, len(events))
+        return x, self._fill(x, rows, where, events)
 
     def _prepare(
         self, events: Sequence[msgspec.Struct], plan: FeaturePlan
-    ) -> tuple[np.ndarray, list[tuple[GroupLayout, Any]], list[tuple[int, GroupPlan]]]:
+    ) -> tuple[np.ndarray, list[tuple[TileLayout, Any]], list[tuple[int, GroupPlan]]]:
         """The NaN matrix with the request-time features filled, and the online reads it needs."""
         x = np.full((len(events), plan.n), np.nan)
-        reads: list[tuple[GroupLayout, Any]] = []
+        reads: list[tuple[TileLayout, Any]] = []
         where: list[tuple[int, GroupPlan]] = []
         for i, ev in enumerate(events):
             for gp in plan.groups:
@@ -290,7 +295,7 @@ class FeatureFetcher:
                     if None in parts:
                         continue
                     key = parts
-                reads.append((gp.layout, key))
+                reads.append((gp.tiles, key))
                 where.append((i, gp))
             if plan.request:
                 rf = request_features(_EventView(ev))
@@ -300,33 +305,44 @@ class FeatureFetcher:
         return x, reads, where
 
     def _fill(
-        self, x: np.ndarray, rows: list[Any] | None, where: list[tuple[int, GroupPlan]], n_rows: int
+        self,
+        x: np.ndarray,
+        rows: list[Any] | None,
+        where: list[tuple[int, GroupPlan]],
+        events: Sequence[msgspec.Struct],
     ) -> bool:
-        """Put the online rows into ``x``; returns ``degraded``."""
+        """Finish every group's windows at its event's time from the tiles read (``rows``: one tile
+        list per read) into ``x``; returns ``degraded``. An entity without tiles had no event in any
+        window: its values are the empty windows' (counts 0), as offline."""
         degraded = not self.breaker.epoch_ok  # an emptied store: most online features are missing
         if rows is None:
             degraded = True
         elif where:
             lookups = self.metrics.feature_lookups
             misses = self.metrics.feature_misses
-            for (i, gp), fr in zip(where, rows, strict=True):
+            inexact = self.metrics.feature_inexact
+            for (i, gp), tiles in zip(where, rows, strict=True):
                 lookups[gp.name] = lookups.get(gp.name, 0) + 1
-                if fr is None:
+                if not tiles:
                     misses[gp.name] = misses.get(gp.name, 0) + 1
-                elif gp.whole:
-                    x[i, gp.dest] = fr.vector
+                values, exact = finish(gp.tiles, tiles, events[i].event_ts)
+                if not exact:
+                    inexact[gp.name] = inexact.get(gp.name, 0) + 1
+                vec = np.array([_NAN if v is None else v for v in values], dtype=np.float64)
+                if gp.whole:
+                    x[i, gp.dest] = vec
                 else:
-                    x[i, gp.dest] = np.asarray(fr.vector)[gp.src]
+                    x[i, gp.dest] = vec[gp.src]
         if degraded:
-            self.metrics.degraded_events += n_rows
+            self.metrics.degraded_events += len(events)
         return degraded
 
-    def _read(self, reads: list[tuple[GroupLayout, Any]]) -> list[Any] | None:
+    def _read(self, reads: list[tuple[TileLayout, Any]]) -> list[Any] | None:
         breaker = self.breaker
         if breaker.open:
             return None
         try:
-            rows = self.store.read(reads)
+            rows = self.tiles.read(reads)
         except OnlineStoreError as exc:
             return self._failed(exc)
         breaker.last_ok = time.monotonic()

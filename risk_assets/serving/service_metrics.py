@@ -169,6 +169,7 @@ class ServiceMetrics:
         self.rate = RateWindow()
         self.feature_lookups: dict[str, int] = {}
         self.feature_misses: dict[str, int] = {}
+        self.feature_inexact: dict[str, int] = {}
         self.degraded_events = 0
         self.redis_failures: dict[str, int] = {}
         self.model_reloads: dict[str, int] = {"loaded": 0, "refused": 0}
@@ -262,6 +263,14 @@ class ServiceMetrics:
         )
         for group, n in sorted(self.feature_misses.items()):
             out.append(f'risk_serve_feature_misses_total{{group="{group}"}} {n}')
+        family(
+            "risk_serve_feature_inexact_reads_total",
+            "counter",
+            "Windows finished from tiles whose head tile already held events at or after the scored "
+            "event's time (replay, clock skew, an event scored after ingestion): values not exact, by group.",
+        )
+        for group, n in sorted(self.feature_inexact.items()):
+            out.append(f'risk_serve_feature_inexact_reads_total{{group="{group}"}} {n}')
         family(
             "risk_serve_redis_degraded_total",
             "counter",

@@ -23,12 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pytest
 import xgboost as xgb
 
+from risk_assets.events.schema import ARCHIVE_EVENT_COLUMNS, ARCHIVE_LABEL_COLUMNS
 from risk_assets.features.groups import FEATURE_GROUPS, GROUPS_BY_NAME
-from risk_assets.features.ingestion import group_layout
-from risk_assets.features.online_store import OnlineStore
+from risk_assets.features.online_store import SOURCE_BATCH, OnlineStore
+from risk_assets.features.online_tiles import TileStore, tile_layout
+from risk_assets.features.spine import compute_at
+from risk_assets.features.tiles import build_tiles
 from risk_assets.lake import Lake
 from risk_assets.models import registry
 from risk_assets.models.request_features import request_features
@@ -42,6 +46,8 @@ FEATURES = model_feature_columns(FEATURE_GROUPS)
 # The toy models below score high exactly when this online feature is high.
 SIGNAL = f"ato_user__{GROUPS_BY_NAME['ato_user'].feature_names[0]}"
 SIGNAL_IDX = FEATURES.index(SIGNAL)
+SIGNAL_NAME = SIGNAL.split("__")[1]
+EMPTY_LABELS = pl.DataFrame(schema=ARCHIVE_LABEL_COLUMNS)
 T0 = datetime(2026, 8, 1, 12, 0, tzinfo=UTC)
 
 
@@ -270,23 +276,69 @@ def event(kind: str = "withdrawal", n: int = 0, **over: Any) -> dict[str, Any]:
     return {"event_type": kind, **base, **typed, **over}
 
 
-def write_online(store: OnlineStore, group_name: str, key: dict[str, str], values: dict[str, float]) -> None:
-    """One row of ``group_name`` for the entity ``key``; features default to 1.0."""
+def online_events(group_name: str, key: dict[str, str], values: dict[str, float]) -> pl.DataFrame:
+    """Events of ``group_name``'s entity ``key`` in the minutes before ``T0`` (archive layout): for
+    ``ato_user`` as many logins as ``values[SIGNAL feature]`` (default 1) — the SIGNAL feature is
+    its 10-minute login count — else one event of the group's first event type."""
     group = GROUPS_BY_NAME[group_name]
-    row = {**key, "event_ts": T0 - timedelta(minutes=1)}
-    row.update({f: float(values.get(f, 1.0)) for f in group.feature_names})
-    store.write(group_layout(group), [row])
+    kinds = [k for k in ("login", "withdrawal", "card_payment") if k in group.source_event_types]
+    n = int(values.get(SIGNAL_NAME, 1)) if group_name == "ato_user" else 1
+    rows = []
+    for i in range(n):
+        ev = event(kinds[0], 1000 + i, **key)
+        ev["event_ts"] = int((T0 - timedelta(minutes=9)).timestamp() * 1000) + 10_000 * i
+        ev["event_id"] = f"ev_{group_name}_{'_'.join(key.values())}_{i}"
+        rows.append(ev)
+    if not rows:
+        return pl.DataFrame(schema=ARCHIVE_EVENT_COLUMNS)
+    frame = pl.DataFrame(rows, infer_schema_length=None)
+    frame = frame.with_columns(pl.col("event_ts").cast(pl.Datetime("ms", "UTC")))
+    return frame.select(
+        [
+            (pl.col(c) if c in frame.columns else pl.lit(None)).cast(dt).alias(c)
+            for c, dt in ARCHIVE_EVENT_COLUMNS.items()
+        ]
+    )
 
 
-def expected_vector(ev: dict[str, Any], online: dict[str, dict[str, float]]) -> np.ndarray:
-    """The vector the service must build: request features + given online groups, NaN elsewhere."""
+def write_online(
+    store: OnlineStore, group_name: str, key: dict[str, str], values: dict[str, float]
+) -> pl.DataFrame:
+    """The tiles of :func:`online_events` written to the online store (as the sync does: batch
+    tiles); returns the events (for :func:`expected_vector`)."""
+    group = GROUPS_BY_NAME[group_name]
+    events = online_events(group_name, key, values)
+    labels = EMPTY_LABELS if group.needs_labels else None
+    TileStore(store).write(tile_layout(group), build_tiles(group, events, labels), source=SOURCE_BATCH)
+    return events
+
+
+def expected_vector(ev: dict[str, Any], online: dict[str, pl.DataFrame]) -> np.ndarray:
+    """The vector the service must build: request features + every online group of the model at
+    the event's time, computed by the offline v2 engine over the events written (``online``: group
+    → events; a group with none has empty windows: 0 counts, null means...)."""
     vec = np.full(len(FEATURES), np.nan)
     for name, value in request_features(ev).items():
         vec[FEATURES.index(name)] = value
-    for group_name, values in online.items():
-        for f in GROUPS_BY_NAME[group_name].feature_names:
-            vec[FEATURES.index(f"{group_name}__{f}")] = values.get(f, 1.0)
+    t = pl.Series([ev["event_ts"]], dtype=pl.Int64).cast(pl.Datetime("ms", "UTC"))
+    for group in FEATURE_GROUPS:
+        if any(ev.get(k) is None for k in group.entity.keys):
+            continue
+        spine = pl.DataFrame({k: [ev[k]] for k in group.entity.keys}).with_columns(t.alias("event_ts"))
+        events = online.get(group.name, pl.DataFrame(schema=ARCHIVE_EVENT_COLUMNS))
+        row = compute_at(group, events, spine, EMPTY_LABELS if group.needs_labels else None).row(
+            0, named=True
+        )
+        for f in group.feature_names:
+            name = f"{group.name}__{f}"
+            if name in FEATURES:
+                vec[FEATURES.index(name)] = np.nan if row[f] is None else float(row[f])
     return vec
+
+
+def n_missing(ev: dict[str, Any], online: dict[str, pl.DataFrame]) -> int:
+    """``features_missing`` the service must report."""
+    return int(np.isnan(expected_vector(ev, online)).sum())
 
 
 def read_predictions(bootstrap: str, topic: str = "risk.predictions", idle_s: float = 1.5) -> list[dict]:
@@ -354,23 +406,24 @@ def test_score_round_trip_reads_online_features(shared) -> None:
     }
     assert before["model_version"] == version and before["degraded"] is False
     assert before["event_id"] == ev["event_id"]
-    n_request = len(request_features(ev))
-    assert before["features_missing"] == len(FEATURES) - n_request  # no online row yet
+    # No tiles yet: every window is empty (counts 0, means null), as offline.
+    assert before["features_missing"] == n_missing(ev, {})
 
-    # Known online values for the event's user (ato_user, with the signal high) and its card group.
-    write_online(store, "ato_user", {"user_id": ev["user_id"]}, {SIGNAL.split("__")[1]: 9.0})
-    write_online(store, "withdrawal_wallet", {"wallet_address": ev["wallet_address"]}, {})
-    write_online(store, "user_wallet", {"user_id": ev["user_id"], "wallet_address": ev["wallet_address"]}, {})
+    # Events of the event's user (9 logins in the last 10 minutes: the signal high), wallet and
+    # user × wallet, as tiles; the service finishes the windows at the event's time.
+    online = {
+        "ato_user": write_online(store, "ato_user", {"user_id": ev["user_id"]}, {SIGNAL_NAME: 9.0}),
+        "withdrawal_wallet": write_online(
+            store, "withdrawal_wallet", {"wallet_address": ev["wallet_address"]}, {}
+        ),
+        "user_wallet": write_online(
+            store, "user_wallet", {"user_id": ev["user_id"], "wallet_address": ev["wallet_address"]}, {}
+        ),
+    }
     ev2 = {**ev, "event_id": ev["event_id"] + "-2"}
     status, after = c.score(ev2)
     assert status == 200, after
-    online = {
-        "ato_user": {SIGNAL.split("__")[1]: 9.0},
-        "withdrawal_wallet": {},
-        "user_wallet": {},
-    }
-    n_online = sum(len(GROUPS_BY_NAME[g].feature_names) for g in online)
-    assert after["features_missing"] == before["features_missing"] - n_online
+    assert after["features_missing"] == n_missing(ev2, online)
 
     # The exact score of the exact vector: order and values are what the model was trained on.
     booster = xgb.Booster()
@@ -385,7 +438,7 @@ def test_score_round_trip_reads_online_features(shared) -> None:
     assert all(r["contribution"] > 0 for r in after["reasons"])
 
     # A low signal value turns the decision back to allow.
-    write_online(store, "ato_user", {"user_id": "u_low"}, {SIGNAL.split("__")[1]: 0.5})
+    write_online(store, "ato_user", {"user_id": "u_low"}, {SIGNAL_NAME: 0})
     status, low = c.score(event("withdrawal", n=102, user_id="u_low"))
     assert status == 200 and low["decision"] == "allow" and low["score"] < 0.5
 
@@ -393,7 +446,7 @@ def test_score_round_trip_reads_online_features(shared) -> None:
 def test_batch_endpoint_scores_each_event(shared) -> None:
     svc, _, version, store, _ = shared
     c = svc.client()
-    write_online(store, "ato_user", {"user_id": "u_batch_hi"}, {SIGNAL.split("__")[1]: 9.0})
+    write_online(store, "ato_user", {"user_id": "u_batch_hi"}, {SIGNAL_NAME: 9.0})
     events = [
         event("withdrawal", n=201, user_id="u_batch_hi"),
         event("login", n=202),

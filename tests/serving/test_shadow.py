@@ -29,6 +29,7 @@ from tests.serving.test_serving import (
     event,
     expected_vector,
     manifest,
+    online_events,
     read_predictions,
     register,
     start_service,
@@ -98,7 +99,10 @@ def test_shadow_scores_every_event_and_never_decides(session_stack, tmp_path: Pa
             msg = messages[ev["event_id"]]
             assert msg["model_version"] == v1 and msg["shadow_version"] == v2
             assert msg["score"] == res["score"] and msg["decision"] == res["decision"]
-            vec = expected_vector(ev, {"ato_user": {SIGNAL_NAME: signals[int(ev["user_id"][2:])]}})
+            written = online_events(
+                "ato_user", {"user_id": ev["user_id"]}, {SIGNAL_NAME: signals[int(ev["user_id"][2:])]}
+            )
+            vec = expected_vector(ev, {"ato_user": written})
             want = float(challenger.inplace_predict(vec[None, :])[0])
             assert msg["shadow_score"] == pytest.approx(want, abs=1e-6)
             got = np.array([math.nan if v is None else v for v in msg["values"]])
