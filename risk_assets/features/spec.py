@@ -105,7 +105,10 @@ import polars as pl
 
 from risk_assets.sources import EXCHANGE_EVENTS, EXCHANGE_LABELS, EventSource, LabelSource
 
-SEMANTICS_VERSION = 1
+SEMANTICS_VERSION = 2
+HOP_MINUTE = timedelta(minutes=1)
+HOP_HOUR = timedelta(hours=1)
+HOP_DAY = timedelta(days=1)
 MIN_WINDOW = timedelta(minutes=1)
 MAX_WINDOW = timedelta(days=366)
 MAX_OFFSET = timedelta(days=366)
@@ -154,11 +157,26 @@ def days(n: int) -> timedelta:
     return timedelta(days=n)
 
 
+def hop_for(window: timedelta) -> timedelta:
+    """The hop (tile size) of a window: 1 minute up to 1 hour, 1 hour up to 2 days, 1 day beyond."""
+    if window <= timedelta(hours=1):
+        return HOP_MINUTE
+    if window <= timedelta(days=2):
+        return HOP_HOUR
+    return HOP_DAY
+
+
 def _check_window(owner: str, window: timedelta, offset: timedelta = timedelta(0)) -> None:
     _ms(window)
     _ms(offset)
     if not MIN_WINDOW <= window <= MAX_WINDOW:
         raise ValueError(f"{owner}: window {window} outside [{MIN_WINDOW}, {MAX_WINDOW}]")
+    hop = hop_for(window)
+    if window % hop:
+        raise ValueError(
+            f"{owner}: window {format_window(window)} is not a multiple of its hop {format_window(hop)} "
+            "(windows up to 1h: whole minutes; up to 2d: whole hours; beyond: whole days)"
+        )
     if not timedelta(0) <= offset <= MAX_OFFSET:
         raise ValueError(f"{owner}: offset {offset} outside [0, {MAX_OFFSET}]")
 
@@ -395,8 +413,19 @@ class Aggregate:
 
     @property
     def lookback(self) -> timedelta:
-        """How far before the as-of time the window reaches: ``window + offset``."""
+        """``window + offset``; the window reaches at most one hop further back (:attr:`reach`)."""
         return self.window + self.offset
+
+    @property
+    def reach(self) -> timedelta:
+        """How far before the query time the window can reach: ``window + hop + offset`` (the
+        window start is floored to the hop)."""
+        return self.window + self.hop + self.offset
+
+    @property
+    def hop(self) -> timedelta:
+        """The window's hop (tile size, :func:`hop_for`): window starts are floored to it."""
+        return hop_for(self.window)
 
     def dtype(self, source: EventSource = EXCHANGE_EVENTS) -> pl.DataType:
         """Polars dtype of the output column (``min``/``max``/``last``: the column's dtype in ``source``)."""
@@ -444,6 +473,10 @@ class Ratio:
 
     @property
     def lookback(self) -> timedelta:
+        return timedelta(0)
+
+    @property
+    def reach(self) -> timedelta:
         return timedelta(0)
 
     def dtype(self, source: EventSource = EXCHANGE_EVENTS) -> pl.DataType:
@@ -496,8 +529,18 @@ class LabelAggregate:
 
     @property
     def lookback(self) -> timedelta:
-        """How far before the as-of time the event window reaches: ``window + offset``."""
+        """``window + offset``; the window reaches at most one hop further back (:attr:`reach`)."""
         return self.window + self.offset
+
+    @property
+    def reach(self) -> timedelta:
+        """How far before the query time the event window can reach: ``window + hop + offset``."""
+        return self.window + self.hop + self.offset
+
+    @property
+    def hop(self) -> timedelta:
+        """The window's hop (tile size, :func:`hop_for`): window starts are floored to it."""
+        return hop_for(self.window)
 
     def dtype(self, source: EventSource = EXCHANGE_EVENTS) -> pl.DataType:
         return pl.Int64() if self.kind == "label_count" else pl.Float64()
@@ -766,6 +809,17 @@ class FeatureGroup:
         """Longest ``window + offset`` of the group's features: the lookback the engine needs
         before the first as-of time (the longest window when no feature has an offset)."""
         return max(f.lookback for f in self.features)
+
+    @property
+    def max_reach(self) -> timedelta:
+        """Longest ``window + hop + offset``: how far before a query time the v2 windows can reach
+        (the history a spine-driven computation needs)."""
+        return max(f.reach for f in self.features)
+
+    @property
+    def hops(self) -> tuple[timedelta, ...]:
+        """Distinct hops of the group's windowed features, ascending (one tile layer each)."""
+        return tuple(sorted({f.hop for f in self.features if not isinstance(f, Ratio)}))
 
     @property
     def helper_feature_names(self) -> tuple[str, ...]:
