@@ -3,12 +3,19 @@
 A :class:`FeatureGroup` is a set of features about one :class:`Entity` (user, device, ip, card,
 wallet, counterparty, or a composite such as user × wallet), computed from the events of the group's
 ``source_event_types``. Definitions hold no code: filters are :class:`Where` triples, so a group has a
-canonical JSON form and a stable :attr:`FeatureGroup.version` hash. The batch engine
-(``risk_assets.features.batch``) and any streaming engine MUST produce identical values under the
-semantics below (floating-point sums/means/ratios up to rounding, rel. tolerance 1e-9).
+canonical JSON form and a stable :attr:`FeatureGroup.version` hash. The spine-driven offline engine
+(``risk_assets.features.spine``) and the tiles the online side merges (``risk_assets.features.tiles``)
+MUST produce identical values under the semantics below (integers exactly; floating-point
+sums/means/ratios up to rounding, rel. tolerance 1e-9); ``tests/features/test_semantics_v2_oracle.py``
+checks both against a brute-force reading of this text.
 
-Exact semantics (version ``SEMANTICS_VERSION``)
------------------------------------------------
+Exact semantics (``SEMANTICS_VERSION`` = 2)
+-------------------------------------------
+v1 evaluated a window only at the entity's own events, with the event itself included, and nothing
+brought a value forward to the time of scoring (a burst of failed logins at 09:00 still counted in
+a 10-minute window at 14:00). v2 defines the value at any query time; what changed and why:
+``docs/features.md``.
+
 Every group reads one declared source (:mod:`risk_assets.sources`; the exchange events by
 default). Below, ``event_ts``, ``event_id`` and ``event_type`` stand for the source's time, id and
 event-type columns (``tx_ts``, ``tx_id``, ``tx_type`` for a card source); a source without an
@@ -16,24 +23,48 @@ event-type column feeds every event to its groups. Time is integer milliseconds
 (``Datetime("ms", "UTC")``); output frames always name the as-of time ``event_ts``.
 
 *Group stream.* The events of a group are the events whose ``event_type`` is in
-``source_event_types`` and whose entity key columns are all non-null. Every such event both feeds
-the aggregates and produces an output row. Events of other types are invisible to the group.
+``source_event_types`` and whose entity key columns are all non-null. Events of other types are
+invisible to the group.
 
-*Output rows.* One row per (entity key, as-of time ``t``) where ``t`` is the ``event_ts`` of at least
-one group event of that entity with ``start <= t < end``. Several events of one entity at the same
-millisecond give one row. Columns: entity key columns, ``event_ts`` (= ``t``), then one column per
-feature in definition order. Rows are sorted by (key columns, ``event_ts``).
+*Query times.* A feature has a value at *any* query time ``t`` (integer ms), not only at the
+entity's own events: the spine-driven engine (:mod:`risk_assets.features.spine`) computes it at
+any (entity key, ``t``) rows; serving finishes the windows from tiles
+(:mod:`risk_assets.features.tiles`) at the scored event's time. Output frames name the query time
+``event_ts``.
 
-*Windows.* A feature with window ``w`` and offset ``o`` (default 0) at as-of time ``t`` sees the
-entity's group events ``e`` with ``t - o - w < e.event_ts <= t - o`` that pass all of the feature's
-filters (logical AND). With ``o = 0`` events at exactly ``t`` are included (the event producing the
-row and any other event at the same millisecond). The offset is an availability delay ("events
-between 37 and 7 days ago": ``w = 30d``, ``o = 7d``); every aggregation kind takes one.
-``MIN_WINDOW <= w <= MAX_WINDOW`` (1 minute … 366 days) and ``0 <= o <= MAX_OFFSET`` (366 days),
-separately: a 90-day window delayed 7 days is valid. A group's ``max_window`` is its longest
-``w + o`` (the lookback the engines need).
-``ingest_ts`` is ignored: offline values are the *final* values, computed as if every event had
-arrived on time; lateness in event time is the streaming engine's concern.
+*Hops.* Every window ``w`` has a hop ``h`` (:func:`hop_for`): ``w <= 1h`` → 1 minute,
+``1h < w <= 2d`` → 1 hour, ``w > 2d`` → 1 day; ``w`` must be a multiple of its hop (else the
+definition is refused). ``floor_h(x) = x − (x mod h)``, epoch-aligned (UTC). Window starts are
+resolved to hops, as Chronon's are, so that a window is a union of whole hop tiles (plus, with no
+offset, the partial tile ``[floor_h(t), t)``) and the online side can be exact.
+
+*Windows.* A feature with window ``w``, offset ``o`` (default 0) and hop ``h`` at query time ``t``
+sees the entity's group events ``e`` that pass all of its filters (logical AND) and have
+
+* ``o == 0``: ``floor_h(t) − w <= e.event_ts < t``;
+* ``o > 0``:  ``floor_h(t − o) − w <= e.event_ts < floor_h(t − o)`` (both ends tile-aligned).
+
+The end is EXCLUSIVE: events at ``t`` itself (the event being scored and any other event of the
+same millisecond) are not in the window — the scored event has not reached the online store when
+it is scored, so serving and training agree. A window covers between ``w`` and ``w + h`` of
+history (``w + h`` right after a hop boundary, ``w`` just before the next one): a
+``failed_login_count_10m`` at 14:00 of a user whose 8 failed logins were at 09:00 is 0. The offset
+is an availability delay ("events of the 30 days ending 7 days ago": ``w = 30d``, ``o = 7d``); every
+aggregation kind takes one. ``MIN_WINDOW <= w <= MAX_WINDOW`` (1 minute … 366 days) and
+``0 <= o <= MAX_OFFSET`` (366 days), separately. A group's ``max_window`` is its longest ``w + o``;
+``max_reach`` (``w + h + o``) is how far back a window can reach.
+
+*Late events.* ``ingest_ts`` is ignored: offline values are *final*, computed from every event by
+its event time, whatever the order or time of arrival. Online, a late event lands in its
+event-time tile when it arrives; until then the online value differs from the offline one
+(visible skew, never hidden).
+
+*Stored per-event rows (offline store tables).* The batch engine (:mod:`risk_assets.features.batch`)
+still writes one row per (entity, event time) for the offline store tables: those rows are
+*snapshots* under the v1 rules (the window ``(t − o − w, t − o]`` right after the event, the event
+itself included), kept for the stream path's equality checks and the point-in-time join of
+snapshot tables until the tiled online store replaces them. Training sets and the skew audit do
+not read them for group features: they compute v2 values at their own times with the spine engine.
 
 *Filters.* ``Where(column, op, value)``. A row whose column is null fails every op except
 ``is_null`` (SQL three-valued logic, with unknown treated as false); ``ne``/``not_in`` therefore
@@ -51,13 +82,15 @@ count          ``|M|``                                                      Int6
 sum            sum of the non-null values (nulls count as 0)                Float64          0.0
 mean           sum / number of non-null values                              Float64          null
 min, max       min/max of the non-null values                               column dtype     null
-distinct_count number of distinct non-null values                           Int64            0
+distinct_count number of distinct 64-bit hashes of the non-null values      Int64            0
+               (:func:`risk_assets.features.tiles.value_hash`: BLAKE2b-64 of
+               a canonical encoding; the same on both sides, so online =
+               offline exactly; below the true count only on a collision,
+               probability about ``n² / 2⁶⁵`` for ``n`` distinct values)
 last           value of the latest event in ``M`` whose value is non-null   column dtype     null
                (latest by (event_ts, event_id))
 time_since_last ``(t - s) / 1000`` seconds, ``s`` = the greatest event_ts   Float64          null
-               of ``M`` strictly less than ``t`` (events at ``t`` itself
-               are not "previous"; with ``o > 0`` every event of ``M``
-               is before ``t``); null if no such event in the window
+               of ``M`` (every event of ``M`` is before ``t``)
 ratio          ``numerator / denominator`` of two other (non-ratio)         Float64          —
                features of the group; when the denominator is 0 or null:
                null (``empty="null"``, the default) or 0.0
@@ -66,14 +99,16 @@ ratio          ``numerator / denominator`` of two other (non-ratio)         Floa
 
 *Label aggregates* (availability delay ``D``, ``0 <= D < w + o``; ``M`` is the window's matching
 events, offset included). Labels come from the group's label source and join events on its key
-column (``event_id`` for the exchange labels). An event counts as *labelled at t* if
-at least one label passing ``label_where`` has ``label_ts <= t - D``. ``label_count`` = number of
-events of ``M`` labelled at ``t`` (Int64, 0 when none); ``label_rate`` = ``label_count / N``
-(Float64, null when ``N = 0``) where ``N = |M|`` (``denominator="all"``, the default) or, with
-``denominator="matured"``, ``N`` = the events of ``M`` with ``event_ts <= t - D`` — the events old
-enough for their label to be known (a recent event whose label cannot have arrived yet would only
-dilute the rate). No label with ``label_ts > t - D`` can influence a value. ``label_ts`` (the label
-source's time column) is the only label time used (not its ingestion time).
+column (``event_id`` for the exchange labels). Let ``k(e)`` be the time of the first label of event
+``e`` passing ``label_where``. ``e`` is *labelled at t* if ``k(e) < t − D`` (strict, as the window
+end). ``label_count`` = number of events of ``M`` labelled at ``t`` (Int64, 0 when none);
+``label_rate`` = ``label_count / N`` (Float64, null when ``N = 0``) where ``N = |M|``
+(``denominator="all"``, the default) or, with ``denominator="matured"``, ``N`` = the events of ``M``
+with ``event_ts < floor_h(t − D)`` — the events whose hop tile ended at least ``D`` before ``t``,
+old enough for their label to be known. (Tile-resolved on purpose: a tile keeps its event count,
+not every event time, so the online side can apply this cutoff exactly; it is at most one hop
+stricter than ``event_ts < t − D``.) No label with ``label_ts >= t − D`` can influence a value.
+``label_ts`` (the label source's time column) is the only label time used (not its ingestion time).
 
 *Helpers.* Any feature may be marked ``model_input=False`` (e.g. a ratio's operands): it is
 computed, stored and synced like the others but is not a model input
