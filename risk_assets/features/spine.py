@@ -21,6 +21,9 @@ min/max sparse table holds ``n · log2(longest run)`` values).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import timedelta
+
 import numpy as np
 import polars as pl
 
@@ -179,16 +182,37 @@ def compute_at(
         raise ValueError(f"{group.name}: label aggregates need labels; pass labels=…")
     cols = compute_prepared(group, ev, sp)
     out = sp.with_columns([cols[f.name].alias(f.name) for f in group.features])
+    # A row without an entity (a null key) or without a time has no value at all, not an empty window.
+    absent = pl.any_horizontal([pl.col(c).is_null() for c in (*group.entity.keys, EVENT_TS)])
+    out = out.with_columns([pl.when(~absent).then(pl.col(f.name)).alias(f.name) for f in group.features])
     return out.select([pl.col(c).cast(dt) for c, dt in group.schema().items()])
 
 
-def compute_groups_at(
-    groups: list[FeatureGroup], events: Frame, spine: Frame, labels: Frame | None = None,
-    *, timestamp: str = EVENT_TS,
-) -> dict[str, pl.DataFrame]:  # fmt: skip
-    """:func:`compute_at` for several groups over one collected event frame."""
+def history(groups: Sequence[FeatureGroup]) -> timedelta:
+    """How much event history before the first query time :func:`features_at` needs: the longest
+    ``max_reach`` of ``groups`` (window + hop + offset)."""
+    return max((g.max_reach for g in groups), default=timedelta(0))
+
+
+def features_at(
+    spine: pl.DataFrame,
+    events: Frame,
+    groups: Sequence[FeatureGroup],
+    labels: Frame | None = None,
+    *,
+    timestamp: str = EVENT_TS,
+    prefix: bool = True,
+) -> pl.DataFrame:
+    """``spine`` (any columns, including every group's entity keys and ``timestamp``) with every
+    feature of ``groups`` at the row's time appended as ``{group}__{feature}`` (``prefix``) — the
+    v2 value at that time: the event being scored (and anything at its millisecond) is not in its
+    own windows. ``events`` must cover ``[min time − history(groups), max time)``; ``labels`` the
+    labels of those events (groups with label aggregates). Spine rows keep their order."""
     ev = events.collect() if isinstance(events, pl.LazyFrame) else events
     lab = labels.collect() if isinstance(labels, pl.LazyFrame) else labels
-    return {
-        g.name: compute_at(g, ev, spine, lab if g.needs_labels else None, timestamp=timestamp) for g in groups
-    }
+    out = [spine]
+    for g in groups:
+        vals = compute_at(g, ev, spine, lab if g.needs_labels else None, timestamp=timestamp)
+        names = {f: f"{g.name}__{f}" if prefix else f for f in g.feature_names}
+        out.append(vals.select([pl.col(f).alias(n) for f, n in names.items()]))
+    return pl.concat(out, how="horizontal")
