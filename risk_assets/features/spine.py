@@ -56,7 +56,12 @@ def _entity_numbers(
     """Entity number per event (arbitrary order) and per spine row (−1: no event)."""
     if not events.height:
         return np.zeros(0, dtype=np.int64), np.full(spine.height, -1, dtype=np.int64)
-    uniq = events.select(keys).unique().with_row_index("_e").with_columns(pl.col("_e").cast(pl.Int64))
+    uniq = (
+        events.select(keys)
+        .unique(maintain_order=True)
+        .with_row_index("_e")
+        .with_columns(pl.col("_e").cast(pl.Int64))
+    )
     ev = events.select(keys).join(uniq, on=keys, how="left", maintain_order="left")["_e"].to_numpy()
     sp = spine.select(keys).join(uniq, on=keys, how="left", maintain_order="left", nulls_equal=False)
     return ev, sp["_e"].fill_null(-1).to_numpy()

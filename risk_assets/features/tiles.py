@@ -628,7 +628,12 @@ def finish_windows(
     ).rename({timestamp: "event_ts"} if timestamp != "event_ts" else {})
     q_t = sp["event_ts"].dt.epoch("ms").fill_null(0).to_numpy()
     null_t = sp["event_ts"].is_null().to_numpy()
-    uniq = tiles.select(keys).unique().with_row_index("_e").with_columns(pl.col("_e").cast(pl.Int64))
+    uniq = (
+        tiles.select(keys)
+        .unique(maintain_order=True)
+        .with_row_index("_e")
+        .with_columns(pl.col("_e").cast(pl.Int64))
+    )
     q_e = sp.select(keys).join(uniq, on=keys, how="left", maintain_order="left", nulls_equal=False)["_e"]
     q_e = np.where(null_t, -1, q_e.fill_null(-1).to_numpy())
     values: dict[str, pl.Series] = {}
