@@ -3,12 +3,19 @@
 A :class:`FeatureGroup` is a set of features about one :class:`Entity` (user, device, ip, card,
 wallet, counterparty, or a composite such as user × wallet), computed from the events of the group's
 ``source_event_types``. Definitions hold no code: filters are :class:`Where` triples, so a group has a
-canonical JSON form and a stable :attr:`FeatureGroup.version` hash. The batch engine
-(``risk_assets.features.batch``) and any streaming engine MUST produce identical values under the
-semantics below (floating-point sums/means/ratios up to rounding, rel. tolerance 1e-9).
+canonical JSON form and a stable :attr:`FeatureGroup.version` hash. The spine-driven offline engine
+(``risk_assets.features.spine``) and the tiles the online side merges (``risk_assets.features.tiles``)
+MUST produce identical values under the semantics below (integers exactly; floating-point
+sums/means/ratios up to rounding, rel. tolerance 1e-9); ``tests/features/test_semantics_v2_oracle.py``
+checks both against a brute-force reading of this text.
 
-Exact semantics (version ``SEMANTICS_VERSION``)
------------------------------------------------
+Exact semantics (``SEMANTICS_VERSION`` = 2)
+-------------------------------------------
+v1 evaluated a window only at the entity's own events, with the event itself included, and nothing
+brought a value forward to the time of scoring (a burst of failed logins at 09:00 still counted in
+a 10-minute window at 14:00). v2 defines the value at any query time; what changed and why:
+``docs/features.md``.
+
 Every group reads one declared source (:mod:`risk_assets.sources`; the exchange events by
 default). Below, ``event_ts``, ``event_id`` and ``event_type`` stand for the source's time, id and
 event-type columns (``tx_ts``, ``tx_id``, ``tx_type`` for a card source); a source without an
@@ -16,24 +23,48 @@ event-type column feeds every event to its groups. Time is integer milliseconds
 (``Datetime("ms", "UTC")``); output frames always name the as-of time ``event_ts``.
 
 *Group stream.* The events of a group are the events whose ``event_type`` is in
-``source_event_types`` and whose entity key columns are all non-null. Every such event both feeds
-the aggregates and produces an output row. Events of other types are invisible to the group.
+``source_event_types`` and whose entity key columns are all non-null. Events of other types are
+invisible to the group.
 
-*Output rows.* One row per (entity key, as-of time ``t``) where ``t`` is the ``event_ts`` of at least
-one group event of that entity with ``start <= t < end``. Several events of one entity at the same
-millisecond give one row. Columns: entity key columns, ``event_ts`` (= ``t``), then one column per
-feature in definition order. Rows are sorted by (key columns, ``event_ts``).
+*Query times.* A feature has a value at *any* query time ``t`` (integer ms), not only at the
+entity's own events: the spine-driven engine (:mod:`risk_assets.features.spine`) computes it at
+any (entity key, ``t``) rows; serving finishes the windows from tiles
+(:mod:`risk_assets.features.tiles`) at the scored event's time. Output frames name the query time
+``event_ts``.
 
-*Windows.* A feature with window ``w`` and offset ``o`` (default 0) at as-of time ``t`` sees the
-entity's group events ``e`` with ``t - o - w < e.event_ts <= t - o`` that pass all of the feature's
-filters (logical AND). With ``o = 0`` events at exactly ``t`` are included (the event producing the
-row and any other event at the same millisecond). The offset is an availability delay ("events
-between 37 and 7 days ago": ``w = 30d``, ``o = 7d``); every aggregation kind takes one.
-``MIN_WINDOW <= w <= MAX_WINDOW`` (1 minute … 366 days) and ``0 <= o <= MAX_OFFSET`` (366 days),
-separately: a 90-day window delayed 7 days is valid. A group's ``max_window`` is its longest
-``w + o`` (the lookback the engines need).
-``ingest_ts`` is ignored: offline values are the *final* values, computed as if every event had
-arrived on time; lateness in event time is the streaming engine's concern.
+*Hops.* Every window ``w`` has a hop ``h`` (:func:`hop_for`): ``w <= 1h`` → 1 minute,
+``1h < w <= 2d`` → 1 hour, ``w > 2d`` → 1 day; ``w`` must be a multiple of its hop (else the
+definition is refused). ``floor_h(x) = x − (x mod h)``, epoch-aligned (UTC). Window starts are
+resolved to hops, as Chronon's are, so that a window is a union of whole hop tiles (plus, with no
+offset, the partial tile ``[floor_h(t), t)``) and the online side can be exact.
+
+*Windows.* A feature with window ``w``, offset ``o`` (default 0) and hop ``h`` at query time ``t``
+sees the entity's group events ``e`` that pass all of its filters (logical AND) and have
+
+* ``o == 0``: ``floor_h(t) − w <= e.event_ts < t``;
+* ``o > 0``:  ``floor_h(t − o) − w <= e.event_ts < floor_h(t − o)`` (both ends tile-aligned).
+
+The end is EXCLUSIVE: events at ``t`` itself (the event being scored and any other event of the
+same millisecond) are not in the window — the scored event has not reached the online store when
+it is scored, so serving and training agree. A window covers between ``w`` and ``w + h`` of
+history (``w + h`` right after a hop boundary, ``w`` just before the next one): a
+``failed_login_count_10m`` at 14:00 of a user whose 8 failed logins were at 09:00 is 0. The offset
+is an availability delay ("events of the 30 days ending 7 days ago": ``w = 30d``, ``o = 7d``); every
+aggregation kind takes one. ``MIN_WINDOW <= w <= MAX_WINDOW`` (1 minute … 366 days) and
+``0 <= o <= MAX_OFFSET`` (366 days), separately. A group's ``max_window`` is its longest ``w + o``;
+``max_reach`` (``w + h + o``) is how far back a window can reach.
+
+*Late events.* ``ingest_ts`` is ignored: offline values are *final*, computed from every event by
+its event time, whatever the order or time of arrival. Online, a late event lands in its
+event-time tile when it arrives; until then the online value differs from the offline one
+(visible skew, never hidden).
+
+*Stored per-event rows (offline store tables).* The batch engine (:mod:`risk_assets.features.batch`)
+still writes one row per (entity, event time) for the offline store tables: those rows are
+*snapshots* under the v1 rules (the window ``(t − o − w, t − o]`` right after the event, the event
+itself included), kept for the stream path's equality checks and the point-in-time join of
+snapshot tables until the tiled online store replaces them. Training sets and the skew audit do
+not read them for group features: they compute v2 values at their own times with the spine engine.
 
 *Filters.* ``Where(column, op, value)``. A row whose column is null fails every op except
 ``is_null`` (SQL three-valued logic, with unknown treated as false); ``ne``/``not_in`` therefore
@@ -51,13 +82,15 @@ count          ``|M|``                                                      Int6
 sum            sum of the non-null values (nulls count as 0)                Float64          0.0
 mean           sum / number of non-null values                              Float64          null
 min, max       min/max of the non-null values                               column dtype     null
-distinct_count number of distinct non-null values                           Int64            0
+distinct_count number of distinct 64-bit hashes of the non-null values      Int64            0
+               (:func:`risk_assets.features.tiles.value_hash`: BLAKE2b-64 of
+               a canonical encoding; the same on both sides, so online =
+               offline exactly; below the true count only on a collision,
+               probability about ``n² / 2⁶⁵`` for ``n`` distinct values)
 last           value of the latest event in ``M`` whose value is non-null   column dtype     null
                (latest by (event_ts, event_id))
 time_since_last ``(t - s) / 1000`` seconds, ``s`` = the greatest event_ts   Float64          null
-               of ``M`` strictly less than ``t`` (events at ``t`` itself
-               are not "previous"; with ``o > 0`` every event of ``M``
-               is before ``t``); null if no such event in the window
+               of ``M`` (every event of ``M`` is before ``t``)
 ratio          ``numerator / denominator`` of two other (non-ratio)         Float64          —
                features of the group; when the denominator is 0 or null:
                null (``empty="null"``, the default) or 0.0
@@ -66,14 +99,16 @@ ratio          ``numerator / denominator`` of two other (non-ratio)         Floa
 
 *Label aggregates* (availability delay ``D``, ``0 <= D < w + o``; ``M`` is the window's matching
 events, offset included). Labels come from the group's label source and join events on its key
-column (``event_id`` for the exchange labels). An event counts as *labelled at t* if
-at least one label passing ``label_where`` has ``label_ts <= t - D``. ``label_count`` = number of
-events of ``M`` labelled at ``t`` (Int64, 0 when none); ``label_rate`` = ``label_count / N``
-(Float64, null when ``N = 0``) where ``N = |M|`` (``denominator="all"``, the default) or, with
-``denominator="matured"``, ``N`` = the events of ``M`` with ``event_ts <= t - D`` — the events old
-enough for their label to be known (a recent event whose label cannot have arrived yet would only
-dilute the rate). No label with ``label_ts > t - D`` can influence a value. ``label_ts`` (the label
-source's time column) is the only label time used (not its ingestion time).
+column (``event_id`` for the exchange labels). Let ``k(e)`` be the time of the first label of event
+``e`` passing ``label_where``. ``e`` is *labelled at t* if ``k(e) < t − D`` (strict, as the window
+end). ``label_count`` = number of events of ``M`` labelled at ``t`` (Int64, 0 when none);
+``label_rate`` = ``label_count / N`` (Float64, null when ``N = 0``) where ``N = |M|``
+(``denominator="all"``, the default) or, with ``denominator="matured"``, ``N`` = the events of ``M``
+with ``event_ts < floor_h(t − D)`` — the events whose hop tile ended at least ``D`` before ``t``,
+old enough for their label to be known. (Tile-resolved on purpose: a tile keeps its event count,
+not every event time, so the online side can apply this cutoff exactly; it is at most one hop
+stricter than ``event_ts < t − D``.) No label with ``label_ts >= t − D`` can influence a value.
+``label_ts`` (the label source's time column) is the only label time used (not its ingestion time).
 
 *Helpers.* Any feature may be marked ``model_input=False`` (e.g. a ratio's operands): it is
 computed, stored and synced like the others but is not a model input
@@ -105,7 +140,10 @@ import polars as pl
 
 from risk_assets.sources import EXCHANGE_EVENTS, EXCHANGE_LABELS, EventSource, LabelSource
 
-SEMANTICS_VERSION = 1
+SEMANTICS_VERSION = 2
+HOP_MINUTE = timedelta(minutes=1)
+HOP_HOUR = timedelta(hours=1)
+HOP_DAY = timedelta(days=1)
 MIN_WINDOW = timedelta(minutes=1)
 MAX_WINDOW = timedelta(days=366)
 MAX_OFFSET = timedelta(days=366)
@@ -154,11 +192,26 @@ def days(n: int) -> timedelta:
     return timedelta(days=n)
 
 
+def hop_for(window: timedelta) -> timedelta:
+    """The hop (tile size) of a window: 1 minute up to 1 hour, 1 hour up to 2 days, 1 day beyond."""
+    if window <= timedelta(hours=1):
+        return HOP_MINUTE
+    if window <= timedelta(days=2):
+        return HOP_HOUR
+    return HOP_DAY
+
+
 def _check_window(owner: str, window: timedelta, offset: timedelta = timedelta(0)) -> None:
     _ms(window)
     _ms(offset)
     if not MIN_WINDOW <= window <= MAX_WINDOW:
         raise ValueError(f"{owner}: window {window} outside [{MIN_WINDOW}, {MAX_WINDOW}]")
+    hop = hop_for(window)
+    if window % hop:
+        raise ValueError(
+            f"{owner}: window {format_window(window)} is not a multiple of its hop {format_window(hop)} "
+            "(windows up to 1h: whole minutes; up to 2d: whole hours; beyond: whole days)"
+        )
     if not timedelta(0) <= offset <= MAX_OFFSET:
         raise ValueError(f"{owner}: offset {offset} outside [0, {MAX_OFFSET}]")
 
@@ -395,8 +448,19 @@ class Aggregate:
 
     @property
     def lookback(self) -> timedelta:
-        """How far before the as-of time the window reaches: ``window + offset``."""
+        """``window + offset``; the window reaches at most one hop further back (:attr:`reach`)."""
         return self.window + self.offset
+
+    @property
+    def reach(self) -> timedelta:
+        """How far before the query time the window can reach: ``window + hop + offset`` (the
+        window start is floored to the hop)."""
+        return self.window + self.hop + self.offset
+
+    @property
+    def hop(self) -> timedelta:
+        """The window's hop (tile size, :func:`hop_for`): window starts are floored to it."""
+        return hop_for(self.window)
 
     def dtype(self, source: EventSource = EXCHANGE_EVENTS) -> pl.DataType:
         """Polars dtype of the output column (``min``/``max``/``last``: the column's dtype in ``source``)."""
@@ -444,6 +508,10 @@ class Ratio:
 
     @property
     def lookback(self) -> timedelta:
+        return timedelta(0)
+
+    @property
+    def reach(self) -> timedelta:
         return timedelta(0)
 
     def dtype(self, source: EventSource = EXCHANGE_EVENTS) -> pl.DataType:
@@ -496,8 +564,18 @@ class LabelAggregate:
 
     @property
     def lookback(self) -> timedelta:
-        """How far before the as-of time the event window reaches: ``window + offset``."""
+        """``window + offset``; the window reaches at most one hop further back (:attr:`reach`)."""
         return self.window + self.offset
+
+    @property
+    def reach(self) -> timedelta:
+        """How far before the query time the event window can reach: ``window + hop + offset``."""
+        return self.window + self.hop + self.offset
+
+    @property
+    def hop(self) -> timedelta:
+        """The window's hop (tile size, :func:`hop_for`): window starts are floored to it."""
+        return hop_for(self.window)
 
     def dtype(self, source: EventSource = EXCHANGE_EVENTS) -> pl.DataType:
         return pl.Int64() if self.kind == "label_count" else pl.Float64()
@@ -766,6 +844,17 @@ class FeatureGroup:
         """Longest ``window + offset`` of the group's features: the lookback the engine needs
         before the first as-of time (the longest window when no feature has an offset)."""
         return max(f.lookback for f in self.features)
+
+    @property
+    def max_reach(self) -> timedelta:
+        """Longest ``window + hop + offset``: how far before a query time the v2 windows can reach
+        (the history a spine-driven computation needs)."""
+        return max(f.reach for f in self.features)
+
+    @property
+    def hops(self) -> tuple[timedelta, ...]:
+        """Distinct hops of the group's windowed features, ascending (one tile layer each)."""
+        return tuple(sorted({f.hop for f in self.features if not isinstance(f, Ratio)}))
 
     @property
     def helper_feature_names(self) -> tuple[str, ...]:

@@ -16,7 +16,6 @@ import polars as pl
 from risk_assets import plots
 from risk_assets.automation import TRAINING_DAYS
 from risk_assets.features.groups import FEATURE_GROUPS
-from risk_assets.features.offline_store import read_offline
 from risk_assets.lake import Lake
 from risk_assets.models import registry
 from risk_assets.models.artifacts import (
@@ -44,9 +43,9 @@ from risk_assets.models.training import (
     train,
 )
 from risk_assets.models.training_set import (
-    SPINE_COLUMNS,
     TrainingSetSpec,
     build_training_set,
+    feature_history,
     manifest_bytes,
     parquet_bytes,
 )
@@ -301,8 +300,9 @@ def model_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
             "Point-in-time-correct training set as of the end of the partition day: withdrawals, card "
             "payments and P2P trades of a window ending `maturity_days` before the cutoff, labelled "
             "with the labels known at the cutoff, negatives sampled with weights, every feature group "
-            "joined as the online store held it just before each event (no later value, no future "
-            "label). `training_sets/as_of=YYYY-MM-DD/` with a manifest (window, versions, counts, hash)."
+            "computed at each event's time by the spine engine (semantics v2: windows end before the "
+            "event, no future label). `training_sets/as_of=YYYY-MM-DD/` with a manifest (window, "
+            "versions, counts, hash)."
         ),
     )
     def training_set(
@@ -319,10 +319,10 @@ def model_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
             maturity=timedelta(days=config.maturity_days),
             negative_rate=config.negative_rate,
         )
-        events = raw_event_source.events(store, spec.start, spec.end, list(SPINE_COLUMNS))
-        labels = raw_event_source.labels(store, spec.start, spec.as_of)
-        offline = {g.name: read_offline(store, g, spec.start - g.ttl, spec.end) for g in FEATURE_GROUPS}
-        frame, manifest = build_training_set(spec, events, labels, offline, FEATURE_GROUPS)
+        since = spec.start - feature_history(FEATURE_GROUPS)
+        events = raw_event_source.events(store, since, spec.end)
+        labels = raw_event_source.labels(store, since, spec.as_of)
+        frame, manifest = build_training_set(spec, events, labels, FEATURE_GROUPS)
         data_path, manifest_path = training_set_paths(context.partition_key)
         store.write_bytes(data_path, parquet_bytes(frame))
         store.write_bytes(manifest_path, manifest_bytes(manifest))

@@ -1,11 +1,12 @@
-"""Point-in-time-correct training sets: mature labels, sampled negatives, every feature group joined
-as it was known just before each event.
+"""Point-in-time-correct training sets: mature labels, sampled negatives, every feature group
+computed at each event's time (semantics v2).
 
 Pure Polars (no Dagster), so a data scientist builds the same set from a notebook::
 
     spec = TrainingSetSpec(as_of=datetime(2026, 11, 20, tzinfo=UTC))
-    offline = {g.name: read_offline(lake, g) for g in groups}
-    frame, manifest = build_training_set(spec, events, labels, offline, groups)
+    events = source.events(lake, spec.start - history(groups), spec.end)   # every column
+    labels = source.labels(lake, spec.start - history(groups), spec.as_of)
+    frame, manifest = build_training_set(spec, events, labels, groups)
 
 Rules:
 
@@ -17,11 +18,16 @@ Rules:
   ``as_of`` gives the same rows.
 * **Negatives** — kept with probability ``negative_rate`` by a hash of ``event_id`` (deterministic);
   ``weight`` is ``1 / negative_rate`` for them and 1 for positives, so weighted metrics are unbiased.
-* **Features** — ``point_in_time_join`` at ``event_ts − 1 ms`` (what the online store holds when the
-  event arrives: the feature rows of earlier events, never of the event itself), honouring each row's
-  ``created_ts`` (a value computed later than that instant is invisible) and the group's TTL.
-  Request-time columns of the event itself (``REQUEST_FEATURES``) are added as the service computes
-  them from the request.
+* **Features** — every group's v2 value at the event's time ``event_ts``, computed from the raw
+  events by the spine-driven engine (:func:`risk_assets.features.spine.features_at`): windows end
+  *before* ``event_ts`` (the event itself and anything at its millisecond are not in them — what
+  risk-serve finishes from the tiles when it scores the event), window starts floored to the hop.
+  No stored snapshot is joined: v1 joined the nearest offline row at ``event_ts − 1 ms``, i.e. the
+  state right after the entity's *previous* event, never brought forward to the scoring time
+  (a burst at 09:00 still counted in a 10-minute window at 14:00). Labels feed label aggregates
+  only through their availability delay (``label_ts < t − D``), so no future label leaks.
+  An event whose key for a group is null gets nulls for that group. Request-time columns of the
+  event itself (``REQUEST_FEATURES``) are added as the service computes them from the request.
 """
 
 from __future__ import annotations
@@ -35,8 +41,9 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
-from risk_assets.features.point_in_time import FeatureTable, point_in_time_join
-from risk_assets.features.spec import FeatureGroup
+from risk_assets.features.point_in_time import FeatureTable
+from risk_assets.features.spec import SEMANTICS_VERSION, FeatureGroup
+from risk_assets.features.spine import features_at, history
 from risk_assets.models.request_features import REQUEST_FEATURES
 
 SPINE_EVENT_TYPES = ("withdrawal", "card_payment", "p2p_trade")
@@ -86,6 +93,11 @@ class TrainingSetSpec:
         }
 
 
+def feature_history(groups: Sequence[FeatureGroup]) -> timedelta:
+    """Event history the features need before ``spec.start`` (longest window + hop + offset)."""
+    return history(groups)
+
+
 def spine_and_labels(spec: TrainingSetSpec, events: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
     """The spine: decision events of the window with their mature label and sampling weight."""
     spine = (
@@ -117,7 +129,9 @@ def spine_and_labels(spec: TrainingSetSpec, events: pl.DataFrame, labels: pl.Dat
 def feature_tables(
     groups: Sequence[FeatureGroup], offline: Mapping[str, pl.DataFrame | pl.LazyFrame]
 ) -> list[FeatureTable]:
-    """One ``FeatureTable`` per group from its offline rows (keys, event_ts, created_ts, features)."""
+    """One ``FeatureTable`` per group from its offline rows (keys, event_ts, created_ts, features): the
+    point-in-time join of stored snapshot rows (v1 rows of the offline store; kept for snapshot-type
+    tables and for comparisons — training sets compute group features with the spine engine)."""
     return [
         FeatureTable(
             name=g.name,
@@ -143,14 +157,15 @@ def build_training_set(
     spec: TrainingSetSpec,
     events: pl.DataFrame,
     labels: pl.DataFrame,
-    offline: Mapping[str, pl.DataFrame | pl.LazyFrame],
     groups: Sequence[FeatureGroup],
 ) -> tuple[pl.DataFrame, dict]:
-    """The training set frame (ids, label columns, model features) and its manifest."""
-    spine = spine_and_labels(spec, events, labels).with_columns(
-        (pl.col("event_ts") - timedelta(milliseconds=1)).alias("feature_as_of")
-    )
-    joined = point_in_time_join(spine, feature_tables(groups, offline), spine_timestamp="feature_as_of")
+    """The training set frame (ids, label columns, model features) and its manifest.
+
+    ``events``: every column the groups read, covering ``[spec.start − feature_history(groups),
+    spec.end)`` (less history gives smaller windows at the start of the set); ``labels``: the
+    labels known at ``spec.as_of`` of those events (label_ts from ``spec.start − history`` on)."""
+    spine = spine_and_labels(spec, events, labels)
+    joined = features_at(spine, events, groups, labels)
     features = model_feature_columns(groups)
     frame = joined.with_columns(**REQUEST_FEATURES).select(
         "event_id", "event_ts", "event_type", "user_id", *LABEL_COLUMNS, *features
@@ -173,6 +188,7 @@ def build_training_set(
             .iter_rows()
         },
         "feature_groups": {g.name: g.version for g in groups},
+        "semantics_version": SEMANTICS_VERSION,
         "features": features,
         "data_sha256": hashlib.sha256(data).hexdigest(),
     }

@@ -2,7 +2,7 @@
 
 Pure (no Dagster). Monitoring compares what the champion sees today with what it was trained on, so
 the current window must be built by the *same* code as training sets (``build_training_set``): the
-same spine, the same point-in-time join, the same label rule.
+same spine, the same spine-driven feature computation (v2), the same label rule.
 """
 
 from __future__ import annotations
@@ -14,22 +14,21 @@ from datetime import timedelta
 import numpy as np
 import polars as pl
 
-from risk_assets.features.offline_store import read_offline
 from risk_assets.features.spec import FeatureGroup
 from risk_assets.ingest.raw_reader import RawDataSource
 from risk_assets.lake import Lake
-from risk_assets.models.training_set import SPINE_COLUMNS, TrainingSetSpec, build_training_set
+from risk_assets.models.training_set import TrainingSetSpec, build_training_set, feature_history
 
 
 def decision_frame(
     store: Lake, source: RawDataSource, spec: TrainingSetSpec, groups: Sequence[FeatureGroup]
 ) -> pl.DataFrame:
-    """The decision events of ``spec``'s window with their features joined point-in-time exactly as
-    the training set joins them, and the labels known at ``spec.as_of`` (``build_training_set``)."""
-    events = source.events(store, spec.start, spec.end, list(SPINE_COLUMNS))
-    labels = source.labels(store, spec.start, spec.as_of)
-    offline = {g.name: read_offline(store, g, spec.start - g.ttl, spec.end) for g in groups}
-    frame, _ = build_training_set(spec, events, labels, offline, groups)
+    """The decision events of ``spec``'s window with their features computed exactly as the
+    training set computes them, and the labels known at ``spec.as_of`` (``build_training_set``)."""
+    since = spec.start - feature_history(groups)
+    events = source.events(store, since, spec.end)
+    labels = source.labels(store, since, spec.as_of)
+    frame, _ = build_training_set(spec, events, labels, groups)
     return frame
 
 

@@ -2,9 +2,10 @@
 
 Pure (no Dagster). For logged predictions (one row per ``log_key`` with its ``event_id``), every
 model input is recomputed exactly as training sets compute it — request features from the archived
-event, each feature group point-in-time joined at ``event_ts − 1 ms`` honouring ``created_ts`` and
-TTL — so :func:`risk_assets.monitoring.skew.row_level_skew` can compare it with what was served
-(Chronon's approach: log what was served, replay it through the offline join).
+event, each feature group's v2 value at the served time ``event_ts`` computed from the raw events by
+the spine engine (:func:`risk_assets.features.spine.features_at`) — so
+:func:`risk_assets.monitoring.skew.row_level_skew` can compare it with what was served at that time
+(Chronon's approach: log what was served, replay it offline at the same time).
 """
 
 from __future__ import annotations
@@ -15,16 +16,14 @@ from typing import Any
 
 import polars as pl
 
-from risk_assets.features.offline_store import read_offline
-from risk_assets.features.point_in_time import point_in_time_join
 from risk_assets.features.spec import FeatureGroup
+from risk_assets.features.spine import features_at, history
 from risk_assets.ingest.raw_reader import RawDataSource
 from risk_assets.lake import Lake
 from risk_assets.models import registry
 from risk_assets.models.request_features import REQUEST_FEATURES
-from risk_assets.models.training_set import SPINE_COLUMNS, feature_tables
+from risk_assets.models.training_set import SPINE_COLUMNS
 
-FEATURE_AS_OF = "feature_as_of"
 KEY = "log_key"
 
 
@@ -58,22 +57,24 @@ def recompute_features(
 ) -> tuple[pl.DataFrame, int]:
     """Offline recomputation of ``features`` for the logged rows ``served`` (``log_key``,
     ``event_id``): the event from the raw archive, request features from it, every group of ``groups``
-    the features use point-in-time joined at ``event_ts − 1 ms`` honouring ``created_ts`` and TTL (the
-    training-set rule). Returns (``log_key`` + features, rows whose event is not in the archive)."""
+    the features use computed at the served time ``event_ts`` (v2, the training-set rule).
+    Returns (``log_key`` + features, rows whose event is not in the archive)."""
     if served.height == 0:
         return pl.DataFrame(schema={KEY: pl.String, **dict.fromkeys(features, pl.Float64)}), 0
     lo = served["event_ts"].min()
     hi = served["event_ts"].max()
     assert isinstance(lo, datetime) and isinstance(hi, datetime)
-    events = source.events(store, lo, hi + timedelta(milliseconds=1), list(SPINE_COLUMNS)).unique(
-        subset="event_id", keep="first"
+    end = hi + timedelta(milliseconds=1)
+    served_events = source.events(store, lo, end, list(SPINE_COLUMNS)).unique(subset="event_id", keep="first")
+    spine = served.select(KEY, "event_id").join(
+        served_events, on="event_id", how="inner", maintain_order="left"
     )
-    spine = served.select(KEY, "event_id").join(events, on="event_id", how="inner", maintain_order="left")
     missing = served.height - spine.height
-    spine = spine.with_columns((pl.col("event_ts") - timedelta(milliseconds=1)).alias(FEATURE_AS_OF))
     used = [g for g in groups if any(f.startswith(f"{g.name}__") for f in features)]
-    offline = {g.name: read_offline(store, g, lo - g.ttl, hi + timedelta(milliseconds=1)) for g in used}
-    joined = point_in_time_join(spine, feature_tables(used, offline), spine_timestamp=FEATURE_AS_OF)
+    since = lo - history(used)
+    events = source.events(store, since, end)
+    labels = source.labels(store, since, end) if any(g.needs_labels for g in used) else None
+    joined = features_at(spine, events, used, labels)
     joined = joined.with_columns(**{k: v for k, v in REQUEST_FEATURES.items() if k in features})
     out = joined.select(
         KEY,

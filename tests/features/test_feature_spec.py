@@ -87,10 +87,10 @@ def test_version_pinned_for_the_tiny_group() -> None:
         '"name":"logins_1h","type":"aggregate","where":[{"column":"event_type","op":"eq","value":"login"},'
         '{"column":"success","op":"eq","value":false}],"window_ms":3600000},{"column":"amount_usd",'
         '"kind":"sum","name":"usd_24h","type":"aggregate","where":[{"column":"event_type","op":"eq",'
-        '"value":"withdrawal"}],"window_ms":86400000}],"name":"tiny","semantics_version":1,'
+        '"value":"withdrawal"}],"window_ms":86400000}],"name":"tiny","semantics_version":2,'
         '"source_event_types":["login","withdrawal"],"ttl_ms":86400000}'
     )
-    assert tiny().version == "eb8a2a440205"
+    assert tiny().version == "fb1f54b90bbb"
 
 
 FAIL = (event_type("login"), Where("success", "eq", False))
@@ -312,7 +312,7 @@ def test_default_options_keep_versions_and_every_option_changes_them() -> None:
     same = tiny(
         features=(dataclasses.replace(f0, offset=timedelta(0)), f1, dataclasses.replace(f2, empty="null"))
     )
-    assert same.version == base.version == "eb8a2a440205"
+    assert same.version == base.version == "fb1f54b90bbb"
     versions = {
         tiny(features=(dataclasses.replace(f0, offset=hours(1)), f1, f2)).version,
         tiny(features=(f0, f1, dataclasses.replace(f2, empty="zero"))).version,

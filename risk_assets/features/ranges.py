@@ -1,0 +1,240 @@
+"""Vectorized v2 window queries over items sorted by (entity, time): the core both the spine engine
+(items = events) and :func:`risk_assets.features.tiles.finish_windows` (items = tiles) use.
+
+Pure NumPy, no Dagster. The idea (semantics in :mod:`risk_assets.features.spec`): an item at time
+``x`` (an event's ``event_ts``, or a tile's ``tile_start``) of a feature with window ``w``, offset
+``o`` and hop ``h`` is in the window at query time ``t`` exactly for ``t`` in one interval
+``[a, b)`` of query times:
+
+* events, ``o == 0``: ``floor_h(x) − w <= x < t`` ⇔ ``t ∈ [x + 1, floor_h(x) + w + h)``;
+* tiles, ``o == 0`` (head tile taken whole): ``t ∈ [x, x + w + h)``;
+* both, ``o > 0``: ``floor_h(t − o) ∈ [floor_h(x) + h, floor_h(x) + w]`` ⇔
+  ``t ∈ [floor_h(x) + h + o, floor_h(x) + w + h + o)``.
+
+Both ends grow with ``x``, so for a query ``(entity, t)`` the items in its window are one
+contiguous run ``[lo, hi)`` of the sorted items: ``hi`` = items with ``a <= t``, ``lo`` = items
+with ``b <= t``. With every entity on one integer line (``entity · span + (time − origin)``) that is
+two ``searchsorted`` calls for all queries at once; counts and sums are prefix-sum differences,
+min/max a sparse table, last/time-since-last a running "latest selected item". Distinct values
+and labelled events are counted as intervals: a (item, value) pair counts on ``[a, min(b, a of the
+next item with the same value))``, a labelled event on ``[max(a, k + D + 1), b)`` (label time
+``k < t − D``), a matured event on ``[max(a, floor_h(x) + h + D), b)`` (``x < floor_h(t − D)``).
+Every result is exact (integers) or a float sum taken in 80-bit long double prefix sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+_I64_MAX = np.iinfo(np.int64).max
+_I64_MIN = np.iinfo(np.int64).min
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """A feature's window in ms: length ``w``, offset ``o``, hop ``h``."""
+
+    w: int
+    o: int
+    h: int
+
+
+@dataclass
+class Layout:
+    """Items sorted by (entity, time) and the queries, on one integer line.
+
+    ``eidx``: entity number of each item (ascending); ``x``: item time (ascending within an
+    entity); ``points``: True for events (``o == 0`` windows exclude ``x >= t``), False for tiles
+    (the head tile is taken whole). ``q_e``: entity number per query (−1: the entity has no item);
+    ``q_t``: query time (ms)."""
+
+    eidx: np.ndarray
+    x: np.ndarray
+    q_e: np.ndarray
+    q_t: np.ndarray
+    points: bool
+    max_reach: int
+    origin: int = 0
+    span: int = 1
+    _active: dict[WindowSpec, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    _ranges: dict[WindowSpec, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    _q: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.eidx = np.asarray(self.eidx, dtype=np.int64)
+        self.x = np.asarray(self.x, dtype=np.int64)
+        self.q_e = np.asarray(self.q_e, dtype=np.int64)
+        self.q_t = np.asarray(self.q_t, dtype=np.int64)
+        lo = [int(self.x.min())] if len(self.x) else []
+        hi = [int(self.x.max()) + self.max_reach + 1] if len(self.x) else []
+        if len(self.q_t):
+            lo.append(int(self.q_t.min()))
+            hi.append(int(self.q_t.max()))
+        self.origin = min(lo) if lo else 0
+        self.span = (max(hi) - self.origin + 3) if hi else 3
+        n_entities = int(self.eidx[-1]) + 1 if len(self.eidx) else 0
+        if n_entities and n_entities > _I64_MAX // self.span - 2:
+            raise ValueError("too many entities × time range for one pass; split the spine")
+
+    @property
+    def n(self) -> int:
+        return len(self.x)
+
+    def encode(self, e: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """``e · span + (v − origin)``, the time clipped to ``[−1, span − 1]`` (before / after all)."""
+        return e * self.span + np.clip(v - self.origin, -1, self.span - 1)
+
+    @property
+    def queries(self) -> np.ndarray:
+        if self._q is None:
+            self._q = self.encode(np.maximum(self.q_e, 0), self.q_t)
+        return self._q
+
+    def active(self, ws: WindowSpec) -> tuple[np.ndarray, np.ndarray]:
+        """Per item: ``[a, b)``, the query times whose window holds it (module docstring)."""
+        if ws not in self._active:
+            base = self.x - self.x % ws.h
+            b = base + ws.w + ws.h + ws.o
+            # o == 0: events need x < t (exclusive end); tiles: the head tile is taken whole.
+            head = self.x + 1 if self.points else self.x.copy()
+            a = base + ws.h + ws.o if ws.o > 0 else head
+            self._active[ws] = (a, b)
+        return self._active[ws]
+
+    def bounds(self, ws: WindowSpec) -> tuple[np.ndarray, np.ndarray]:
+        """Per query: the item run ``[lo, hi)`` of its window (empty for an unknown entity)."""
+        if ws not in self._ranges:
+            a, b = self.active(ws)
+            q = self.queries
+            hi = np.searchsorted(self.encode(self.eidx, a), q, "right")
+            lo = np.searchsorted(self.encode(self.eidx, b), q, "right")
+            none = self.q_e < 0
+            lo[none] = 0
+            hi[none] = 0
+            self._ranges[ws] = (lo, np.maximum(hi, lo))
+        return self._ranges[ws]
+
+    # -- aggregations -------------------------------------------------------------------------
+    def count(self, ws: WindowSpec, weights: np.ndarray) -> np.ndarray:
+        """Sum of integer ``weights`` over each window (Int64, exact)."""
+        lo, hi = self.bounds(ws)
+        p = np.zeros(self.n + 1, dtype=np.int64)
+        np.cumsum(weights, dtype=np.int64, out=p[1:])
+        return p[hi] - p[lo]
+
+    def fsum(self, ws: WindowSpec, values: np.ndarray, prefix: np.ndarray | None = None) -> np.ndarray:
+        """Sum of float ``values`` over each window, from 80-bit long double prefix sums (pass a
+        ``prefix`` from :meth:`float_prefix` to share it between windows)."""
+        lo, hi = self.bounds(ws)
+        p = self.float_prefix(values) if prefix is None else prefix
+        return (p[hi] - p[lo]).astype(np.float64)
+
+    def float_prefix(self, values: np.ndarray) -> np.ndarray:
+        p = np.zeros(self.n + 1, dtype=np.longdouble)
+        np.cumsum(values.astype(np.longdouble), out=p[1:])
+        return p
+
+    def latest(self, ws: WindowSpec, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per query: the last selected item of its window (``(position, valid)``)."""
+        lo, hi = self.bounds(ws)
+        if not self.n:
+            return np.zeros(len(lo), dtype=np.int64), np.zeros(len(lo), dtype=bool)
+        last = np.maximum.accumulate(np.where(sel, np.arange(self.n), -1))
+        p = np.where(hi > 0, last[np.maximum(hi - 1, 0)], -1)
+        return np.maximum(p, 0), p >= lo
+
+    def extreme(
+        self, ws: WindowSpec, values: np.ndarray, valid: np.ndarray, kind: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per query: min or max of the valid ``values`` of its window (``(value, found)``), from
+        a sparse table with as many levels as the longest window run needs."""
+        lo, hi = self.bounds(ws)
+        length = hi - lo
+        found = np.zeros(len(lo), dtype=bool)
+        if not self.n:
+            return np.zeros(len(lo), dtype=values.dtype), found
+        is_float = values.dtype.kind == "f"
+        if kind == "min":
+            sentinel = np.inf if is_float else _I64_MAX
+            pick = np.minimum
+        else:
+            sentinel = -np.inf if is_float else _I64_MIN
+            pick = np.maximum
+        v = np.where(valid, values, sentinel)
+        cnt = np.zeros(self.n + 1, dtype=np.int64)
+        np.cumsum(valid, dtype=np.int64, out=cnt[1:])
+        found = (cnt[hi] - cnt[lo]) > 0
+        out = np.full(len(lo), sentinel, dtype=v.dtype)
+        longest = int(length.max()) if len(length) else 0
+        if longest == 0:
+            return out, found
+        levels = [v]
+        k = 1
+        while 2 * k <= longest:
+            prev = levels[-1]
+            levels.append(pick(prev[:-k], prev[k:]))
+            k *= 2
+        has = length > 0
+        lvl = np.zeros(len(lo), dtype=np.int64)
+        lvl[has] = np.floor(np.log2(length[has])).astype(np.int64)
+        # log2 rounding: make sure 2**lvl <= length < 2**(lvl + 1)
+        lvl[has] -= (1 << lvl[has]) > length[has]
+        lvl[has] += (1 << (lvl[has] + 1)) <= length[has]
+        for j in np.unique(lvl[has]):
+            qs = np.flatnonzero(has & (lvl == j))
+            table = levels[j]
+            out[qs] = pick(table[lo[qs]], table[hi[qs] - (1 << j)])
+        return out, found
+
+    def intervals(self, item: np.ndarray, start: np.ndarray, end: np.ndarray,
+                  weights: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+        """Per query: the total weight of the intervals ``[start, end)`` (one per entry, belonging
+        to the entity of ``item``) that contain the query time."""
+        keep = start < end
+        e = self.eidx[item[keep]]
+        s = np.sort(self.encode(e, start[keep]), kind="stable") if weights is None else None
+        q = self.queries
+        if weights is None:
+            en = np.sort(self.encode(e, end[keep]))
+            assert s is not None
+            out = np.searchsorted(s, q, "right") - np.searchsorted(en, q, "right")
+        else:
+            wt = weights[keep].astype(np.int64)
+            ks = self.encode(e, start[keep])
+            ke = self.encode(e, end[keep])
+            os_, oe = np.argsort(ks, kind="stable"), np.argsort(ke, kind="stable")
+            ps = np.concatenate(([0], np.cumsum(wt[os_])))
+            pe = np.concatenate(([0], np.cumsum(wt[oe])))
+            out = ps[np.searchsorted(ks[os_], q, "right")] - pe[np.searchsorted(ke[oe], q, "right")]
+        out = out.astype(np.int64)
+        out[self.q_e < 0] = 0
+        return out
+
+    def distinct(self, ws: WindowSpec, item: np.ndarray, value: np.ndarray) -> np.ndarray:
+        """Per query: number of distinct ``value`` among the (item, value) pairs of its window. A
+        pair counts while it is the latest pair of its value in the window: on
+        ``[a, min(b, a of the next item with that value))``."""
+        a, b = self.active(ws)
+        if not len(item):
+            return self.intervals(item, item, item)
+        order = np.lexsort((item, value))
+        item, value = item[order], value[order]
+        end = b[item].copy()
+        same = (value[1:] == value[:-1]) & (self.eidx[item[1:]] == self.eidx[item[:-1]])
+        nxt = a[item[1:]]
+        end[:-1] = np.where(same, np.minimum(end[:-1], nxt), end[:-1])
+        return self.intervals(item, a[item], end)
+
+    def labelled(self, ws: WindowSpec, item: np.ndarray, k: np.ndarray, d: int) -> np.ndarray:
+        """Per query: (item, label time) pairs of its window with ``k < t − D``."""
+        a, b = self.active(ws)
+        return self.intervals(item, np.maximum(a[item], k + d + 1), b[item])
+
+    def matured(self, ws: WindowSpec, weights: np.ndarray, d: int) -> np.ndarray:
+        """Per query: total ``weights`` of the window's items with ``x < floor_h(t − D)``."""
+        a, b = self.active(ws)
+        base = self.x - self.x % ws.h
+        item = np.arange(self.n)
+        return self.intervals(item, np.maximum(a, base + ws.h + d), b, weights)
