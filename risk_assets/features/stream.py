@@ -56,8 +56,9 @@ import polars as pl
 from risk_assets.features.batch import compute_feature_groups
 from risk_assets.features.spec import EVENT_TS, FeatureGroup
 from risk_assets.features.stream_state import StreamState
+from risk_assets.features.tiles import HOP_MS, TILE_START, build_tiles, tile_schema
 
-__all__ = ["CREATED_TS", "output_schema", "process_events", "visible_mask"]
+__all__ = ["CREATED_TS", "output_schema", "process_events", "touched_tiles", "visible_mask"]
 
 CREATED_TS = "created_ts"
 _TS = pl.Datetime("ms", "UTC")
@@ -117,10 +118,37 @@ def _new_as_of(group: FeatureGroup, batch: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def touched_tiles(group: FeatureGroup, seen: pl.DataFrame, batch: pl.DataFrame) -> pl.DataFrame:
+    """The complete tiles (``tiles.build_tiles`` over every visible event of the entity) of every
+    (entity, hop, tile) that one of the batch's own events of ``group`` falls into.
+
+    ``seen``: the visible state events of the entities the batch touched (they include the batch's
+    own). A tile holds every event of its time span the state knows, so it only ever grows between
+    micro-batches, and a replayed range (same visible events) builds the same tile: written with
+    write-if-more-events (``online_tiles.py``) the stream path is exact per tile and idempotent."""
+    keys = list(group.entity.keys)
+    own = batch.filter(
+        pl.col("event_type").is_in(list(group.source_event_types)), *[pl.col(k).is_not_null() for k in keys]
+    ).select(*keys, pl.col(EVENT_TS).dt.epoch("ms").alias("_t"))
+    built = build_tiles(group, seen)
+    if own.height == 0 or built.height == 0:
+        return built.clear()
+    hops = built.select(pl.col(HOP_MS).unique())
+    wanted = (
+        own.join(hops, how="cross")
+        .select(*keys, HOP_MS, (pl.col("_t") - pl.col("_t") % pl.col(HOP_MS)).alias(TILE_START))
+        .unique()
+    )
+    cast = [pl.col(c).cast(built.schema[c]) for c in (*keys, HOP_MS, TILE_START)]
+    return built.join(wanted.select(cast), on=[*keys, HOP_MS, TILE_START], how="semi", maintain_order="left")
+
+
 def process_events(
     events: pl.DataFrame,
     groups: Sequence[FeatureGroup] | None,
     state: StreamState,
+    *,
+    tiles: dict[str, pl.DataFrame] | None = None,
 ) -> dict[str, pl.DataFrame]:
     """Add a validated micro-batch to ``state`` and compute the stream rows of its as-of times.
 
@@ -130,11 +158,17 @@ def process_events(
     requested group (empty frames included) in :func:`output_schema`. See the module docstring for
     the contract, the visibility rule and the lateness policy. Raises
     :class:`~risk_assets.features.stream_state.StreamStateError` when Redis fails.
+
+    ``tiles``: when given, filled with ``{group name: tile frame}`` — the complete tiles the batch's
+    events fall into (:func:`touched_tiles`), for the online tile store.
     """
     groups = tuple(state.groups if groups is None else groups)
     unknown = [g.name for g in groups if g not in state.groups]
     if unknown:
         raise ValueError(f"groups {unknown} are not part of the stream state's groups")
+    if tiles is not None:
+        tiles.clear()
+        tiles.update({g.name: pl.DataFrame(schema=tile_schema(g)) for g in groups})
     if events.height == 0 or not groups:
         return {g.name: _empty(g) for g in groups}
     batch = events.with_columns(pl.col(EVENT_TS).cast(_TS), pl.col("ingest_ts").cast(_TS))
@@ -154,6 +188,9 @@ def process_events(
         start = _EPOCH + timedelta(milliseconds=int(ts_all.min()))
         end = _EPOCH + timedelta(milliseconds=int(ts_all.max()) + 1)
         values = compute_feature_groups(mine, seen, start, end)
+        if tiles is not None:
+            for g in mine:
+                tiles[g.name] = touched_tiles(g, seen, batch)
         for g in mine:
             keys = [*g.entity.keys, EVENT_TS]
             rows = values[g.name].join(new[g.name], on=keys, how="inner", maintain_order="left")

@@ -32,6 +32,7 @@ from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.ingestion import ingest_batch, read_feature_log
 from risk_assets.features.offline_store import read_offline
 from risk_assets.features.online_store import OnlineStore
+from risk_assets.features.online_tiles import write_stream_tiles
 from risk_assets.features.stream_state import StreamState, stream_groups
 from risk_assets.features.stream_warm_start import (
     WarmStartResult,
@@ -197,7 +198,13 @@ def stream_feature_buffer(
             with kafka.range_reader() as tail_reader:
                 return warm_start_for_batch(state, lake.lake(), tail_reader, rng, decoded.valid)
 
-        rows, warmed = process_with_warm_start(decoded.valid, STREAM_GROUPS, state, warm)
+        tiles: dict[str, pl.DataFrame] = {}
+        rows, warmed = process_with_warm_start(decoded.valid, STREAM_GROUPS, state, warm, tiles=tiles)
+    # The tiles the range touched, complete as the state knows them, straight into the online store
+    # (write-if-more-events: a replayed range writes nothing new). Before publishing: a failed write
+    # fails the run, the sensor re-requests the range.
+    with OnlineStore.from_url(redis.url, namespace=redis.namespace, cluster=redis.cluster) as store:
+        written = write_stream_tiles(store, STREAM_GROUPS, tiles)
     for w in warmed:
         context.log.warning(
             "stream state was cold: warm start loaded %d archived + %d topic events since %s (committed: %s)",
@@ -225,6 +232,8 @@ def stream_feature_buffer(
             "warm_starts": len(warmed),
             "warm_start_events": sum(w.archive_events + w.kafka_events for w in warmed),
             **{f"rows/{name}": frame.height for name, frame in rows.items()},
+            "tiles_offered": written.tiles,
+            "tiles_applied": written.applied,
         },
         check_results=[lag_check(STREAM_FEATURE_BUFFER, lag, config)],
     )

@@ -157,6 +157,7 @@ class EntityLayout:
     columns: tuple[str, ...]  # stored payload columns (archive columns), after the head fields
     max_window_ms: int
     retention_ms: int
+    max_hop_ms: int = 1  # the longest tile hop of its groups: reads reach the end of that tile
 
     @cached_property
     def version(self) -> str:
@@ -187,7 +188,8 @@ class EntityLayout:
         columns = tuple(c for c in needed if c not in keys and c not in ("event_id", EVENT_TS))
         types = tuple(sorted({t for g in groups for t in g.source_event_types}))
         max_w = max(_ms(g.max_window) for g in groups)
-        return cls(entity, tuple(g.name for g in groups), types, columns, max_w, max_w + _ms(margin))
+        max_hop = max((_ms(h) for g in groups for h in g.hops), default=1)
+        return cls(entity, tuple(g.name for g in groups), types, columns, max_w, max_w + _ms(margin), max_hop)
 
 
 @dataclass(frozen=True)
@@ -470,8 +472,11 @@ class StreamState:
                 seg = ts[a:b]
                 t.scores.append(seg)
                 if read:
+                    # to the end of the longest-hop tile of the newest event: the stream path
+                    # rebuilds whole tiles (a late event's tile holds later events too)
+                    hi, hop = int(seg.max()), layout.max_hop_ms
                     t.read_lo.append(int(seg.min()) - layout.max_window_ms)
-                    t.read_hi.append(int(seg.max()))
+                    t.read_hi.append(hi - hi % hop + hop - 1)
             out.append(t)
         return out
 
@@ -487,7 +492,8 @@ class StreamState:
 
     def add_and_fetch(self, events: pl.DataFrame) -> dict[str, pl.DataFrame]:
         """Add ``events`` and return, per entity name, the stored events of every touched entity key
-        with ``event_ts`` in ``(min new ts − max_window, max new ts]`` of that key — one frame per
+        with ``event_ts`` in ``(min new ts − max_window, end of the longest-hop tile of the max new
+        ts]`` of that key — one frame per
         entity in :attr:`EntityLayout.frame_schema`, one row per ``event_id`` (earliest arrival).
         One pipelined round trip for everything, framed by two reads of the epoch marker: raises
         :class:`StreamStateCold` when it is missing or changed (the events are added all the same;

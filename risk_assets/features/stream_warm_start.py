@@ -252,15 +252,17 @@ def process_with_warm_start(
     warm: Callable[[], WarmStartResult],
     *,
     max_warm_starts: int = 2,
+    tiles: dict[str, pl.DataFrame] | None = None,
 ) -> tuple[dict[str, pl.DataFrame], list[WarmStartResult]]:
     """:func:`~risk_assets.features.stream.process_events`, but a cold state is warmed (``warm``)
     and the batch computed again — rows are only returned from a state whose epoch held from the
-    start to the end of the batch. Returns the rows and the warm starts that ran; raises
+    start to the end of the batch (``tiles``: as for ``process_events``). Returns the rows and the
+    warm starts that ran; raises
     :class:`StreamStateCold` if the state is still cold after ``max_warm_starts``."""
     warmed: list[WarmStartResult] = []
     while True:
         try:
-            return process_events(events, groups, state), warmed
+            return process_events(events, groups, state, tiles=tiles), warmed
         except StreamStateCold:
             if len(warmed) >= max_warm_starts:
                 raise
