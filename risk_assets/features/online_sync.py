@@ -9,6 +9,12 @@ only if it is newer than the value already there (``(event_ts, created_ts, sourc
 Redis; batch rows are written as ``SOURCE_BATCH`` and win ties with stream rows). Re-sending
 therefore never double-applies, and a skipped or failed tick is caught up by the next.
 
+Tiles (feature semantics v2, what risk-serve reads): every tick also ships the tiles of the event
+days whose raw archive objects changed, built from the archive (``tile_sync.py``; a full resync
+ships every day inside the groups' horizon), as batch tiles with write-if-more-events. Their
+watermark (``tiles`` in the state) moves with the rows' under the same epoch rules. The snapshot
+rows are still shipped for the row audit (``online_audit.py``); risk-serve no longer reads them.
+
 A watermark kept in the lake says what was *sent*, not what Redis still *holds*: a Redis restarted
 without persistence comes back empty and an incremental tick would top it up with a few changed
 days and report success. So the sync also records the **epoch** it synced into — the token of the
@@ -50,6 +56,7 @@ from risk_assets.features.offline_store import group_prefix
 from risk_assets.features.online_audit import AuditResult
 from risk_assets.features.online_store import SOURCE_BATCH, SOURCE_STREAM, OnlineStore, OnlineStoreError
 from risk_assets.features.spec import FeatureGroup
+from risk_assets.features.tile_sync import TileSyncResult, sync_tiles
 from risk_assets.lake import Lake
 
 __all__ = [
@@ -77,6 +84,7 @@ class SyncState:
     last_success: str | None = None
     epoch: str | None = None
     last_full_resync: str | None = None
+    tiles: dict[str, str] = field(default_factory=dict)  # raw archive objects shipped as tiles
 
     @staticmethod
     def load(lake: Lake) -> SyncState:
@@ -88,6 +96,7 @@ class SyncState:
             last_success=data.get("last_success"),
             epoch=data.get("epoch"),
             last_full_resync=data.get("last_full_resync"),
+            tiles=dict(data.get("tiles", {})),
         )
 
     def save(self, lake: Lake) -> None:
@@ -96,6 +105,7 @@ class SyncState:
             "last_success": self.last_success,
             "last_full_resync": self.last_full_resync,
             "synced": dict(sorted(self.synced.items())),
+            "tiles": dict(sorted(self.tiles.items())),
         }
         lake.write_bytes(STATE_PATH, json.dumps(body, indent=1).encode())
 
@@ -116,6 +126,7 @@ class SyncResult:
     passes: int = 0  # 1 normally; more when Redis lost its data during a pass
     log_rows_offered: int = 0  # stream feature-log rows offered by a full resync
     log_applied: int = 0
+    tiles: TileSyncResult = field(default_factory=TileSyncResult)  # tiles shipped (tile_sync.py)
 
     @property
     def lag_seconds(self) -> float | None:
@@ -232,6 +243,7 @@ def sync(
     state: SyncState | None = None,
     *,
     max_passes: int = MAX_PASSES,
+    now: datetime | None = None,
 ) -> SyncResult:
     """One sync tick over ``groups``: incremental, or a full resync when the store's epoch marker is
     missing or not the state's (see the module docstring). Raises (without saving state) if Redis
@@ -248,8 +260,10 @@ def sync(
                 changed = changed_objects(lake, group, state)
                 _write_objects(lake, store, group, changed, result)
                 done.update(changed)
+            result.tiles, tiles_done = sync_tiles(lake, store, groups, state.tiles, now=now)
             if store.epoch() == marker:
                 state.synced.update(done)
+                state.tiles.update(tiles_done)
                 result.epoch = marker
                 return _finish(lake, state, result, t0)
             result.reason = "the epoch marker vanished during an incremental tick (Redis lost its data)"
@@ -264,9 +278,11 @@ def sync(
             )
         token = store.begin_epoch() if marker is None else marker
         done = _resync_groups(lake, store, groups, result)
+        result.tiles, tiles_done = sync_tiles(lake, store, groups, {}, full=True, now=now)
         committed = store.commit_epoch(token) if marker is None else store.epoch() == marker
         if committed:
             state.synced = done
+            state.tiles = tiles_done
             state.epoch = token
             result.epoch = token
             return _finish(lake, state, result, t0)

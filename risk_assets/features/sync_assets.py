@@ -84,6 +84,10 @@ def online_store_sync(
             "objects": result.objects,
             "lag_seconds": result.lag_seconds if result.lag_seconds is not None else 0.0,
             "sync_seconds": result.seconds,
+            "tiles_offered": result.tiles.tiles,
+            "tiles_applied": result.tiles.applied,
+            "tile_days": sum(len(d) for d in result.tiles.days.values()),
+            "tile_sync_seconds": result.tiles.seconds,
         }
     )
 
