@@ -12,7 +12,8 @@ What it does, all on this machine:
    on synthetic data over the real model input list (``model_feature_columns(FEATURE_GROUPS)``:
    7 request-time + 135 online features) and registers it in a temporary lake;
 3. simulates traffic (``risk-sim``'s generator), keeps the money-moving and login events, and
-   preloads online rows for every entity they involve (every feature group, random values);
+   preloads the online tiles of the whole simulation (what risk-serve reads) and, for the services
+   of ``--before-ref`` that read snapshot rows, random rows under their group versions;
 4. writes the events as request bodies (JSONL) and runs ``bench/openloop.py`` (open
    loop, latency from the scheduled start) against ``risk-serve`` at each rate;
 5. the **baseline**: the same service, same features, same model, but the naive scoring path —
@@ -42,6 +43,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -154,8 +156,9 @@ def train_champion(features: list[str], trees: int, depth: int, seed: int = 11) 
     return bytes(booster.save_raw("ubj"))
 
 
-def simulate_events(users: int, limit: int) -> tuple[pl.DataFrame, list[bytes]]:
-    """Simulated events (frame + JSON payloads), login and money-moving types, at most ``limit``."""
+def simulate_events(users: int, limit: int) -> tuple[pl.DataFrame, list[bytes], pl.DataFrame]:
+    """Simulated events (frame + JSON payloads), login and money-moving types, at most ``limit``;
+    and every event and label of the simulation (the online tiles are built from them)."""
     from risk_assets.simulator.config import SimConfig
     from risk_assets.simulator.encoding import encode_events
     from risk_assets.simulator.generator import generate
@@ -167,21 +170,39 @@ def simulate_events(users: int, limit: int) -> tuple[pl.DataFrame, list[bytes]]:
         users=users,
         events_per_day=max(100_000, users * 10),
     )
-    events = generate(cfg).events
-    events = events.filter(
+    out = generate(cfg)
+    events = out.events.filter(
         pl.col("event_type").is_in(["login", "withdrawal", "card_payment", "p2p_trade", "deposit"])
     ).head(limit)
-    return events, encode_events(events)
+    return events, encode_events(events), out
 
 
-def preload_online(store: Any, events: pl.DataFrame) -> int:
-    """Random online rows for every (group, entity) the events involve; returns rows written."""
+def group_versions(src: Path) -> dict[str, str]:
+    """``{group: version}`` of the feature groups as defined in the source tree ``src``."""
+    code = "import json; from risk_assets.features.groups import FEATURE_GROUPS as G; "
+    code += "print(json.dumps({g.name: g.version for g in G}))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=src, env={**os.environ, "PYTHONPATH": str(src)},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def preload_online(
+    store: Any, events: pl.DataFrame, sim: Any, row_versions: list[dict[str, str]]
+) -> tuple[int, int]:
+    """Random online rows (v1 layout, what a service before the tiles reads) for every (group,
+    entity) the events involve, and the tiles of the whole simulation (what risk-serve reads now);
+    returns (rows, tiles) written."""
     from risk_assets.features.groups import FEATURE_GROUPS
     from risk_assets.features.ingestion import group_layout
+    from risk_assets.features.online_tiles import TileStore, tile_layout
+    from risk_assets.features.tiles import build_tiles
 
     rng = np.random.default_rng(3)
-    written = 0
+    written = tiles = 0
     ts = datetime(2026, 8, 1, tzinfo=UTC) - timedelta(minutes=5)
+    tile_store = TileStore(store)
     for g in FEATURE_GROUPS:
         keys = list(g.entity.keys)
         ents = events.select(keys).drop_nulls().unique()
@@ -192,8 +213,12 @@ def preload_online(store: Any, events: pl.DataFrame) -> int:
             pl.lit(ts).cast(pl.Datetime("ms", "UTC")).alias("event_ts"),
             *[pl.Series(f, vals[:, j]) for j, f in enumerate(g.feature_names)],
         )
-        written += store.write(group_layout(g), frame).applied
-    return written
+        for versions in row_versions:
+            layout = replace(group_layout(g), version=versions.get(g.name, g.version))
+            written += store.write(layout, frame).applied
+        built = build_tiles(g, sim.events, sim.labels if g.needs_labels else None)
+        tiles += tile_store.write(tile_layout(g), built).applied
+    return written, tiles
 
 
 def wait_ready(port: int, timeout: float = 60.0) -> None:
@@ -342,7 +367,9 @@ def main() -> None:
     ap.add_argument("--rates", default="200,500,1000,1500")
     ap.add_argument("--baseline-rates", default="25,50,75", help="empty: no naive baseline series")
     ap.add_argument(
-        "--before-ref", default="", help="git ref (or source tree) of the service to compare with"
+        "--before-ref",
+        default="",
+        help="git refs (or source trees), comma-separated, of services to compare with",
     )
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--users", type=int, default=20_000)
@@ -392,20 +419,24 @@ def main() -> None:
             model,
             {
                 "features": features,
-                "feature_groups": {g.name: g.version for g in FEATURE_GROUPS},
+                # no feature_groups: the services of --before-ref run other group versions
                 "params": {"objective": "binary:logistic", "max_depth": args.depth, "trees": args.trees},
             },
         )
         registry.set_champion(lake, version, "bench")
 
         t = time.perf_counter()
-        events, payloads = simulate_events(args.users, args.events)
+        events, payloads, sim = simulate_events(args.users, args.events)
         with OnlineStore.from_url(endpoints["REDIS_URL"], namespace="risk") as store:
-            rows = preload_online(store, events)
+            befores = [
+                extract_ref(ref, work / f"before{j}")
+                for j, ref in enumerate(r for r in args.before_ref.split(",") if r)
+            ]
+            rows, tiles = preload_online(store, events, sim, [group_versions(b) for b in befores])
             store.mark_complete()  # as the sync would after a full resync: risk-serve is ready
         print(
             f"{events.height} events ({dict(events['event_type'].value_counts().iter_rows())}); "
-            f"{rows} online rows preloaded in {time.perf_counter() - t:.1f} s",
+            f"{rows} online rows and {tiles} tiles preloaded in {time.perf_counter() - t:.1f} s",
             flush=True,
         )
         bodies = work / "bodies.jsonl"
@@ -420,9 +451,8 @@ def main() -> None:
         }
         results: dict[str, list[dict[str, Any]]] = {}
         series: list[tuple[str, bool, str, Path | None]] = [("risk-serve", False, args.rates, None)]
-        if args.before_ref:
-            src = extract_ref(args.before_ref, work / "before")
-            series.append((f"before:{args.before_ref}"[:20], False, args.rates, src))
+        for ref, src in zip((r for r in args.before_ref.split(",") if r), befores, strict=True):
+            series.append((f"before:{Path(ref).name or ref}"[:24], False, args.rates, src))
         if args.baseline_rates:
             series.append(("baseline", True, args.baseline_rates, None))
         for name, baseline, rates, src in series:
@@ -434,7 +464,7 @@ def main() -> None:
             path = (
                 "DMatrix+predict, exact SHAP on every request"
                 if baseline
-                else f"risk_assets from git {args.before_ref}"
+                else f"risk_assets from {src}"
                 if src is not None
                 else "inplace_predict, approximate reasons for review/block only"
             )
