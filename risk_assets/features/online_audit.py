@@ -13,12 +13,18 @@ Rows expire in Redis (``SET … PX ttl`` from their last write), so an absent ro
 legitimately. A present one is compared all the same.
 
 A failed audit is not only a red light: ``online_sync.repair`` resyncs the affected groups.
+
+Tiles (semantics v2, what risk-serve serves): :func:`audit_tiles` compares, for a deterministic
+sample of the entities with events in the last day, the value risk-serve would serve at ``t``
+(``now``: the tiles finished with ``online_tiles.finish``) with the offline v2 value at ``t``
+(``spine.compute_at`` over the archived events of the group's horizon), feature by feature —
+staleness (a tile behind the archive), missing tiles and reads that are not exact are all counted.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import polars as pl
@@ -26,10 +32,22 @@ import polars as pl
 from risk_assets.features.ingestion import group_layout, read_feature_log
 from risk_assets.features.offline_store import read_offline
 from risk_assets.features.online_store import SOURCE_BATCH, SOURCE_STREAM, OnlineStore
+from risk_assets.features.online_tiles import TileStore, finish, tile_layout
 from risk_assets.features.spec import FeatureGroup
+from risk_assets.features.spine import compute_at
+from risk_assets.ingest.raw_reader import read_source
 from risk_assets.lake import Lake
 
-__all__ = ["REL_TOL", "SOURCE_COLUMN", "AuditResult", "GroupAudit", "audit", "expected_latest"]
+__all__ = [
+    "REL_TOL",
+    "SOURCE_COLUMN",
+    "AuditResult",
+    "GroupAudit",
+    "TileAudit",
+    "audit",
+    "audit_tiles",
+    "expected_latest",
+]
 
 REL_TOL = 1e-9
 SOURCE_COLUMN = "_source"  # in expected_latest: SOURCE_BATCH (offline store) or SOURCE_STREAM (log)
@@ -152,3 +170,71 @@ def audit(
                 report.mismatched_keys.append(key)
         result.groups.append(report)
     return result
+
+
+@dataclass
+class TileAudit:
+    """Served (tiles finished at ``t``) vs offline v2 at ``t``, per group, over sampled entities."""
+
+    t: datetime
+    sampled: dict[str, int] = field(default_factory=dict)
+    mismatched: dict[str, int] = field(default_factory=dict)  # entities with any feature differing
+    inexact: dict[str, int] = field(default_factory=dict)  # head tile held events at/after t
+    mismatched_keys: dict[str, list[Any]] = field(default_factory=dict)
+
+    @property
+    def mismatch_rate(self) -> float:
+        n = sum(self.sampled.values())
+        return sum(self.mismatched.values()) / n if n else 0.0
+
+
+def audit_tiles(
+    lake: Lake,
+    store: OnlineStore,
+    groups: list[FeatureGroup],
+    *,
+    now: datetime | None = None,
+    sample_per_group: int = 200,
+) -> TileAudit:
+    """Compare what risk-serve serves at ``now`` with the offline v2 value at ``now`` (see the
+    module docstring) for up to ``sample_per_group`` entities per group with events in the last day
+    (a deterministic sample: the smallest key hashes)."""
+    now = now or datetime.now(UTC)
+    t = int(now.timestamp() * 1000)
+    out = TileAudit(now)
+    tiles = TileStore(store)
+    for group in groups:
+        layout = tile_layout(group)
+        keys = list(group.entity.keys)
+        start = now - timedelta(milliseconds=layout.ttl_ms)
+        events = read_source(lake, group.source, start, now)
+        recent = events.filter(pl.col(group.source.timestamp) >= now - timedelta(days=1))
+        ents = (
+            recent.select(keys).drop_nulls().unique()
+            .with_columns(pl.struct(keys).hash(seed=7).alias("_h")).sort("_h").head(sample_per_group)
+        )  # fmt: skip
+        if ents.height == 0:
+            continue
+        labels = None
+        if group.needs_labels and group.label_source is not None:
+            labels = read_source(lake, group.label_source, start, now + timedelta(days=1))
+        spine = ents.select(keys).with_columns(pl.lit(now).cast(pl.Datetime("ms", "UTC")).alias("event_ts"))
+        offline = compute_at(group, events, spine, labels)
+        entity_keys = [tuple(r) if len(keys) > 1 else r[0] for r in ents.select(keys).iter_rows()]
+        served = tiles.read([(layout, k) for k in entity_keys])
+        bad = inexact = 0
+        for key, row, got in zip(entity_keys, offline.iter_rows(named=True), served, strict=True):
+            values, exact = finish(layout, got, t)
+            inexact += not exact
+            same = all(
+                _equal(None if v is None else float(v), None if row[f] is None else float(row[f]))
+                for f, v in zip(group.feature_names, values, strict=True)
+            )
+            if not same:
+                bad += 1
+                if len(out.mismatched_keys.setdefault(group.name, [])) < MAX_KEYS_REPORTED:
+                    out.mismatched_keys[group.name].append(key)
+        out.sampled[group.name] = ents.height
+        out.mismatched[group.name] = bad
+        out.inexact[group.name] = inexact
+    return out

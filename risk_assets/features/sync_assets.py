@@ -8,7 +8,7 @@ import dagster as dg
 
 from risk_assets.automation import ONLINE_SYNC_FRESHNESS
 from risk_assets.features.groups import FEATURE_GROUPS
-from risk_assets.features.online_audit import audit
+from risk_assets.features.online_audit import audit, audit_tiles
 from risk_assets.features.online_store import OnlineStore
 from risk_assets.features.online_sync import repair, sync
 from risk_assets.names import ONLINE_OFFLINE_CONSISTENCY_CHECK, ONLINE_STORE_SYNC, feature_asset_key
@@ -97,14 +97,16 @@ def online_store_sync(
     name=ONLINE_OFFLINE_CONSISTENCY_CHECK,
     description=(
         "Samples entities of every feature group and compares Redis with the newest offline value "
-        f"(batch days + stream log). Fails above {MAX_MISMATCH_RATE:.0%} mismatches."
+        "(batch days + stream log), and the value risk-serve serves now (tiles finished at t) with "
+        f"the offline v2 value at t. Fails above {MAX_MISMATCH_RATE:.0%} mismatches in either."
     ),
 )
 def online_offline_consistency(lake: LakeResource, redis: RedisResource) -> dg.AssetCheckResult:
     with _store(redis) as store:
         result = audit(lake.lake(), store, list(FEATURE_GROUPS))
+        served = audit_tiles(lake.lake(), store, list(FEATURE_GROUPS))
     return dg.AssetCheckResult(
-        passed=result.mismatch_rate <= MAX_MISMATCH_RATE,
+        passed=result.mismatch_rate <= MAX_MISMATCH_RATE and served.mismatch_rate <= MAX_MISMATCH_RATE,
         metadata={
             "mismatch_rate": result.mismatch_rate,
             "sampled": result.sampled,
@@ -114,6 +116,11 @@ def online_offline_consistency(lake: LakeResource, redis: RedisResource) -> dg.A
             "expired_online": sum(g.expired_online for g in result.groups),
             "value_mismatch": sum(g.value_mismatch for g in result.groups),
             "threshold": MAX_MISMATCH_RATE,
+            # served value at t (tiles finished now) vs the offline v2 value at t
+            "served_vs_offline_v2_mismatch_rate": served.mismatch_rate,
+            "served_vs_offline_v2_sampled": sum(served.sampled.values()),
+            "served_vs_offline_v2_mismatched": sum(served.mismatched.values()),
+            "served_inexact_reads": sum(served.inexact.values()),
         },
     )
 

@@ -10,7 +10,8 @@ import polars as pl
 import pytest
 
 from risk_assets.features import tiles as T
-from risk_assets.features.groups import FEATURE_GROUPS
+from risk_assets.features.groups import FEATURE_GROUPS, GROUPS_BY_NAME
+from risk_assets.features.online_audit import audit_tiles
 from risk_assets.features.online_store import OnlineStore
 from risk_assets.features.online_sync import SyncState, sync
 from risk_assets.features.online_tiles import TileStore, finish, tile_layout
@@ -100,3 +101,24 @@ def test_sync_tick_records_the_tile_watermark(archived, session_stack, key_prefi
         assert state.tiles and state.epoch == store.epoch()
         res2 = sync(lake, store, FEATURE_GROUPS, now=NOW)
         assert not res2.full_resync and res2.tiles.tiles == 0
+
+
+def test_the_audit_compares_served_values_at_t_with_the_offline_v2_values(
+    archived, session_stack, key_prefix
+) -> None:
+    """After the sync the served values at t equal the offline v2 values at t; tiles of one group
+    deleted from Redis (an emptied node) show up as mismatches of that group only."""
+    lake, events, _ = archived
+    t = events["event_ts"].max() + timedelta(minutes=3)
+    with OnlineStore.from_url(session_stack.redis_url, namespace=key_prefix) as store:
+        sync_tiles(lake, store, FEATURE_GROUPS, {}, now=NOW)
+        clean = audit_tiles(lake, store, list(FEATURE_GROUPS), now=t, sample_per_group=50)
+        assert sum(clean.sampled.values()) > 200
+        assert clean.mismatch_rate == 0.0 and sum(clean.inexact.values()) == 0
+        victim = tile_layout(GROUPS_BY_NAME["ato_ip"])
+        ts = TileStore(store)
+        for ip in events["ip"].unique().to_list():
+            store.client.delete(ts.key(victim, ip))
+        broken = audit_tiles(lake, store, list(FEATURE_GROUPS), now=t, sample_per_group=50)
+        assert broken.mismatched["ato_ip"] > 0
+        assert {g for g, n in broken.mismatched.items() if n} == {"ato_ip"}
