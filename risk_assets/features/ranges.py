@@ -61,6 +61,7 @@ class Layout:
     _active: dict[WindowSpec, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     _ranges: dict[WindowSpec, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     _q: np.ndarray | None = None
+    _order: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.eidx = np.asarray(self.eidx, dtype=np.int64)
@@ -88,9 +89,21 @@ class Layout:
 
     @property
     def queries(self) -> np.ndarray:
+        """The encoded queries, ascending (see :meth:`count_le`)."""
         if self._q is None:
-            self._q = self.encode(np.maximum(self.q_e, 0), self.q_t)
+            q = self.encode(np.maximum(self.q_e, 0), self.q_t)
+            self._order = np.argsort(q, kind="stable")
+            self._q = q[self._order]
         return self._q
+
+    def count_le(self, sorted_values: np.ndarray) -> np.ndarray:
+        """Per query (query order): how many of ``sorted_values`` are <= its encoded time. The
+        queries are searched in ascending order (NumPy's binary search reuses the previous bound:
+        several times faster than random order), then put back in place."""
+        found = np.searchsorted(sorted_values, self.queries, "right")
+        out = np.empty_like(found)
+        out[self._order] = found
+        return out
 
     def active(self, ws: WindowSpec) -> tuple[np.ndarray, np.ndarray]:
         """Per item: ``[a, b)``, the query times whose window holds it (module docstring)."""
@@ -107,9 +120,8 @@ class Layout:
         """Per query: the item run ``[lo, hi)`` of its window (empty for an unknown entity)."""
         if ws not in self._ranges:
             a, b = self.active(ws)
-            q = self.queries
-            hi = np.searchsorted(self.encode(self.eidx, a), q, "right")
-            lo = np.searchsorted(self.encode(self.eidx, b), q, "right")
+            hi = self.count_le(self.encode(self.eidx, a))
+            lo = self.count_le(self.encode(self.eidx, b))
             none = self.q_e < 0
             lo[none] = 0
             hi[none] = 0
@@ -194,20 +206,16 @@ class Layout:
         to the entity of ``item``) that contain the query time."""
         keep = start < end
         e = self.eidx[item[keep]]
-        s = np.sort(self.encode(e, start[keep]), kind="stable") if weights is None else None
-        q = self.queries
+        ks = self.encode(e, start[keep])
+        ke = self.encode(e, end[keep])
         if weights is None:
-            en = np.sort(self.encode(e, end[keep]))
-            assert s is not None
-            out = np.searchsorted(s, q, "right") - np.searchsorted(en, q, "right")
+            out = self.count_le(np.sort(ks)) - self.count_le(np.sort(ke))
         else:
             wt = weights[keep].astype(np.int64)
-            ks = self.encode(e, start[keep])
-            ke = self.encode(e, end[keep])
             os_, oe = np.argsort(ks, kind="stable"), np.argsort(ke, kind="stable")
             ps = np.concatenate(([0], np.cumsum(wt[os_])))
             pe = np.concatenate(([0], np.cumsum(wt[oe])))
-            out = ps[np.searchsorted(ks[os_], q, "right")] - pe[np.searchsorted(ke[oe], q, "right")]
+            out = ps[self.count_le(ks[os_])] - pe[self.count_le(ke[oe])]
         out = out.astype(np.int64)
         out[self.q_e < 0] = 0
         return out

@@ -83,8 +83,9 @@ sum            sum of the non-null values (nulls count as 0)                Floa
 mean           sum / number of non-null values                              Float64          null
 min, max       min/max of the non-null values                               column dtype     null
 distinct_count number of distinct 64-bit hashes of the non-null values      Int64            0
-               (:func:`risk_assets.features.tiles.value_hash`: BLAKE2b-64 of
-               a canonical encoding; the same on both sides, so online =
+               (:func:`risk_assets.features.tiles.value_hash`: FNV-1a 64 of
+               a canonical encoding + a 64-bit finalizer; the same on both
+               sides, so online =
                offline exactly; below the true count only on a collision,
                probability about ``n² / 2⁶⁵`` for ``n`` distinct values)
 last           value of the latest event in ``M`` whose value is non-null   column dtype     null

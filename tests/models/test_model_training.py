@@ -1,5 +1,5 @@
 """Metrics against brute-force definitions, the time split, reproducible training, and an end-to-end
-run on simulated traffic: simulator → offline features → point-in-time training set → XGBoost,
+run on simulated traffic: simulator → training set (features at each event's time, v2) → XGBoost,
 compared with the hand-written rules baseline on the same test split."""
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from risk_assets.features.batch import compute_feature_groups
 from risk_assets.features.groups import FEATURE_GROUPS
-from risk_assets.features.offline_store import with_created_ts
 from risk_assets.models import metrics as mx
 from risk_assets.models.rules_baseline import evaluate_rules, score_rules
 from risk_assets.models.training import (
@@ -66,9 +64,7 @@ class SimulatedSet:
 def simulated_training_set() -> SimulatedSet:
     """A point-in-time training set over simulated traffic, built exactly as the assets build it."""
     data = generate(SIM, workers=2)
-    rows = compute_feature_groups(FEATURE_GROUPS, data.events, SIM.start, SIM.end, data.labels)
-    offline = {g.name: with_created_ts(rows[g.name], g, data.events) for g in FEATURE_GROUPS}
-    frame, manifest = build_training_set(SPEC, data.events, data.labels, offline, FEATURE_GROUPS)
+    frame, manifest = build_training_set(SPEC, data.events, data.labels, FEATURE_GROUPS)
     truth = data.ground_truth.select(
         "event_id", pl.col("is_fraud").alias("truth"), pl.col("scenario").alias("truth_scenario")
     )

@@ -1,8 +1,9 @@
 """Prediction log → lake, training/serving skew and service health against a real ``risk-serve``.
 
 The service runs as a real process (helpers of ``tests/test_serving.py``) on the test's own Redis and
-broker. The offline store and the raw archive are built in a temporary lake; the online store gets
-exactly the offline store's latest rows (``OnlineStore.write``), so a clean run must show no skew.
+broker. The raw archive is built in a temporary lake; the online store gets, per entity, exactly the
+v2 values at the time its event is scored (the spine engine over the archive, ``OnlineStore.write``),
+so a clean run must show no skew: the skew audit recomputes the offline side at the served time.
 Then a buggy "ingestion" writes one online feature ×100 for new entities: the skew check must fail
 and name that feature first.
 """
@@ -15,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import numpy as np
 import polars as pl
 import pytest
 
-from risk_assets.features.groups import GROUPS_BY_NAME
+from risk_assets.events.schema import ARCHIVE_LABEL_COLUMNS
+from risk_assets.features.groups import FEATURE_GROUPS, GROUPS_BY_NAME
 from risk_assets.features.ingestion import group_layout
 from risk_assets.features.offline_store import offline_schema, write_days
 from risk_assets.features.online_store import OnlineStore
+from risk_assets.features.spine import compute_at
 from risk_assets.ingest.archive_format import archive_part_path, to_archive_frame
 from risk_assets.ingest.kafka_reader import OffsetRange
 from risk_assets.lake import Lake
@@ -36,7 +38,8 @@ from risk_assets.names import RAW_EVENTS
 from risk_assets.resources import KafkaResource, LakeResource, RawEventSource, ScoringServiceResource
 from tests.serving.test_serving import T0, event, register, start_service, stop_service, train_model, wait_for
 
-GROUPS = ("ato_user", "ato_device", "ato_ip", "withdrawal_wallet", "user_wallet")
+# Every group: under v2 an entity without events has empty windows (0 counts), not missing values.
+GROUPS = tuple(g.name for g in FEATURE_GROUPS)
 BUG_GROUP = "ato_user"
 BUG_COLUMN = next(f for f in GROUPS_BY_NAME[BUG_GROUP].feature_names if "withdrawal" in f)
 BUGGY = f"{BUG_GROUP}__{BUG_COLUMN}"
@@ -45,39 +48,43 @@ ROW_TS = T0 - timedelta(minutes=1)
 
 
 def _keys(group: str, ev: dict[str, Any]) -> dict[str, str]:
-    return {k: ev[k] for k in GROUPS_BY_NAME[group].entity.keys}
+    return {k: ev.get(k) for k in GROUPS_BY_NAME[group].entity.keys}
 
 
-def feature_rows(group: str, events: list[dict[str, Any]], rng: np.random.Generator) -> pl.DataFrame:
-    """One offline row per distinct entity of ``events``: as of one minute before T0, created 30 s
-    later, random non-zero values of the group's dtypes, 5 % nulls."""
+def feature_rows(group: str, archived: list[dict[str, Any]], scored: list[dict[str, Any]]) -> pl.DataFrame:
+    """One online row per distinct entity of ``scored``: the group's v2 values at the time its event
+    is scored, computed by the spine engine over the ``archived`` events (as of one minute before
+    T0, created 30 s later)."""
     g = GROUPS_BY_NAME[group]
+    keyed = [ev for ev in scored if all(ev.get(k) is not None for k in g.entity.keys)]
+    spine = pl.DataFrame(
+        [{**_keys(group, ev), "event_ts": ev["event_ts"]} for ev in keyed],
+        schema={**{k: pl.String for k in g.entity.keys}, "event_ts": pl.Int64},
+    )
+    spine = spine.unique(subset=list(g.entity.keys), keep="first", maintain_order=True).with_columns(
+        pl.from_epoch("event_ts", time_unit="ms").dt.replace_time_zone("UTC")
+    )
+    labels = pl.DataFrame(schema=ARCHIVE_LABEL_COLUMNS) if g.needs_labels else None
+    values = compute_at(g, archive_frame(archived), spine, labels)
+    stamped = values.with_columns(
+        pl.lit(ROW_TS).cast(pl.Datetime("ms", "UTC")).alias("event_ts"),
+        pl.lit(ROW_TS + timedelta(seconds=30)).cast(pl.Datetime("ms", "UTC")).alias("created_ts"),
+    )
     schema = offline_schema(g)
-    seen: dict[tuple, dict[str, Any]] = {}
-    for ev in events:
-        key = _keys(group, ev)
-        if tuple(key.values()) in seen:
-            continue
-        row: dict[str, Any] = {**key, "event_ts": ROW_TS, "created_ts": ROW_TS + timedelta(seconds=30)}
-        for f in g.feature_names:
-            dtype = schema[f]
-            if rng.random() < 0.05:
-                row[f] = None
-            elif dtype.is_integer():
-                row[f] = int(rng.integers(1, 50))
-            else:
-                row[f] = round(float(rng.uniform(0.5, 5000.0)), 3)
-        seen[tuple(key.values())] = row
-    return pl.DataFrame(list(seen.values()), schema=schema)
+    return stamped.select([pl.col(c).cast(dt) for c, dt in schema.items()])
 
 
-def write_archive(lake: Lake, events: list[dict[str, Any]]) -> None:
+def archive_frame(events: list[dict[str, Any]]) -> pl.DataFrame:
     frame = pl.DataFrame(events).with_columns(
         pl.from_epoch("event_ts", time_unit="ms").dt.replace_time_zone("UTC").alias("event_ts"),
         pl.from_epoch("event_ts", time_unit="ms").dt.replace_time_zone("UTC").alias("ingest_ts"),
     )
+    return to_archive_frame(frame, RAW_EVENTS)
+
+
+def write_archive(lake: Lake, events: list[dict[str, Any]]) -> None:
     hour = T0.replace(minute=0)
-    lake.write_parquet(to_archive_frame(frame, RAW_EVENTS), archive_part_path(RAW_EVENTS, hour))
+    lake.write_parquet(archive_frame(events), archive_part_path(RAW_EVENTS, hour))
 
 
 def check(result: dg.ExecuteInProcessResult, name: str) -> Any:
@@ -137,13 +144,17 @@ def test_histogram_quantile_and_scrape_deltas() -> None:
 
 def test_prediction_log_skew_and_health(fresh_stack, tmp_path: Path) -> None:
     lake = Lake(str(tmp_path / "lake"))
-    rng = np.random.default_rng(5)
     clean = [event("withdrawal", n=i, event_id=f"ev_clean_{i}") for i in range(CLEAN_N)]
     buggy = [
         event("withdrawal", n=10_000 + i, event_id=f"ev_bug_{i}", ip=f"10.1.{i}.1") for i in range(BUG_N)
     ]
-    write_archive(lake, clean + buggy)
-    rows = {g: feature_rows(g, clean + buggy, rng) for g in GROUPS}
+    # Each buggy user withdrew 5 s before the scored withdrawal: non-zero windows to corrupt.
+    earlier = [
+        {**ev, "event_id": f"{ev['event_id']}_earlier", "event_ts": ev["event_ts"] - 5_000} for ev in buggy
+    ]
+    archived = clean + buggy + earlier
+    write_archive(lake, archived)
+    rows = {g: feature_rows(g, archived, clean + buggy) for g in GROUPS}
     for g, frame in rows.items():
         write_days(lake, GROUPS_BY_NAME[g], frame, [T0.replace(hour=0, minute=0)])
 
