@@ -142,6 +142,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 2
+ASYNC_MIN_TIMEOUT_S = 0.2  # floor of the asyncio client's read timeout (see OnlineStore.from_url)
 _HEADER = struct.Struct("<BqqqHB")
 HEADER_SIZE = _HEADER.size  # 28
 _HEADER_V1 = struct.Struct("<BqqqH")  # format 1: no source byte (read as SOURCE_STREAM)
@@ -526,6 +527,9 @@ class OnlineStore:
             write_concurrency=write_concurrency,
         )
         async_options = {k: v for k, v in options.items() if k != "retry"}
+        # On an event loop the read timeout also runs while the loop is busy with other requests:
+        # a 50 ms budget would open the breaker on loop lag under a burst, not on a slow Redis.
+        async_options["socket_timeout"] = max(socket_timeout_s, ASYNC_MIN_TIMEOUT_S)
         store._async_connect = (url, cluster, async_options)
         if check:
             try:
