@@ -37,21 +37,32 @@ STREAM = stream_groups(FEATURE_GROUPS)
 START = datetime(2026, 11, 2, 8, tzinfo=UTC)
 
 
+def _scored(client, event: dict) -> dict | None:
+    status, body = client.score(event)
+    assert status == 200, body
+    return None if body["degraded"] else body
+
+
 def test_replayed_day_scored_by_risk_serve_equals_offline_v2(session_stack, tmp_path: Path, key_prefix: str):
     sim = generate(SimConfig(seed=21, hours=2, events_per_day=60_000, users=800, start=START)).events
     burst = pl.DataFrame(
         {
             "event_id": [f"ev_burst_{i}" for i in range(8)],
             "event_type": ["login"] * 8,
+            "schema_version": [1] * 8,
             "event_ts": [START + timedelta(hours=1, seconds=3 * i) for i in range(8)],
             "user_id": ["u_burst"] * 8,
             "device_id": ["d_burst"] * 8,
             "ip": ["10.77.0.1"] * 8,
+            "ip_country": ["DE"] * 8,
+            "ip_asn": [3320] * 8,
             "success": [False] * 8,
             "auth_method": ["password"] * 8,
         }
     )
-    events = pl.concat([sim, burst], how="diagonal_relaxed").with_columns(
+    events = pl.concat(
+        [sim, burst.with_columns(pl.col("schema_version").cast(pl.Int16))], how="diagonal_relaxed"
+    ).with_columns(
         pl.col("event_ts").cast(pl.Datetime("ms", "UTC")),
         pl.col("event_ts").cast(pl.Datetime("ms", "UTC")).alias("ingest_ts"),
     )
@@ -72,7 +83,9 @@ def test_replayed_day_scored_by_risk_serve_equals_offline_v2(session_stack, tmp_
 
     lake = Lake(str(tmp_path / "lake"))
     register(lake, train_model(seed=1))
-    svc = start_service(tmp_path, lake, session_stack.redis_url, session_stack.kafka, key_prefix)
+    svc = start_service(
+        tmp_path, lake, session_stack.redis_url, session_stack.kafka, key_prefix, RISK_REDIS_TIMEOUT_MS="500"
+    )
     scored: list[str] = []
     try:
         client = svc.client()
@@ -96,8 +109,11 @@ def test_replayed_day_scored_by_risk_serve_equals_offline_v2(session_stack, tmp_
             for idx in sorted(sample):
                 ingest_until(int(np.searchsorted(ts_ms, ts_ms[idx], side="left")))  # ties excluded
                 eid = events["event_id"][idx]
-                status, body = client.score(payload[eid])
-                assert status == 200 and body["degraded"] is False, body
+                # a loaded box can time out a probe: score again once the breaker closed (the
+                # state is unchanged, the last logged record of an event id is compared)
+                body = wait_for(
+                    lambda eid=eid: _scored(client, payload[eid]), timeout=20, what="not degraded"
+                )
                 scored.append(eid)
             ingest_until(events.height)  # the rest of the day, the burst included
             status, body = client.score(payload["ev_probe_1400"])
