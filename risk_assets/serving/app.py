@@ -235,7 +235,10 @@ class ScoringService:
         model = self.holder.current  # read once: a concurrent swap does not affect this request
         if model is None:
             raise NoModel()
-        x, degraded = await self.fetcher.matrix_async(events, model.plan)
+        if self.config.redis_async:
+            x, degraded = await self.fetcher.matrix_async(events, model.plan)
+        else:  # RISK_REDIS_ASYNC=0: the blocking read (less CPU, blocks the loop for the round trip)
+            x, degraded = self.fetcher.matrix(events, model.plan)
         return model, self.finish(model, events, x, degraded)
 
     def finish(

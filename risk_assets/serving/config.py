@@ -11,6 +11,8 @@ variable                       meaning                                     defau
 ``REDIS_URL``                  online store Redis                          ``redis://127.0.0.1:16379/0``
 ``RISK_REDIS_NAMESPACE``       online store key namespace                  ``risk``
 ``RISK_REDIS_TIMEOUT_MS``      Redis connect + socket timeout              ``50``
+``RISK_REDIS_ASYNC``           online reads through redis.asyncio (0: a    ``1``
+                               blocking read on the event loop: less CPU)
 ``RISK_REDIS_PROBE_S``         breaker probe / readiness ping interval     ``0.5``
 ``RISK_REDIS_FRESH_S``         readiness: Redis answered within this       ``10``
 ``KAFKA_BOOTSTRAP_SERVERS``    broker for the prediction log               ``127.0.0.1:19092``
@@ -116,6 +118,7 @@ class ServeConfig:
     model_verify_s: float = 60.0
     signing_key: bytes | None = field(default=None, repr=False)
     shadow_enabled: bool = True
+    redis_async: bool = True
     shadow_queue: int = 2_000
     shadow_batch_rows: int = 512
 
@@ -206,6 +209,7 @@ class ServeConfig:
             model_verify_s=_num(e, "RISK_MODEL_VERIFY_S", 60.0),
             signing_key=e.get(ENV_SIGNING_KEY, "").encode() or None,
             shadow_enabled=e.get("RISK_SHADOW", "1").strip().lower() not in ("0", "false", "no", "off"),
+            redis_async=e.get("RISK_REDIS_ASYNC", "1").strip().lower() not in ("0", "false", "no", "off"),
             shadow_queue=int(_num(e, "RISK_SHADOW_QUEUE", 2_000, integer=True)),
             shadow_batch_rows=int(_num(e, "RISK_SHADOW_BATCH_ROWS", 512, integer=True)),
         )

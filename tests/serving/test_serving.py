@@ -783,3 +783,34 @@ def test_refuses_to_start_without_token(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.returncode == 2 and "RISK_SERVE_TOKEN" in proc.stderr
+
+
+def test_blocking_read_mode_serves_the_same_vector(session_stack, tmp_path: Path, key_prefix: str) -> None:
+    """``RISK_REDIS_ASYNC=0`` (the blocking read on the loop) finishes the same windows: the same
+    score and missing count as the default asyncio read, from the same tiles."""
+    lake = Lake(str(tmp_path / "lake"))
+    register(lake, train_model(seed=1))
+    ev = event("withdrawal", n=901)
+    answers = []
+    with OnlineStore.from_url(session_stack.redis_url, namespace=key_prefix) as store:
+        online = {"ato_user": write_online(store, "ato_user", {"user_id": ev["user_id"]}, {SIGNAL_NAME: 9.0})}
+    for mode in ("1", "0"):
+        (tmp_path / mode).mkdir()
+        svc = start_service(
+            tmp_path / mode,
+            lake,
+            session_stack.redis_url,
+            session_stack.kafka,
+            key_prefix,
+            RISK_REDIS_ASYNC=mode,
+        )
+        try:
+            c = svc.client()
+            wait_for(lambda c=c: c.request("GET", "/readyz")[0] == 200, what="readyz")
+            status, body = c.score({**ev, "event_id": f"{ev['event_id']}-{mode}"})
+            assert status == 200 and body["degraded"] is False, body
+            answers.append(body)
+        finally:
+            stop_service(svc)
+    assert answers[0]["score"] == answers[1]["score"] and answers[0]["decision"] == "block"
+    assert answers[0]["features_missing"] == answers[1]["features_missing"] == n_missing(ev, online)
