@@ -32,6 +32,17 @@ _I64_MAX = np.iinfo(np.int64).max
 _I64_MIN = np.iinfo(np.int64).min
 
 
+def group_pairs(item: np.ndarray, code: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(item, code) pairs sorted by (code, item): ``(code_s, item_s)``; ``n`` bounds the items."""
+    n = max(n, 1)
+    if len(code) and int(code.max()) <= (_I64_MAX - n) // n:
+        key = np.sort(code.astype(np.int64) * n + item)  # one int64 sort
+        code_s, item_s = np.divmod(key, n)
+        return code_s, item_s
+    order = np.lexsort((item, code))  # pragma: no cover - too many codes to pack with items
+    return code[order], item[order]
+
+
 @dataclass(frozen=True)
 class WindowSpec:
     """A feature's window in ms: length ``w``, offset ``o``, hop ``h``."""
@@ -200,19 +211,26 @@ class Layout:
             out[qs] = pick(table[lo[qs]], table[hi[qs] - (1 << j)])
         return out, found
 
-    def intervals(self, item: np.ndarray, start: np.ndarray, end: np.ndarray,
-                  weights: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    def intervals(
+        self, item: np.ndarray, start: np.ndarray, end: np.ndarray, weights: np.ndarray | None = None,
+        *, sorted_starts: bool = False, sorted_ends: bool = False,
+    ) -> np.ndarray:  # fmt: skip
         """Per query: the total weight of the intervals ``[start, end)`` (one per entry, belonging
-        to the entity of ``item``) that contain the query time."""
+        to the entity of ``item``) that contain the query time. ``sorted_starts`` / ``sorted_ends``:
+        the encoded starts / ends are already ascending (``item`` ascending and the bound monotone
+        in the item), so they need no sort."""
         keep = start < end
         e = self.eidx[item[keep]]
         ks = self.encode(e, start[keep])
         ke = self.encode(e, end[keep])
         if weights is None:
-            out = self.count_le(np.sort(ks)) - self.count_le(np.sort(ke))
+            out = self.count_le(ks if sorted_starts else np.sort(ks)) - self.count_le(
+                ke if sorted_ends else np.sort(ke)
+            )
         else:
             wt = weights[keep].astype(np.int64)
-            os_, oe = np.argsort(ks, kind="stable"), np.argsort(ke, kind="stable")
+            os_ = slice(None) if sorted_starts else np.argsort(ks, kind="stable")
+            oe = slice(None) if sorted_ends else np.argsort(ke, kind="stable")
             ps = np.concatenate(([0], np.cumsum(wt[os_])))
             pe = np.concatenate(([0], np.cumsum(wt[oe])))
             out = ps[self.count_le(ks[os_])] - pe[self.count_le(ke[oe])]
@@ -220,29 +238,48 @@ class Layout:
         out[self.q_e < 0] = 0
         return out
 
-    def distinct(self, ws: WindowSpec, item: np.ndarray, value: np.ndarray) -> np.ndarray:
-        """Per query: number of distinct ``value`` among the (item, value) pairs of its window. A
-        pair counts while it is the latest pair of its value in the window: on
-        ``[a, min(b, a of the next item with that value))``."""
+    def distinct(
+        self,
+        ws: WindowSpec,
+        item: np.ndarray,
+        code: np.ndarray,
+        *,
+        grouped: bool = False,
+        unique_items: bool = False,
+    ) -> np.ndarray:
+        """Per query: number of distinct values among the (item, value) pairs of its window
+        (``code``: the value as a dense non-negative integer code). A pair counts while it is the
+        latest pair of its value in the window: on ``[a, min(b, a of the next item with that
+        value))``. ``grouped``: the pairs already come sorted by (code, item) (see
+        :func:`group_pairs`); ``unique_items``: one pair per item (events), which spares a sort."""
         a, b = self.active(ws)
         if not len(item):
             return self.intervals(item, item, item)
-        order = np.lexsort((item, value))
-        item, value = item[order], value[order]
-        end = b[item].copy()
-        same = (value[1:] == value[:-1]) & (self.eidx[item[1:]] == self.eidx[item[:-1]])
-        nxt = a[item[1:]]
-        end[:-1] = np.where(same, np.minimum(end[:-1], nxt), end[:-1])
-        return self.intervals(item, a[item], end)
+        code_s, item_s = (code, item) if grouped else group_pairs(item, code, self.n)
+        end = b[item_s].copy()
+        same = (code_s[1:] == code_s[:-1]) & (self.eidx[item_s[1:]] == self.eidx[item_s[:-1]])
+        end[:-1] = np.where(same, np.minimum(end[:-1], a[item_s[1:]]), end[:-1])
+        if not unique_items:
+            return self.intervals(item_s, a[item_s], end)
+        # Back in item order (a scatter, no sort) the starts a[item] are ascending.
+        end_of = np.empty(self.n, dtype=np.int64)
+        end_of[item_s] = end
+        flag = np.zeros(self.n, dtype=bool)
+        flag[item_s] = True
+        items = np.flatnonzero(flag)
+        return self.intervals(items, a[items], end_of[items], sorted_starts=True)
 
     def labelled(self, ws: WindowSpec, item: np.ndarray, k: np.ndarray, d: int) -> np.ndarray:
         """Per query: (item, label time) pairs of its window with ``k < t − D``."""
         a, b = self.active(ws)
-        return self.intervals(item, np.maximum(a[item], k + d + 1), b[item])
+        return self.intervals(item, np.maximum(a[item], k + d + 1), b[item], sorted_ends=True)
 
     def matured(self, ws: WindowSpec, weights: np.ndarray, d: int) -> np.ndarray:
         """Per query: total ``weights`` of the window's items with ``x < floor_h(t − D)``."""
         a, b = self.active(ws)
         base = self.x - self.x % ws.h
         item = np.arange(self.n)
-        return self.intervals(item, np.maximum(a, base + ws.h + d), b, weights)
+        # Both bounds grow with the item: already ascending.
+        return self.intervals(
+            item, np.maximum(a, base + ws.h + d), b, weights, sorted_starts=True, sorted_ends=True
+        )

@@ -27,7 +27,7 @@ from datetime import timedelta
 import numpy as np
 import polars as pl
 
-from risk_assets.features.ranges import Layout, WindowSpec
+from risk_assets.features.ranges import Layout, WindowSpec, group_pairs
 from risk_assets.features.spec import EVENT_TS, Aggregate, FeatureGroup, LabelAggregate, Ratio, _ms
 from risk_assets.features.tiles import _TS, hop_ms, mask_name, prepare_events
 
@@ -73,14 +73,17 @@ def compute_prepared(group: FeatureGroup, events: pl.DataFrame, spine: pl.DataFr
     keys = list(group.entity.keys)
     e_of, q_e = _entity_numbers(keys, events, spine)
     order = np.argsort(e_of, kind="stable")  # events are (ts, id)-sorted: → (entity, ts, id)
-    ev = events[order] if events.height else events
+    # Keys, ids and filter-only columns are done with (entity numbers, masks): gather the rest only.
+    used = {f.column for f in group.features if isinstance(f, Aggregate) and f.column is not None}
+    keep = [c for c in events.columns if c.startswith("_") or c in used]
+    ev = events.select(keep)[order] if events.height else events.select(keep)
     eidx = e_of[order]
     ts = ev[_TS].to_numpy().astype(np.int64, copy=False) if ev.height else np.zeros(0, dtype=np.int64)
     q_t = spine[EVENT_TS].dt.epoch("ms").fill_null(np.iinfo(np.int64).min // 4).to_numpy()
     q_e = np.where(spine[EVENT_TS].is_null().to_numpy(), -1, q_e)
     lay = Layout(eidx, ts, q_e, q_t, points=True, max_reach=_ms(group.max_reach))
     cols: dict[str, pl.Series] = {}
-    prefixes: dict[tuple[str, int], np.ndarray] = {}
+    prefixes: dict[tuple[str, object], np.ndarray] = {}
     for i, f in enumerate(group.features):
         if isinstance(f, Ratio):
             continue
@@ -115,7 +118,7 @@ def _floats(name: str, values: np.ndarray, valid: np.ndarray | None = None) -> p
 
 def _aggregate(
     f: Aggregate, i: int, ws: WindowSpec, lay: Layout, ev: pl.DataFrame, m: np.ndarray, q_t: np.ndarray,
-    prefixes: dict[tuple[str, int], np.ndarray],
+    prefixes: dict[tuple[str, object], np.ndarray],
 ) -> pl.Series:  # fmt: skip
     if f.kind == "count":
         return pl.Series(f.name, lay.count(ws, m), dtype=pl.Int64)
@@ -146,9 +149,18 @@ def _aggregate(
         vals = col.gather(p) if ev.height else pl.Series(f.name, [None] * len(q_t), dtype=col.dtype)
         return pl.select(pl.when(pl.Series(ok)).then(vals)).to_series().alias(f.name)
     if f.kind == "distinct_count":
-        h = ev[f"_h{i}"]
-        item = np.flatnonzero(nn)
-        return pl.Series(f.name, lay.distinct(ws, item, h.to_numpy()[item]), dtype=pl.Int64)
+        code_key, item_key = ("_codes", f.column), ("_items", f.column)
+        if code_key not in prefixes:
+            # Per column, shared by its features: dense codes of the hashes, and every event
+            # ordered by (code, event) — a feature takes its selected events in that order.
+            h = ev[f"_h{i}"]
+            code = np.unique(h.fill_null(0).to_numpy(), return_inverse=True)[1].astype(np.int64).reshape(-1)
+            prefixes[code_key] = code
+            prefixes[item_key] = group_pairs(np.arange(lay.n), code, lay.n)[1]
+        code, items = prefixes[code_key], prefixes[item_key]
+        item_s = items[nn[items]]
+        counts = lay.distinct(ws, item_s, code[item_s], grouped=True, unique_items=True)
+        return pl.Series(f.name, counts, dtype=pl.Int64)
     raise AssertionError(f.kind)
 
 

@@ -82,6 +82,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from risk_assets.features.batch import _sort_by_time_and_id
 from risk_assets.features.spec import (
     Aggregate,
     Feature,
@@ -338,7 +339,8 @@ def prepare_events(
         .with_columns(pl.col(src.timestamp).cast(pl.Datetime("ms", "UTC")).dt.epoch("ms").alias(_TS))
         .collect()
     )
-    df = df.sort([_TS, src.id_column], maintain_order=True)
+    # Usually sorted by time already: only the rows sharing a millisecond are re-sorted by id.
+    df = _sort_by_time_and_id(df, src.timestamp, src.id_column)
     extra: list[pl.Expr | pl.Series] = []
     hashed: dict[str, pl.Series] = {}
     for i, f in enumerate(group.features):
@@ -764,7 +766,8 @@ def _finish_one(p: _FeaturePlan, ws: Any, lay: Any, layer: pl.DataFrame, q_t: np
         return pl.select(pl.when(pl.Series(ok)).then(s).cast(col.dtype)).to_series().alias(name)
     if p.kind == "distinct_count":
         ex = layer.select(pl.int_range(pl.len()).alias("_i"), pl.col(c[0])).explode(c[0]).drop_nulls()
-        return pl.Series(name, lay.distinct(ws, ex["_i"].to_numpy(), ex[c[0]].to_numpy()), dtype=pl.Int64)
+        codes = np.unique(ex[c[0]].to_numpy(), return_inverse=True)[1].astype(np.int64).reshape(-1)
+        return pl.Series(name, lay.distinct(ws, ex["_i"].to_numpy(), codes), dtype=pl.Int64)
     if p.kind in ("last", "time_since_last"):
         ts = layer[c[0]]
         pos, ok = lay.latest(ws, ts.is_not_null().to_numpy())

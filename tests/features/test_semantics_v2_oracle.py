@@ -41,6 +41,7 @@ from risk_assets.features.spec import (
     time_since_last,
 )
 from risk_assets.features.spine import compute_at
+from risk_assets.sources import EventSource, LabelSource
 
 T0 = datetime(2026, 11, 2, tzinfo=UTC)
 T0_MS = int(T0.timestamp() * 1000)
@@ -466,3 +467,59 @@ def test_windows_must_be_multiples_of_their_hop() -> None:
     with pytest.raises(ValueError, match="multiple of its hop"):
         count("n_50h", hours(50))
     assert count("n_2d", hours(48)).hop == hours(1) and count("n_3d", days(3)).hop == days(1)
+
+
+def test_a_declared_source_with_its_own_column_names() -> None:
+    """A card team's source (``tx_ts``, ``tx_id``, ``tx_type``; labels keyed by ``transaction_id``
+    known at ``known_ts``): the spine engine at a ``tx_ts`` spine equals the oracle, which reads the
+    source's columns through the exchange names."""
+    ts_type = pl.Datetime("ms", "UTC")
+    card = EventSource(
+        name="card_tx", columns={"tx_id": pl.String, "tx_ts": ts_type, "customer_id": pl.String,
+                                 "terminal_id": pl.String, "amount": pl.Float64, "tx_type": pl.String},
+        timestamp="tx_ts", id_column="tx_id", event_type_column="tx_type", event_types=("purchase", "refund"),
+    )  # fmt: skip
+    fraud = LabelSource(
+        name="card_fraud", events="card_tx",
+        columns={"label_id": pl.String, "transaction_id": pl.String, "known_ts": ts_type,
+                 "confirmed": pl.Boolean},
+        key="transaction_id", timestamp="known_ts", id_column="label_id",
+    )  # fmt: skip
+    purchase = event_type("purchase", source=card)
+    group = FeatureGroup(
+        name="card_customer", entity=Entity("customer", ("customer_id",)), description="", owner="tests",
+        source_event_types=("purchase", "refund"), source=card, label_source=fraud,
+        features=(
+            count("n_1d", days(1), purchase), sum_of("amount_3d", "amount", days(3), purchase),
+            distinct_count("terminals_3d", "terminal_id", days(3)), time_since_last("since_2h", hours(2)),
+            label_count("frauds_3d_d1h", days(3), hours(1), label_filters=(Where("confirmed", "eq", True),)),
+        ),
+    )  # fmt: skip
+    rng = random.Random(5)
+    rows = []
+    for i in range(150):
+        ts = T0_MS + rng.randrange(60 * 3_600_000)
+        rows.append({"tx_id": f"t{i:03d}", "tx_ts": ts, "customer_id": rng.choice(["c0", "c1", None]),
+                     "terminal_id": rng.choice(["x", "y", "z"]), "amount": rng.choice([None, 5.0, 12.5]),
+                     "tx_type": rng.choice(["purchase", "refund"])})  # fmt: skip
+    labels = [
+        {"label_id": f"l{i}", "transaction_id": r["tx_id"], "known_ts": r["tx_ts"] + rng.randrange(7_200_000),
+         "confirmed": rng.random() < 0.7}
+        for i, r in enumerate(rows) if rng.random() < 0.4
+    ]  # fmt: skip
+    events = to_frame(rows, card.schema)
+    lab = to_frame(labels, fraud.schema)
+    ts = sorted(
+        {rng.randrange(T0_MS, T0_MS + 70 * 3_600_000) for _ in range(60)} | {r["tx_ts"] for r in rows[:30]}
+    )
+    keys = [("c0",), ("c1",)]
+    spine = pl.DataFrame(
+        {"customer_id": [k[0] for k in keys for _ in ts], "tx_ts": [t for _ in keys for t in ts]}
+    )
+    got = compute_at(group, events, spine.with_columns(pl.col("tx_ts").cast(ts_type)), lab, timestamp="tx_ts")
+    as_exchange = [
+        {**r, "event_ts": r["tx_ts"], "event_id": r["tx_id"], "event_type": r["tx_type"]} for r in rows
+    ]
+    labels_x = [{**lb, "event_id": lb["transaction_id"], "label_ts": lb["known_ts"]} for lb in labels]
+    expected = expected_frame(group, as_exchange, ts, labels_x, keys)
+    assert_rows_equal(group, got.with_columns(pl.col("event_ts").dt.epoch("ms")).to_dicts(), expected)
