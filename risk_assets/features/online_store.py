@@ -122,6 +122,8 @@ from redis.exceptions import AskError, MovedError, NoScriptError, RedisError, Re
 from redis.retry import Retry
 
 from risk_assets.features.redis_client import connect, connect_async
+from risk_assets.features.redis_pipe import AsyncPipe
+from risk_assets.features.redis_pipe import supports as supports_pipe
 from risk_assets.features.store_epoch import EpochMarker, epoch_key
 
 __all__ = [
@@ -476,6 +478,7 @@ class OnlineStore:
         self._epoch = EpochMarker(client, epoch_key(self._prefix, ONLINE_EPOCH))
         self._async_connect: tuple[str, bool, dict[str, Any]] | None = None
         self._aclient: Any = None
+        self._apipe: AsyncPipe | None = None
 
     # ---- construction -----------------------------------------------------------------------
 
@@ -913,7 +916,22 @@ class OnlineStore:
 
     async def hgetall_async(self, keys: list[str]) -> list[dict[bytes, bytes]]:
         """``HGETALL`` of every key in one pipeline (one round trip; per node on a cluster), on the
-        event loop (the online tiles, ``online_tiles.py``)."""
+        event loop (the online tiles, ``online_tiles.py``). A single plain server is read through
+        the lean :class:`~risk_assets.features.redis_pipe.AsyncPipe`; TLS and clusters through
+        ``redis.asyncio``."""
+        pipe = self._pipe()
+        if pipe is not None:
+            try:
+                replies = await pipe.execute([("HGETALL", k) for k in keys])
+            except RedisError as exc:
+                raise _translate(exc, self._url, "read") from None
+            out: list[dict[bytes, bytes]] = []
+            for r in replies:
+                if isinstance(r, Exception):
+                    raise _translate(r, self._url, "read")  # type: ignore[arg-type]
+                it = iter(r)
+                out.append(dict(zip(it, it, strict=True)))
+            return out
         client = self._async_client()
         try:
             pipe = client.pipeline() if self._cluster else client.pipeline(transaction=False)
@@ -922,6 +940,17 @@ class OnlineStore:
             return await pipe.execute()
         except RedisError as exc:
             raise _translate(exc, self._url, "read") from None
+
+    def _pipe(self) -> AsyncPipe | None:
+        if self._apipe is None and self._async_connect is not None and not self._cluster:
+            url, cluster, options = self._async_connect
+            if not cluster and supports_pipe(url):
+                self._apipe = AsyncPipe(
+                    url,
+                    connect_timeout_s=float(options.get("socket_connect_timeout") or 1.0),
+                    timeout_s=float(options.get("socket_timeout") or 1.0),
+                )
+        return self._apipe
 
     def _async_client(self) -> Any:
         client = self._aclient
@@ -940,6 +969,9 @@ class OnlineStore:
         client, self._aclient = self._aclient, None
         if client is not None:
             await client.aclose()
+        pipe, self._apipe = self._apipe, None
+        if pipe is not None:
+            pipe.close()
 
     def _mget(self, keys: list[str]) -> list[bytes | None]:
         if self._cluster:

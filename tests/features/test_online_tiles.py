@@ -234,3 +234,27 @@ def test_cluster_read_is_one_round_trip_per_node(cluster_stack, key_prefix, sim,
         assert sorted((r["hop_ms"], r["tile_start"], r["n_events"]) for r in tl) == sorted(
             want.select("hop_ms", "tile_start", "n_events").iter_rows()
         )
+
+
+def test_async_pipe_selects_the_urls_database(session_stack, key_prefix, sim) -> None:
+    """The lean asyncio pipe honours the URL's database (``SELECT``), as the blocking client does."""
+    events, _ = sim
+    group = GROUPS_BY_NAME["ato_ip"]
+    layout = tile_layout(group)
+    url = session_stack.redis_url.rsplit("/", 1)[0] + "/3"
+    with OnlineStore.from_url(url, namespace=key_prefix) as store:
+        ts = TileStore(store)
+        ts.write(layout, T.build_tiles(group, events))
+        ips = events["ip"].unique().sort().head(5).to_list()
+
+        async def read() -> list:
+            try:
+                return await ts.read_async([(layout, ip) for ip in ips])
+            finally:
+                await store.aclose()
+
+        got = asyncio.run(read())
+        assert got == ts.read([(layout, ip) for ip in ips]) and all(got)
+        with OnlineStore.from_url(session_stack.redis_url, namespace=key_prefix) as db0:
+            assert TileStore(db0).read([(layout, ips[0])]) == [[]]  # nothing landed in database 0
+        store.client.delete(*[ts.key(layout, ip) for ip in events["ip"].unique().to_list()])
