@@ -91,8 +91,10 @@ with the epoch it recorded before every incremental tick; risk-serve reports ``d
 not ready while it is missing. A Redis restarted without persistence loses it with everything else.
 
 Thread safety: one :class:`OnlineStore` can be shared by threads (redis-py pools connections).
-:meth:`OnlineStore.read_async` reads through a second, ``redis.asyncio`` client (opened lazily in the
-event loop that first uses it), so an asyncio server never blocks its loop on a Redis round trip.
+The ``*_async`` reads run on the event loop that first uses them, so an asyncio server never blocks
+its loop on a Redis round trip: ``hgetall_async`` through the lean ``redis_pipe.AsyncPipe`` on a
+single plain server, otherwise (and ``read_async``/``mget_async``) through a ``redis.asyncio``
+client.
 """
 
 from __future__ import annotations
@@ -479,6 +481,7 @@ class OnlineStore:
         self._async_connect: tuple[str, bool, dict[str, Any]] | None = None
         self._aclient: Any = None
         self._apipe: AsyncPipe | None = None
+        self._read_timeout_s = 1.0
 
     # ---- construction -----------------------------------------------------------------------
 
@@ -534,6 +537,7 @@ class OnlineStore:
         # a 50 ms budget would open the breaker on loop lag under a burst, not on a slow Redis.
         async_options["socket_timeout"] = max(socket_timeout_s, ASYNC_MIN_TIMEOUT_S)
         store._async_connect = (url, cluster, async_options)
+        store._read_timeout_s = socket_timeout_s
         if check:
             try:
                 store.ping()
@@ -948,7 +952,7 @@ class OnlineStore:
                 self._apipe = AsyncPipe(
                     url,
                     connect_timeout_s=float(options.get("socket_connect_timeout") or 1.0),
-                    timeout_s=float(options.get("socket_timeout") or 1.0),
+                    timeout_s=self._read_timeout_s,  # the configured one: loop lag is not counted
                 )
         return self._apipe
 

@@ -10,7 +10,8 @@ TLS, a cluster — keeps ``redis.asyncio``):
 * one TCP/Unix connection, opened lazily in the running loop, with ``AUTH``/``SELECT`` from the URL;
 * :meth:`AsyncPipe.execute` writes the commands of one request in one ``transport.write`` and
   awaits their replies; concurrent requests pipeline on the connection (RESP answers in order);
-* a timeout, a lost connection or a protocol error fails every waiting request with redis-py's
+* a timeout (a loop timer: the replies that arrived are read first, so loop lag is not a timeout),
+  a lost connection or a protocol error fails every waiting request with redis-py's
   ``TimeoutError``/``ConnectionError`` and drops the connection (the next request reconnects), so
   callers handle it exactly as a ``redis.asyncio`` failure (the breaker opens).
 """
@@ -142,18 +143,26 @@ class AsyncPipe:
         return fut
 
     async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """The replies of ``commands`` in order (an error reply is a ``ResponseError`` value)."""
+        """The replies of ``commands`` in order (an error reply is a ``ResponseError`` value).
+
+        The timeout is a loop timer that fails the request only if its replies have not arrived
+        when the timer runs: the loop reads ready sockets before it runs due timers, so a busy loop
+        (a burst of requests) is not mistaken for a slow Redis."""
         if not commands:
             return []
         proto = await self._connection()
         fut = self._send(proto, commands)
+
+        def expire() -> None:
+            if not fut.done():
+                # the connection's later replies belong to nobody: drop it (every waiter fails)
+                proto.fail(RedisTimeoutError(f"Redis did not answer within {self.timeout_s * 1000:.0f} ms"))
+
+        timer = asyncio.get_running_loop().call_later(self.timeout_s, expire)
         try:
-            async with asyncio.timeout(self.timeout_s):
-                return await fut
-        except TimeoutError:
-            err = RedisTimeoutError(f"Redis did not answer within {self.timeout_s * 1000:.0f} ms")
-            proto.fail(err)  # the connection's later replies belong to nobody: drop it
-            raise err from None
+            return await fut
+        finally:
+            timer.cancel()
 
     def close(self) -> None:
         """Close the connection (waiting requests fail)."""
