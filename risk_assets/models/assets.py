@@ -27,6 +27,7 @@ from risk_assets.models.artifacts import (
     write_challenger,
 )
 from risk_assets.models.coverage import WindowCoverage, window_coverage
+from risk_assets.models.exchange_spec import EXCHANGE_MODEL
 from risk_assets.models.promotion import (
     ShadowRequirement,
     promote_or_shadow,
@@ -385,7 +386,7 @@ def model_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
         scores = predict(trained.booster, feature_matrix(test, trained.features))
         y, w = test["is_fraud"].to_numpy(), test["weight"].to_numpy()
         thresholds = choose_thresholds(y, scores, w, test["event_ts"].to_numpy(), config.threshold_policy())
-        manifest = manifest_for(trained, ts_manifest, FEATURE_GROUPS)
+        manifest = manifest_for(trained, ts_manifest, EXCHANGE_MODEL)
         manifest[THRESHOLDS_KEY] = thresholds.to_manifest()
         version = registry.register(store, trained.model_bytes, manifest)
         write_challenger(store, context.partition_key, version)
