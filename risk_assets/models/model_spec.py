@@ -289,3 +289,23 @@ def servability_failures(
                     f"{now[r.name]} in the current definitions"
                 )
     return failures
+
+
+def load_model_spec(ref: str) -> ModelSpec:
+    """The :class:`ModelSpec` named by ``module:attribute`` (e.g.
+    ``examples.card_payments.definitions:CARD_MODEL``); an empty ``ref`` is the exchange's. Used by
+    ``risk-serve`` (``RISK_MODEL_SPEC``) at start, never at import."""
+    import importlib
+
+    if not ref:
+        from risk_assets.models.exchange_spec import EXCHANGE_MODEL
+
+        return EXCHANGE_MODEL
+    module_name, _, attr = ref.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"model spec {ref!r} cannot be loaded: {exc}") from None
+    if not isinstance(obj, ModelSpec):
+        raise ValueError(f"model spec {ref!r} is a {type(obj).__name__}, not a ModelSpec")
+    return obj
