@@ -166,11 +166,10 @@ def _float(v: Any) -> float:
 
 
 def request_frame(sets: Sequence[RequestFeatures], rows: pl.DataFrame) -> pl.DataFrame:
-    """``rows`` with the outputs of every set appended (one call of each set's function per row)."""
-    out = rows
-    for s in sets:
-        out = out.hstack(s.frame(rows))
-    return out
+    """``rows`` with the outputs of every set (one call of each set's function per row). Every set
+    reads the original ``rows``; an output named like one of their columns replaces it."""
+    computed = [s.frame(rows) for s in sets]
+    return rows.with_columns(c for frame in computed for c in frame.iter_columns()) if computed else rows
 
 
 def check_outputs(sets: Sequence[RequestFeatures]) -> None:
