@@ -32,9 +32,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -136,22 +135,21 @@ class RequestFeatures:
         lacking = [c for c in (*self.inputs, *self.fetched) if c not in rows.columns]
         if lacking:
             raise ValueError(f"request features {self.name}: rows lack {lacking}")
-        requests = rows.select(_as_request(rows, c) for c in self.inputs)
-        columns: list[list[float | None]] = [[] for _ in self.outputs]
+        requests = rows.select(_as_request(rows, c) for c in self.inputs).to_dicts()
+        fn = self.fn
         if self.fetched:
             fetched = rows.select(pl.col(c).cast(pl.Float64).fill_null(float("nan")) for c in self.fetched)
-            pairs: Iterable[tuple[dict, dict | None]] = zip(
-                requests.iter_rows(named=True), fetched.iter_rows(named=True), strict=True
-            )
+            outs = [fn(r, f) for r, f in zip(requests, fetched.to_dicts(), strict=True)]
         else:
-            pairs = ((r, None) for r in requests.iter_rows(named=True))
-        for request, got in pairs:
-            for col, v in zip(columns, self.values(request, got), strict=True):
-                col.append(None if math.isnan(v) else v)
-        return pl.DataFrame(
-            {o: pl.Series(o, c, dtype=pl.Float64) for o, c in zip(self.outputs, columns, strict=True)},
-            schema=dict.fromkeys(self.outputs, pl.Float64),
-        )
+            outs = [fn(r) for r in requests]
+        columns = {}
+        for o in self.outputs:
+            try:
+                values = [_float(d[o]) for d in outs]
+            except KeyError:
+                raise ValueError(f"request features {self.name}: the function returned no {o!r}") from None
+            columns[o] = pl.Series(o, values, dtype=pl.Float64).fill_nan(None)
+        return pl.DataFrame(columns, schema=dict.fromkeys(self.outputs, pl.Float64))
 
 
 def _as_request(rows: pl.DataFrame, column: str) -> pl.Expr:
