@@ -191,3 +191,20 @@ def test_a_request_feature_that_reads_a_fetched_helper_gets_an_extra_column(
         x, degraded = FeatureFetcher(store, breaker, metrics).matrix([ev], loaded.plan)
         assert not degraded and x.shape == (1, 2) and x.flags.c_contiguous
         assert x[0].tolist() == [2.5, 5.0]
+
+
+def test_the_service_decodes_and_documents_the_spec_source() -> None:
+    from risk_assets.serving.app import decoders, openapi_document
+
+    decode, decode_batch = decoders(CARD_TX)
+    ev = decode(b'{"tx_id": "t", "tx_ts": 5, "customer_id": "c", "terminal_id": "x", "amount": 1.5}')
+    assert (ev.tx_id, ev.tx_ts, ev.channel) == ("t", 5, None)
+    with pytest.raises(msgspec.ValidationError, match="Object contains unknown field `user_id`"):
+        decode(
+            b'{"tx_id": "t", "tx_ts": 5, "customer_id": "c", "terminal_id": "x", "amount": 1, "user_id": "u"}'
+        )
+    with pytest.raises(msgspec.ValidationError, match="missing required field `amount`"):
+        decode_batch(b'{"events": [{"tx_id": "t", "tx_ts": 5, "customer_id": "c", "terminal_id": "x"}]}')
+    doc = openapi_document(CARD_TX)
+    payload = doc["components"]["schemas"]["card_payments_payload"]
+    assert set(payload["properties"]) == {"tx_id", "tx_ts", "customer_id", "terminal_id", "amount", "channel"}
