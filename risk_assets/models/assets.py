@@ -136,8 +136,8 @@ class ModelTrainingConfig(RunConfig):
     """Date split: test window start."""
     test_end: str | None = None
     """Date split: test window end, exclusive (empty: through the last row)."""
-    entity_column: str | None = "user_id"
-    """Entity column of the per-entity daily precision@k (empty: not computed)."""
+    entity_column: str | None = None
+    """Entity column of the per-entity daily precision@k (empty: the model spec's, user_id)."""
     entity_top_k: int = 100
     """Entities per day in the per-entity precision@k review queue."""
     drop_known_entities: bool = False
