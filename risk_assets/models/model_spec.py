@@ -162,7 +162,7 @@ class ModelSpec:
             raise ValueError(f"model spec {self.name}: request outputs clash with group features {clash}")
         taken = sorted(set(self.request_outputs) & set(self.frame_columns))
         if taken:
-            raise ValueError(f"model spec {self.name}: request outputs {taken} clash with the frame's columns")
+            raise ValueError(f"model spec {self.name}: request outputs {taken} clash with frame columns")
         if self.entity_column is not None and self.entity_column not in self.frame_columns:
             raise ValueError(
                 f"model spec {self.name}: entity_column {self.entity_column!r} must be carried by the spine"

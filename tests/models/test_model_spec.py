@@ -44,7 +44,7 @@ def test_declaration_checks() -> None:
     with pytest.raises(ValueError, match="must be carried"):
         ModelSpec("m", Spine(CARD_TX), LabelRule(CARD_FRAUD), entity_column="customer_id")
     clash = RequestFeatures("c", ("amount",), ("customer_id",), lambda r: {"customer_id": 1.0})
-    with pytest.raises(ValueError, match="clash with the frame's columns"):
+    with pytest.raises(ValueError, match="clash with frame columns"):
         ModelSpec("m", Spine(CARD_TX, carry=("customer_id",)), LabelRule(CARD_FRAUD), request=(clash,))
     with pytest.raises(ValueError, match="with the same name"):
         ModelSpec("m", Spine(CARD_TX), LabelRule(CARD_FRAUD), request=(PAYMENT_REQUEST, PAYMENT_REQUEST))
