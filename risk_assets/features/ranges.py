@@ -248,7 +248,8 @@ class Layout:
         unique_items: bool = False,
     ) -> np.ndarray:
         """Per query: number of distinct values among the (item, value) pairs of its window
-        (``code``: the value as a dense non-negative integer code). A pair counts while it is the
+        (``code``: an integer per value — a dense code, or the 64-bit hash itself when ``grouped``).
+        A pair counts while it is the
         latest pair of its value in the window: on ``[a, min(b, a of the next item with that
         value))``. ``grouped``: the pairs already come sorted by (code, item) (see
         :func:`group_pairs`); ``unique_items``: one pair per item (events), which spares a sort."""

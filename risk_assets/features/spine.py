@@ -27,7 +27,7 @@ from datetime import timedelta
 import numpy as np
 import polars as pl
 
-from risk_assets.features.ranges import Layout, WindowSpec, group_pairs
+from risk_assets.features.ranges import Layout, WindowSpec
 from risk_assets.features.spec import EVENT_TS, Aggregate, FeatureGroup, LabelAggregate, Ratio, _ms
 from risk_assets.features.tiles import _TS, hop_ms, mask_name, prepare_events
 
@@ -151,12 +151,11 @@ def _aggregate(
     if f.kind == "distinct_count":
         code_key, item_key = ("_codes", f.column), ("_items", f.column)
         if code_key not in prefixes:
-            # Per column, shared by its features: dense codes of the hashes, and every event
-            # ordered by (code, event) — a feature takes its selected events in that order.
-            h = ev[f"_h{i}"]
-            code = np.unique(h.fill_null(0).to_numpy(), return_inverse=True)[1].astype(np.int64).reshape(-1)
+            # Per column, shared by its features: every event ordered by (value hash, event) — one
+            # stable sort; a feature takes its selected events in that order.
+            code = ev[f"_h{i}"].fill_null(0).to_numpy()
             prefixes[code_key] = code
-            prefixes[item_key] = group_pairs(np.arange(lay.n), code, lay.n)[1]
+            prefixes[item_key] = np.argsort(code, kind="stable")
         code, items = prefixes[code_key], prefixes[item_key]
         item_s = items[nn[items]]
         counts = lay.distinct(ws, item_s, code[item_s], grouped=True, unique_items=True)

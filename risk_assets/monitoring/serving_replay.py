@@ -16,12 +16,13 @@ from typing import Any
 
 import polars as pl
 
+from risk_assets.features.request import request_frame
 from risk_assets.features.spec import FeatureGroup
 from risk_assets.features.spine import features_at, history
 from risk_assets.ingest.raw_reader import RawDataSource
 from risk_assets.lake import Lake
 from risk_assets.models import registry
-from risk_assets.models.request_features import REQUEST_FEATURES
+from risk_assets.models.request_features import REQUEST_FEATURE_SETS
 from risk_assets.models.training_set import SPINE_COLUMNS
 
 KEY = "log_key"
@@ -75,7 +76,8 @@ def recompute_features(
     events = source.events(store, since, end)
     labels = source.labels(store, since, end) if any(g.needs_labels for g in used) else None
     joined = features_at(spine, events, used, labels)
-    joined = joined.with_columns(**{k: v for k, v in REQUEST_FEATURES.items() if k in features})
+    used_request = [r for r in REQUEST_FEATURE_SETS.values() if set(r.outputs) & set(features)]
+    joined = request_frame(used_request, joined)  # the functions risk-serve calls
     out = joined.select(
         KEY,
         *[

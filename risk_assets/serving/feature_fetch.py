@@ -2,18 +2,22 @@
 request-time features from the event, and a circuit breaker for a Redis that is gone.
 
 A :class:`FeaturePlan` is built once per model (when it is loaded) from the manifest's ``features``
-list: which columns are request-time features (``req_*``, :mod:`risk_assets.models.request_features`)
-and which come from which online feature group (``{group}__{feature}``, the training set's column
-names, :func:`risk_assets.models.training_set.model_feature_columns`). A name that is neither makes
-the model unservable and it is refused before it is swapped in.
+list and the service's model specification: which columns are outputs of its request-feature
+definitions (:mod:`risk_assets.features.request`; the exchange's ``req_*``) and which come from which
+online feature group (``{group}__{feature}``, the training set's column names). A name that is
+neither makes the model unservable and it is refused before it is swapped in. Request features that
+read fetched features get those values after the Redis read (extra columns of the matrix when the
+model does not use them itself), so they see what the training set's point-in-time join gave them.
 
 Per request the :class:`FeatureFetcher` fills a float64 matrix (NaN = missing): one
-``OnlineStore.read_async`` (a single ``MGET`` through ``redis.asyncio``, so the event loop is not
-blocked during the round trip; the shadow thread uses the blocking ``read``) for every (group,
-entity) pair of every event whose key columns are present in the event, then the request-time
-features. Only groups the model uses are read. When Redis is unavailable the breaker opens:
-requests skip Redis entirely (online features stay NaN, ``degraded`` is reported) until a background
-probe sees Redis answer again.
+``TileStore.read_async`` (``online_tiles.py``: one pipeline of ``HGETALL`` through ``redis.asyncio``,
+so the event loop is not blocked during the round trip; the shadow thread and ``RISK_REDIS_ASYNC=0``
+use the blocking ``read``) for every (group, entity) pair of every event whose key columns are
+present in the event; each group's windows are finished at the event's own time from its tiles
+(``tiles.merge_at``, feature semantics v2), reads whose head tile already held events at or after
+that time are counted as inexact; then the request-time features. Only groups the model uses are
+read. When Redis is unavailable the breaker opens: requests skip Redis entirely (online features
+stay NaN, ``degraded`` is reported) until a background probe sees Redis answer again.
 
 Answering is not holding the data: a Redis restarted without persistence answers at once, empty.
 The probe therefore reads the online store's epoch marker (``store_epoch.py``; committed by the
@@ -43,8 +47,9 @@ from risk_assets.features.online_store import (
     OnlineStoreUnavailable,
 )
 from risk_assets.features.online_tiles import TileLayout, TileStore, finish, tile_layout
+from risk_assets.features.request import RequestFeatures
 from risk_assets.features.spec import FeatureGroup
-from risk_assets.models.request_features import REQUEST_FEATURE_NAMES, request_features
+from risk_assets.models.request_features import EXCHANGE_REQUEST
 from risk_assets.serving.service_metrics import ServiceMetrics
 
 log = logging.getLogger("risk_assets.serving")
@@ -70,13 +75,25 @@ class GroupPlan:
     whole: bool  # src is the whole row in order: assign the row directly
 
 
+@dataclass(frozen=True, slots=True)
+class RequestPlan:
+    """One request-feature definition as the model uses it: where its outputs go (``dest``, -1 for
+    an output the model does not use) and where its fetched inputs are (matrix columns)."""
+
+    definition: RequestFeatures
+    dest: tuple[int, ...]
+    fetched: tuple[tuple[str, int], ...]
+
+
 @dataclass(frozen=True)
 class FeaturePlan:
-    """How to build the model's input vector (``features`` order) for an event."""
+    """How to build the model's input vector (``features`` order) for an event. The matrix has
+    ``width`` columns: the model's ``n``, then fetched features only request features read."""
 
     features: tuple[str, ...]
-    request: tuple[tuple[str, int], ...]
+    request: tuple[RequestPlan, ...]
     groups: tuple[GroupPlan, ...]
+    width: int = 0
 
     @property
     def n(self) -> int:
@@ -87,43 +104,56 @@ def build_plan(
     features: Sequence[str],
     feature_groups: Mapping[str, str] | None = None,
     groups: Mapping[str, FeatureGroup] | None = None,
+    request: Sequence[RequestFeatures] | None = None,
 ) -> FeaturePlan:
     """The plan for a model input list; raises :class:`UnservableFeatures` naming what is unknown.
 
     ``feature_groups`` (the manifest's ``{group: version}``) is checked against the deployed group
     definitions (``groups``, by name; default: the deployed set): a model trained on another version
     of a group would read rows of a different feature list, so it is refused. A helper feature
-    (``model_input=False``) is never a model input and is refused too.
+    (``model_input=False``) is never a model input and is refused too. ``request``: the request
+    feature definitions of the service's model spec (default: the exchange's).
     """
     groups_by_name = GROUPS_BY_NAME if groups is None else groups
+    request_sets = (EXCHANGE_REQUEST,) if request is None else tuple(request)
     features = tuple(features)
     if not features:
         raise UnservableFeatures("manifest lists no features")
     if len(set(features)) != len(features):
         raise UnservableFeatures("manifest lists duplicate features")
-    request_names = set(REQUEST_FEATURE_NAMES)
-    request: list[tuple[str, int]] = []
+    request_names = {o for r in request_sets for o in r.outputs}
     by_group: dict[str, list[tuple[int, int]]] = {}
     unknown: list[str] = []
     helpers: list[str] = []
     positions: dict[str, dict[str, int]] = {}
-    for idx, name in enumerate(features):
-        if name in request_names:
-            request.append((name, idx))
-            continue
+    index = {name: idx for idx, name in enumerate(features)}
+
+    def place(name: str, idx: int, model_input: bool) -> None:
         group_name, sep, feature = name.partition(GROUP_SEPARATOR)
         group = groups_by_name.get(group_name) if sep else None
         if group is None:
             unknown.append(name)
-            continue
+            return
         pos = positions.setdefault(group_name, {f: i for i, f in enumerate(group.feature_names)})
         if feature not in pos:
             unknown.append(name)
-            continue
-        if feature in group.helper_feature_names:
+            return
+        if model_input and feature in group.helper_feature_names:
             helpers.append(name)
-            continue
+            return
         by_group.setdefault(group_name, []).append((idx, pos[feature]))
+
+    for idx, name in enumerate(features):
+        if name not in request_names:
+            place(name, idx, True)
+    used_sets = [r for r in request_sets if any(o in index for o in r.outputs)]
+    width = len(features)
+    for r in used_sets:  # fetched inputs the model does not read itself: extra columns
+        for f in r.fetched:
+            if f not in index:
+                index[f] = width
+                place(f, width, False)
+                width += 1
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
         raise UnservableFeatures(f"{len(unknown)} feature(s) unknown to this service: {shown}")
@@ -137,15 +167,23 @@ def build_plan(
     if stale:
         detail = ", ".join(f"{g} trained on {v}, deployed {d}" for g, (v, d) in sorted(stale.items()))
         raise UnservableFeatures(f"feature group version mismatch: {detail}")
-    groups = []
+    plans = []
     for group_name, pairs in by_group.items():
         layout = group_layout(groups_by_name[group_name])
         dest = np.array([d for d, _ in pairs], dtype=np.intp)
         src = np.array([s for _, s in pairs], dtype=np.intp)
         whole = len(src) == len(layout.features) and bool(np.all(src == np.arange(len(src))))
         tiles = tile_layout(groups_by_name[group_name])
-        groups.append(GroupPlan(group_name, layout, tiles, layout.key_columns, dest, src, whole))
-    return FeaturePlan(features, tuple(request), tuple(groups))
+        plans.append(GroupPlan(group_name, layout, tiles, layout.key_columns, dest, src, whole))
+    request_plans = tuple(
+        RequestPlan(
+            r,
+            tuple(index.get(o, -1) if o in features else -1 for o in r.outputs),
+            tuple((f, index[f]) for f in r.fetched),
+        )
+        for r in used_sets
+    )
+    return FeaturePlan(features, request_plans, tuple(plans), width)
 
 
 class RedisBreaker:
@@ -252,16 +290,16 @@ class FeatureFetcher:
 
     def matrix(self, events: Sequence[msgspec.Struct], plan: FeaturePlan) -> tuple[np.ndarray, bool]:
         """``(X, degraded)``: one row per event in ``plan`` order, NaN where missing (blocking read:
-        for threads, e.g. the shadow scorer)."""
+        for threads, e.g. the shadow scorer, and ``RISK_REDIS_ASYNC=0``)."""
         x, reads, where = self._prepare(events, plan)
         rows = self._read(reads) if reads else []
-        return x, self._fill(x, rows, where, events)
+        return self._fill(x, rows, where, events, plan)
 
     async def matrix_async(
         self, events: Sequence[msgspec.Struct], plan: FeaturePlan
     ) -> tuple[np.ndarray, bool]:
-        """:meth:`matrix` for the event loop: the online rows are read with ``redis.asyncio``, so the
-        loop keeps serving other requests during the round trip."""
+        """:meth:`matrix` for the event loop: the tiles are read with ``redis.asyncio``, so the loop
+        keeps serving other requests during the round trip."""
         x, reads, where = self._prepare(events, plan)
         rows: list[Any] | None = []
         if reads:
@@ -274,13 +312,14 @@ class FeatureFetcher:
                     rows = self._failed(exc)
                 else:
                     self.breaker.last_ok = time.monotonic()
-        return x, self._fill(x, rows, where, events)
+        return self._fill(x, rows, where, events, plan)
 
     def _prepare(
         self, events: Sequence[msgspec.Struct], plan: FeaturePlan
     ) -> tuple[np.ndarray, list[tuple[TileLayout, Any]], list[tuple[int, GroupPlan]]]:
-        """The NaN matrix with the request-time features filled, and the online reads it needs."""
-        x = np.full((len(events), plan.n), np.nan)
+        """The NaN matrix (``plan.width`` columns) and the online reads it needs."""
+        wide = plan.width > plan.n
+        x = np.full((len(events), plan.width if wide else plan.n), np.nan)
         reads: list[tuple[TileLayout, Any]] = []
         where: list[tuple[int, GroupPlan]] = []
         for i, ev in enumerate(events):
@@ -297,11 +336,6 @@ class FeatureFetcher:
                     key = parts
                 reads.append((gp.tiles, key))
                 where.append((i, gp))
-            if plan.request:
-                rf = request_features(_EventView(ev))
-                row = x[i]
-                for name, idx in plan.request:
-                    row[idx] = rf[name]
         return x, reads, where
 
     def _fill(
@@ -310,10 +344,12 @@ class FeatureFetcher:
         rows: list[Any] | None,
         where: list[tuple[int, GroupPlan]],
         events: Sequence[msgspec.Struct],
-    ) -> bool:
+        plan: FeaturePlan,
+    ) -> tuple[np.ndarray, bool]:
         """Finish every group's windows at its event's time from the tiles read (``rows``: one tile
-        list per read) into ``x``; returns ``degraded``. An entity without tiles had no event in any
-        window: its values are the empty windows' (counts 0), as offline."""
+        list per read; ``None``: Redis unavailable), then the request features; ``(X, degraded)``.
+        An entity without tiles had no event in any window: its values are the empty windows'
+        (counts 0), as offline."""
         degraded = not self.breaker.epoch_ok  # an emptied store: most online features are missing
         if rows is None:
             degraded = True
@@ -329,13 +365,20 @@ class FeatureFetcher:
                 if not exact:
                     inexact[gp.name] = inexact.get(gp.name, 0) + 1
                 vec = np.array([_NAN if v is None else v for v in values], dtype=np.float64)
-                if gp.whole:
-                    x[i, gp.dest] = vec
-                else:
-                    x[i, gp.dest] = vec[gp.src]
+                x[i, gp.dest] = vec if gp.whole else vec[gp.src]
+        # Request features after the read: a definition may read fetched features.
+        for rp in plan.request:
+            definition = rp.definition
+            for i, ev in enumerate(events):
+                row = x[i]
+                fetched = {f: float(row[j]) for f, j in rp.fetched} if rp.fetched else None
+                for j, v in zip(rp.dest, definition.values(_EventView(ev), fetched), strict=True):
+                    if j >= 0:
+                        row[j] = v
         if degraded:
             self.metrics.degraded_events += len(events)
-        return degraded
+        wide = plan.width > plan.n
+        return (np.ascontiguousarray(x[:, : plan.n]) if wide else x), degraded
 
     def _read(self, reads: list[tuple[TileLayout, Any]]) -> list[Any] | None:
         breaker = self.breaker
@@ -351,36 +394,39 @@ class FeatureFetcher:
     def _failed(self, exc: OnlineStoreError) -> None:
         if isinstance(exc, OnlineStoreUnavailable):
             self.breaker.failed("unavailable", exc)
-        else:  # e.g. a row that does not match its layout
+        else:  # e.g. a tile that does not match its layout
             self.metrics.redis_failures["bad_row"] = self.metrics.redis_failures.get("bad_row", 0) + 1
             log.warning("online store read failed: %s", exc)
         return None
 
 
 class _EventView(Mapping[str, Any]):
-    """A read-only mapping over a decoded event struct (what ``request_features`` expects);
-    fields the event type does not have read as absent."""
+    """A read-only mapping over a decoded payload struct (what request-feature functions get):
+    fields the struct does not have read as absent; a tagged union's tag (the exchange's
+    ``event_type``) reads as the field ``event_type``."""
 
-    __slots__ = ("_ev",)
+    __slots__ = ("_ev", "_tag")
 
     def __init__(self, ev: msgspec.Struct) -> None:
         self._ev = ev
+        self._tag = ev.__struct_config__.tag
 
     def __getitem__(self, key: str) -> Any:
-        if key == "event_type":
-            return self._ev.__struct_config__.tag
+        if key == "event_type" and self._tag is not None:
+            return self._tag
         try:
             return getattr(self._ev, key)
         except AttributeError:
             raise KeyError(key) from None
 
     def get(self, key: str, default: Any = None) -> Any:
-        if key == "event_type":
-            return self._ev.__struct_config__.tag
+        if key == "event_type" and self._tag is not None:
+            return self._tag
         return getattr(self._ev, key, default)
 
     def __iter__(self) -> Any:
-        return iter(("event_type", *self._ev.__struct_fields__))
+        fields = self._ev.__struct_fields__
+        return iter(fields if self._tag is None else ("event_type", *fields))
 
     def __len__(self) -> int:
-        return len(self._ev.__struct_fields__) + 1
+        return len(self._ev.__struct_fields__) + (self._tag is not None)
