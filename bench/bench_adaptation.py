@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             phases = ", ".join(f"{k} {v:.0f}s" for k, v in o.phases.items())
             daily = ", ".join(f"{d} {ap:.2f} ({n}, {v[-6:]})" for d, ap, n, v in o.day_ap)
             print(
-                f"  {name}: {o.seconds:.0f}s ({phases}); fired {o.fired}; AP pre {o.pre_ap:.3f}; days: {daily}",
+                f"  {name}: {o.seconds:.0f}s ({phases}); fired {o.fired}; AP pre {o.pre_ap:.3f}; {daily}",
                 flush=True,
             )
     finally:
