@@ -114,6 +114,8 @@ class Outcome:
     seconds: float = 0.0
     day_ap: list[tuple[str, float, int, str]] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)
+    stale_ap: list[float] = field(default_factory=list)
+    """AP of the first champion on the same days (what the loop changed)."""
 
 
 def _meta(result: dg.ExecuteInProcessResult, node: str) -> dict[str, Any]:
@@ -295,31 +297,38 @@ def run_scenario(
             rows = versions == v
             scores[rows] = load_scorer(lake, v).score(frame.filter(pl.Series(rows)))
         y = frame["truth"].to_numpy()
+        stale = load_scorer(lake, champion.version).score(frame)  # had nothing been promoted
         pre = (frame["event_ts"] < drift_start).to_numpy()
         out.pre_ap = mx.average_precision(y[pre], scores[pre]) if y[pre].any() else math.nan
         promoted_after = {v for _, v in registry.champion_timeline(lake) if v != champion.version}
-        dropped = False
-        ratios = []
         for i in range(args.drift_day, args.days):
             d = START + i * DAY
             m = (frame["_day"] == d).to_numpy()
             ap = mx.average_precision(y[m], scores[m]) if y[m].any() else math.nan
             served = frame.filter(pl.Series(m))["model_version"].mode().first() if m.any() else ""
             out.day_ap.append((d.strftime("%m-%d"), ap, int(y[m].sum()), served or ""))
-            ratio = ap / out.pre_ap if out.pre_ap else math.nan
-            ratios.append(ratio)
-            if ratio < RECOVERY:
-                dropped = True
-            elif dropped and out.recovery_days is None:
-                out.recovery_days = (d + DAY - drift_start) / DAY
-                out.recovered_by = "retrained" if served in promoted_after else "stale champion"
-        out.min_ratio = float(np.nanmin(ratios)) if ratios else math.nan
-        if not dropped:
-            out.note = "no drop"
-        elif out.recovery_days is None:
-            out.note = "not recovered"
+            out.stale_ap.append(mx.average_precision(y[m], stale[m]) if y[m].any() else math.nan)
+        recovery(out, promoted_after)
     out.seconds = time.perf_counter() - t0
     return out
+
+
+def recovery(out: Outcome, promoted: set[str]) -> None:
+    """Fill ``min_ratio``, ``recovery_days``/``recovered_by`` and ``note`` from ``out.day_ap`` (one
+    entry per day from the drift's start). Recovered = the end of the first day from which every
+    day's AP stays >= RECOVERY x the pre-drift AP through the end of the run, after some day fell
+    below it; by a retrained model when a version promoted after the drift served that day."""
+    ratios = [ap / out.pre_ap if out.pre_ap else math.nan for _, ap, _, _ in out.day_ap]
+    out.min_ratio = float(np.nanmin(ratios)) if ratios else math.nan
+    low = [i for i, r in enumerate(ratios) if not r >= RECOVERY]
+    if not low:
+        out.note = "no drop"
+    elif low[-1] == len(ratios) - 1:
+        out.note = f"not recovered (last day {ratios[-1]:.2f})"
+    else:
+        first = low[-1] + 1
+        out.recovery_days = float(first + 1)
+        out.recovered_by = "retrained" if out.day_ap[first][3] in promoted else "stale champion"
 
 
 def _days(v: float | None) -> str:
@@ -381,7 +390,10 @@ def main(argv: list[str] | None = None) -> int:
             o = run_scenario(name, sim_config(args, kind, target), args, base, sub, dg_assets)
             outcomes.append(o)
             phases = ", ".join(f"{k} {v:.0f}s" for k, v in o.phases.items())
-            daily = ", ".join(f"{d} {ap:.2f} ({n}, {v[-6:]})" for d, ap, n, v in o.day_ap)
+            daily = ", ".join(
+                f"{d} {ap:.2f} ({n}, {v[-6:]}; stale {st:.2f})"
+                for (d, ap, n, v), st in zip(o.day_ap, o.stale_ap, strict=True)
+            )
             print(
                 f"  {name}: {o.seconds:.0f}s ({phases}); fired {o.fired}; AP pre {o.pre_ap:.3f}; {daily}",
                 flush=True,
