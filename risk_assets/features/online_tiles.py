@@ -300,9 +300,7 @@ class TileStore:
         if frame.select(ids).is_duplicated().any():
             raise ValueError(f"group {layout.name!r}: tile frame holds a (key, hop, tile_start) twice")
         redis_keys = self.store.entity_keys(layout.rows, frame) + KEY_SUFFIX
-        keyed = frame.with_columns(redis_keys.alias("__key")).sort(
-            ["__key", T.HOP_MS, T.TILE_START]
-        )
+        keyed = frame.with_columns(redis_keys.alias("__key")).sort(["__key", T.HOP_MS, T.TILE_START])
         unknown = set(frame[T.HOP_MS].unique().to_list()) - set(layout.columns)
         if unknown:
             raise ValueError(f"group {layout.name!r}: no feature has hop(s) {sorted(unknown)} ms")
