@@ -73,6 +73,7 @@ class GroupPlan:
     dest: np.ndarray  # model vector positions
     src: np.ndarray  # positions in the group's packed row (same length as dest)
     whole: bool  # src is the whole row in order: assign the row directly
+    time_column: str = "event_ts"  # the event's time attribute (the group source's timestamp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +175,8 @@ def build_plan(
         src = np.array([s for _, s in pairs], dtype=np.intp)
         whole = len(src) == len(layout.features) and bool(np.all(src == np.arange(len(src))))
         tiles = tile_layout(groups_by_name[group_name])
-        plans.append(GroupPlan(group_name, layout, tiles, layout.key_columns, dest, src, whole))
+        ts_col = groups_by_name[group_name].source.timestamp
+        plans.append(GroupPlan(group_name, layout, tiles, layout.key_columns, dest, src, whole, ts_col))
     request_plans = tuple(
         RequestPlan(
             r,
@@ -361,7 +363,8 @@ class FeatureFetcher:
                 lookups[gp.name] = lookups.get(gp.name, 0) + 1
                 if not tiles:
                     misses[gp.name] = misses.get(gp.name, 0) + 1
-                values, exact = finish(gp.tiles, tiles, events[i].event_ts)
+                # the event's own time, in its source's time column (event_ts, tx_ts, ...)
+                values, exact = finish(gp.tiles, tiles, getattr(events[i], gp.time_column))
                 if not exact:
                     inexact[gp.name] = inexact.get(gp.name, 0) + 1
                 vec = np.array([_NAN if v is None else v for v in values], dtype=np.float64)

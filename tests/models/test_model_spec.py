@@ -173,20 +173,31 @@ def test_a_request_feature_that_reads_a_fetched_helper_gets_an_extra_column(
     # Through the service's fetcher on a real Redis: the helper is read, the ratio computed from it,
     # and the matrix handed to the model has the model's two columns only.
     from risk_assets.events.declared import event_payload_type
-    from risk_assets.features.ingestion import group_layout
     from risk_assets.features.online_store import OnlineStore
+    from risk_assets.features.online_tiles import TileStore, tile_layout
+    from risk_assets.features.tiles import build_tiles
     from risk_assets.serving.feature_fetch import FeatureFetcher, RedisBreaker
     from risk_assets.serving.service_metrics import ServiceMetrics
 
     with OnlineStore.from_url(session_stack.redis_url, namespace=key_prefix) as store:
-        row = {"customer_id": "c9", "event_ts": T0, **dict.fromkeys(card_customer.feature_names, 2.0)}
-        row["n_tx_30d"], row["mean_amount_7d"] = 8.0, 5.0
-        store.write(group_layout(card_customer), [row])
+        # 8 payments of 5.0 in the hours before the scored one: n_tx_30d = 8, mean_amount_7d = 5.0,
+        # as tiles (what the service finishes at the event's time)
+        history = pl.DataFrame(
+            {
+                "tx_id": [f"h{i}" for i in range(8)],
+                "tx_ts": [T0 - timedelta(hours=i + 1) for i in range(8)],
+                "customer_id": ["c9"] * 8,
+                "terminal_id": ["t"] * 8,
+                "amount": [5.0] * 8,
+            }
+        ).with_columns(pl.col("tx_ts").cast(pl.Datetime("ms", "UTC")))
+        TileStore(store).write(tile_layout(card_customer), build_tiles(card_customer, history))
         store.mark_complete()
         metrics = ServiceMetrics()
         breaker = RedisBreaker(store, metrics, probe_s=1.0)
         breaker.probe()
-        payload = {"tx_id": "x", "tx_ts": 1, "customer_id": "c9", "terminal_id": "t", "amount": 20.0}
+        t_ms = int(T0.timestamp() * 1000)
+        payload = {"tx_id": "x", "tx_ts": t_ms, "customer_id": "c9", "terminal_id": "t", "amount": 20.0}
         ev = msgspec.json.decode(msgspec.json.encode(payload), type=event_payload_type(CARD_TX))
         x, degraded = FeatureFetcher(store, breaker, metrics).matrix([ev], loaded.plan)
         assert not degraded and x.shape == (1, 2) and x.flags.c_contiguous

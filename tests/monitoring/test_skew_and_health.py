@@ -21,10 +21,11 @@ import pytest
 
 from risk_assets.events.schema import ARCHIVE_LABEL_COLUMNS
 from risk_assets.features.groups import FEATURE_GROUPS, GROUPS_BY_NAME
-from risk_assets.features.ingestion import group_layout
 from risk_assets.features.offline_store import offline_schema, write_days
 from risk_assets.features.online_store import OnlineStore
+from risk_assets.features.online_tiles import TileStore, tile_layout
 from risk_assets.features.spine import compute_at
+from risk_assets.features.tiles import build_tiles, partial_columns
 from risk_assets.ingest.archive_format import archive_part_path, to_archive_frame
 from risk_assets.ingest.kafka_reader import OffsetRange
 from risk_assets.lake import Lake
@@ -72,6 +73,10 @@ def feature_rows(group: str, archived: list[dict[str, Any]], scored: list[dict[s
     )
     schema = offline_schema(g)
     return stamped.select([pl.col(c).cast(dt) for c, dt in schema.items()])
+
+
+def _labels(group: str) -> pl.DataFrame | None:
+    return pl.DataFrame(schema=ARCHIVE_LABEL_COLUMNS) if GROUPS_BY_NAME[group].needs_labels else None
 
 
 def archive_frame(events: list[dict[str, Any]]) -> pl.DataFrame:
@@ -158,14 +163,16 @@ def test_prediction_log_skew_and_health(fresh_stack, tmp_path: Path) -> None:
     for g, frame in rows.items():
         write_days(lake, GROUPS_BY_NAME[g], frame, [T0.replace(hour=0, minute=0)])
 
+    # Online: the tiles of every event before the scored ones (risk-serve finishes the windows at
+    # each scored event's time; the scored events themselves are not ingested yet).
     store = OnlineStore.from_url(fresh_stack.redis_url, namespace="risk")
     bug_users = {ev["user_id"] for ev in buggy}
-    for g, frame in rows.items():
-        layout = group_layout(GROUPS_BY_NAME[g])
-        if g == BUG_GROUP:  # the buggy ingestion has not run yet: only the clean users' rows
-            store.write(layout, frame.filter(~pl.col("user_id").is_in(list(bug_users))))
-        else:
-            store.write(layout, frame)
+    before = archive_frame(earlier)
+    tiles = {g: build_tiles(GROUPS_BY_NAME[g], before, _labels(g)) for g in GROUPS}
+    for g, built in tiles.items():
+        if g == BUG_GROUP:  # the buggy ingestion has not run yet: only the clean users' tiles
+            built = built.filter(~pl.col("user_id").is_in(list(bug_users)))
+        TileStore(store).write(tile_layout(GROUPS_BY_NAME[g]), built)
 
     version = register(lake, train_model(seed=1))
     svc = start_service(tmp_path, lake, fresh_stack.redis_url, fresh_stack.kafka, "risk")
@@ -205,7 +212,11 @@ def test_prediction_log_skew_and_health(fresh_stack, tmp_path: Path) -> None:
 
         # The serving bug: an ingestion writes one feature in the wrong unit (×100) for new users.
         bug_rows = rows[BUG_GROUP].filter(pl.col("user_id").is_in(list(bug_users)))
-        store.write(group_layout(GROUPS_BY_NAME[BUG_GROUP]), bug_rows.with_columns(pl.col(BUG_COLUMN) * 100))
+        bug_group = GROUPS_BY_NAME[BUG_GROUP]
+        feature = next(f for f in bug_group.features if f.name == BUG_COLUMN)
+        scaled = [pl.col(c) * 100 for c, dt in partial_columns(bug_group, feature).items() if dt.is_numeric()]
+        bug_tiles = tiles[BUG_GROUP].filter(pl.col("user_id").is_in(list(bug_users))).with_columns(scaled)
+        TileStore(store).write(tile_layout(bug_group), bug_tiles)
         for ev in buggy:
             assert c.score(ev)[0] == 200
         total = CLEAN_N + BUG_N
