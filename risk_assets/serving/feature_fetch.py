@@ -10,8 +10,9 @@ read fetched features get those values after the Redis read (extra columns of th
 model does not use them itself), so they see what the training set's point-in-time join gave them.
 
 Per request the :class:`FeatureFetcher` fills a float64 matrix (NaN = missing): one
-``TileStore.read_async`` (``online_tiles.py``: one pipeline of ``HGETALL`` through ``redis.asyncio``,
-so the event loop is not blocked during the round trip; the shadow thread and ``RISK_REDIS_ASYNC=0``
+``TileStore.read_async`` (``online_tiles.py``: one pipeline of ``HGETALL`` awaited on the event loop —
+``redis_pipe.py`` on a plain server, ``redis.asyncio`` for TLS and clusters — so the loop is not
+blocked during the round trip; the shadow thread and ``RISK_REDIS_ASYNC=0``
 use the blocking ``read``) for every (group, entity) pair of every event whose key columns are
 present in the event; each group's windows are finished at the event's own time from its tiles
 (``tiles.merge_at``, feature semantics v2), reads whose head tile already held events at or after
