@@ -15,11 +15,13 @@ with their version tokens (``Lake.versions``), here of the *raw* archives (event
 groups with label aggregates), kept in the same state file under ``tiles``. A changed or new
 archive hour is read once to find the event days it holds (an hour holds late events of earlier
 days; a label holds its event's time), and only those days are rebuilt. A full resync rebuilds
-every day inside the groups' longest horizon (:attr:`TileLayout.ttl_ms`) back from ``now``.
+every day inside the groups' longest horizon (:attr:`TileLayout.ttl_ms`) back from ``now`` (by
+default the end of the newest archived day, :func:`archive_end`).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ from risk_assets.ingest.archive import archive_spec
 from risk_assets.ingest.raw_reader import read_source
 from risk_assets.lake import Lake
 
-__all__ = ["TileSyncResult", "archive_prefix", "changed_days", "ship_days", "sync_tiles"]
+__all__ = ["TileSyncResult", "archive_end", "archive_prefix", "changed_days", "ship_days", "sync_tiles"]
 
 DAY = timedelta(days=1)
 
@@ -102,6 +104,22 @@ def _current_tokens(lake: Lake, group: FeatureGroup) -> dict[str, str]:
     return out
 
 
+_DT = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/")
+
+
+def archive_end(lake: Lake, groups: Sequence[FeatureGroup]) -> datetime | None:
+    """The end of the newest archived day of the groups' event sources (from the object paths,
+    ``…/dt=YYYY-MM-DD/…``; nothing is read); ``None`` when the archive is empty."""
+    newest: date | None = None
+    for spec in {archive_spec(g.source).dataset for g in groups}:
+        for path in lake.versions(archive_prefix(spec)):
+            m = _DT.search("/" + path)
+            if m:
+                d = date.fromisoformat(m.group(1))
+                newest = d if newest is None or d > newest else newest
+    return None if newest is None else _day_start(newest) + DAY
+
+
 def _horizon_days(group: FeatureGroup, now: datetime) -> list[date]:
     span = timedelta(milliseconds=tile_layout(group).ttl_ms)
     first = (now - span).date()
@@ -140,10 +158,12 @@ def sync_tiles(
     now: datetime | None = None,
 ) -> tuple[TileSyncResult, dict[str, str]]:
     """One tile sync over ``groups``: the days of changed archive objects (``full``: every day of
-    the horizon). Returns what was shipped and the archive tokens to record as shipped (the
+    the horizon). The horizon ends at ``now`` — by default the end of the newest archived day
+    (a replayed past stays servable; in production that is today) or the wall clock when the
+    archive is empty. Returns what was shipped and the archive tokens to record as shipped (the
     caller saves them only once the store's epoch is confirmed, as for rows)."""
     t0 = time.perf_counter()
-    now = now or datetime.now(UTC)
+    now = now or archive_end(lake, groups) or datetime.now(UTC)
     result = TileSyncResult()
     done: dict[str, str] = {}
     for group in groups:

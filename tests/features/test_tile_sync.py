@@ -16,7 +16,7 @@ from risk_assets.features.online_store import OnlineStore
 from risk_assets.features.online_sync import SyncState, sync
 from risk_assets.features.online_tiles import TileStore, finish, tile_layout
 from risk_assets.features.spine import compute_at
-from risk_assets.features.tile_sync import sync_tiles
+from risk_assets.features.tile_sync import archive_end, sync_tiles
 from risk_assets.ingest.archive import EVENTS, LABELS
 from risk_assets.ingest.archive_format import archive_part_path, to_archive_frame
 from risk_assets.lake import Lake
@@ -48,8 +48,12 @@ def test_the_sync_ships_tiles_equal_to_the_offline_values_once(archived, session
         first, shipped = sync_tiles(lake, store, FEATURE_GROUPS, {}, now=NOW)
         assert first.applied > 0 and all(d for d in first.days.values())
         assert {d for days in first.days.values() for d in days} >= {"2026-08-01"}
-        again, more = sync_tiles(lake, store, FEATURE_GROUPS, shipped, now=NOW)
+        again, more = sync_tiles(lake, store, FEATURE_GROUPS, shipped)  # now: the archive's end
         assert (again.tiles, more) == (0, {})
+        end = archive_end(lake, FEATURE_GROUPS)  # archive days are arrival days: late events land later
+        assert end is not None and START + timedelta(days=1) <= end <= events["ingest_ts"].max() + timedelta(
+            days=1
+        )
         ts = TileStore(store)
         rng = np.random.default_rng(2)
         for group in FEATURE_GROUPS:
