@@ -44,11 +44,13 @@ class _Protocol(asyncio.Protocol):
         self.waiting: deque[tuple[asyncio.Future[list[Any]], int, list[Any]]] = deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.last_rx = 0.0  # loop time of the last bytes received
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.last_rx = asyncio.get_running_loop().time()
         self.reader.feed(data)
         waiting = self.waiting
         while waiting:
@@ -145,20 +147,29 @@ class AsyncPipe:
     async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """The replies of ``commands`` in order (an error reply is a ``ResponseError`` value).
 
-        The timeout is a loop timer that fails the request only if its replies have not arrived
-        when the timer runs: the loop reads ready sockets before it runs due timers, so a busy loop
-        (a burst of requests) is not mistaken for a slow Redis."""
+        The timeout is a loop timer with socket-timeout semantics: it fails the request only when
+        nothing arrived on the connection for ``timeout_s`` (a large batch's replies keep it alive),
+        and the loop reads ready sockets before it runs due timers, so a busy loop (a burst of
+        requests) is not mistaken for a slow Redis."""
         if not commands:
             return []
         proto = await self._connection()
         fut = self._send(proto, commands)
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle | None = None
 
         def expire() -> None:
-            if not fut.done():
-                # the connection's later replies belong to nobody: drop it (every waiter fails)
-                proto.fail(RedisTimeoutError(f"Redis did not answer within {self.timeout_s * 1000:.0f} ms"))
+            nonlocal timer
+            if fut.done():
+                return
+            idle = loop.time() - proto.last_rx
+            if idle < self.timeout_s:  # bytes are flowing (a large batch): a socket-style timeout
+                timer = loop.call_later(self.timeout_s - idle, expire)
+                return
+            # the connection's later replies belong to nobody: drop it (every waiter fails)
+            proto.fail(RedisTimeoutError(f"Redis sent nothing for {self.timeout_s * 1000:.0f} ms"))
 
-        timer = asyncio.get_running_loop().call_later(self.timeout_s, expire)
+        timer = loop.call_later(self.timeout_s, expire)
         try:
             return await fut
         finally:
