@@ -60,6 +60,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--hours", type=int, default=6)
     ap.add_argument("--events-per-day", type=int, default=1_000_000)
+    ap.add_argument("--partitions", type=int, default=1, help="partitions of the events topic")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,6 +71,7 @@ def main() -> None:
                 state_dir=Path(tmp) / "stack",
                 redis_port=launcher.free_port(),
                 kafka_port=launcher.free_port(),
+                topic_partitions=args.partitions,
             )
             bootstrap = launcher.up(cfg)["KAFKA_BOOTSTRAP_SERVERS"]
         else:
