@@ -6,8 +6,9 @@ and ingestion-time columns).
 
 ``write_hours`` replaces a range of hours in the table (DELETE by time range, then INSERT … SELECT
 from a bound JSON array in batches: the same rows for the same hours, so re-runs are idempotent).
-``read_events`` selects a time range as Arrow and hands it to Polars. Values always travel as bind parameters; the only text spliced
-into SQL is the table name, which must be a plain (optionally dotted) identifier.
+``read_events`` selects a time range as Arrow and hands it to Polars. Values always travel as bind
+parameters; the only text spliced into SQL is the table name, which must be a plain (optionally
+dotted) identifier, and column names, which must be plain snake_case names.
 """
 
 from __future__ import annotations

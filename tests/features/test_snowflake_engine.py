@@ -123,11 +123,15 @@ def warehouse():
 
     data = generate(SIM)
     # Labels are days late in the simulator; bring them within the run so label features count.
-    labels = data.labels.join(
-        data.events.select("event_id", pl.col("event_ts").alias("_ets")), on="event_id", how="inner"
-    ).with_columns(
-        (pl.col("_ets") + pl.duration(minutes=pl.col("label_ts").dt.minute() * 7)).alias("label_ts")
-    ).drop("_ets")
+    labels = (
+        data.labels.join(
+            data.events.select("event_id", pl.col("event_ts").alias("_ets")), on="event_id", how="inner"
+        )
+        .with_columns(
+            (pl.col("_ets") + pl.duration(minutes=pl.col("label_ts").dt.minute() * 7)).alias("label_ts")
+        )
+        .drop("_ets")
+    )
     with fakesnow_server() as kwargs:
         params = {**kwargs.get("session_parameters", {}), "TIMEZONE": "UTC"}
         conn = snowflake.connector.connect(**{**kwargs, "session_parameters": params})
