@@ -17,6 +17,7 @@ export RISK_LAKE_URL ?= $(STATE)/lake
 export RISK_DATA_START ?= 2026-10-18
 # Batch features read the lake archive unless pointed at Snowflake (then set the SNOWFLAKE_* values).
 export RISK_RAW_EVENT_BACKEND ?= lake
+export RISK_FEATURE_COMPUTE_BACKEND ?= polars
 export SNOWFLAKE_ACCOUNT ?=
 export SNOWFLAKE_USER ?=
 export SNOWFLAKE_PASSWORD ?=

@@ -66,9 +66,11 @@ def env_resources() -> dict[str, dg.ConfigurableResource]:
         "redis": RedisResource(url=dg.EnvVar("REDIS_URL")),
         # Optional: the URL of a running risk-serve, to confirm which model it serves.
         "scoring_service": ScoringServiceResource(url=dg.EnvVar("RISK_SERVE_URL")),
-        # lake | snowflake; the Snowflake settings are only used with the snowflake backend.
+        # lake | snowflake (raw events read from); polars | snowflake (features computed by); the
+        # Snowflake settings are only used with a snowflake backend.
         "raw_event_source": RawEventSource(
             backend=dg.EnvVar("RISK_RAW_EVENT_BACKEND"),
+            compute_backend=dg.EnvVar("RISK_FEATURE_COMPUTE_BACKEND"),
             snowflake_account=dg.EnvVar("SNOWFLAKE_ACCOUNT"),
             snowflake_user=dg.EnvVar("SNOWFLAKE_USER"),
             snowflake_password=dg.EnvVar("SNOWFLAKE_PASSWORD"),

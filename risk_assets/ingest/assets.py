@@ -29,10 +29,17 @@ from risk_assets.ingest.archive import (
 )
 from risk_assets.ingest.kafka_reader import KafkaRangeReader, KafkaReadError, MessageBatch
 from risk_assets.ingest.partitioning import GRACE, HOUR, archive_hours, ingest_window
-from risk_assets.names import INVALID_SHARE_CHECK, RAW_EVENTS, SNOWFLAKE_RAW_EVENTS
+from risk_assets.names import (
+    INVALID_SHARE_CHECK,
+    RAW_EVENTS,
+    RAW_LABELS,
+    SNOWFLAKE_RAW_EVENTS,
+    SNOWFLAKE_RAW_LABELS,
+)
 from risk_assets.partitions import TimePartitions
 from risk_assets.resources import KafkaResource, LakeResource, RawEventSource
 from risk_assets.run_config import RunConfig
+from risk_assets.sources import EXCHANGE_LABELS
 
 OWNER = "team:risk-data"
 
@@ -267,10 +274,50 @@ def build_snowflake_mirror_asset(partitions: TimePartitions) -> dg.AssetsDefinit
     return snowflake_raw_events
 
 
+def build_snowflake_label_mirror_asset(partitions: TimePartitions) -> dg.AssetsDefinition:
+    """The hourly Snowflake mirror of ``raw_labels``."""
+
+    @dg.asset(
+        key=SNOWFLAKE_RAW_LABELS,
+        deps=[RAW_LABELS],
+        partitions_def=partitions.hourly,
+        backfill_policy=HOURLY_BACKFILL,
+        pool=POOL_WAREHOUSE,
+        group_name="warehouse",
+        owners=[OWNER],
+        kinds={"snowflake"},
+        description=(
+            "The fraud-label archive mirrored into the Snowflake table `RAW_LABELS` (by `label_ts` "
+            "hour; delete-then-insert), read by label aggregates when features are computed in the "
+            "warehouse (`RISK_FEATURE_COMPUTE_BACKEND=snowflake`). Needs the SNOWFLAKE_* settings."
+        ),
+    )
+    def snowflake_raw_labels(
+        context: dg.AssetExecutionContext, lake: LakeResource, raw_event_source: RawEventSource
+    ) -> dg.MaterializeResult:
+        window = context.partition_time_window
+        labels = raw_reader.read_labels(lake.lake(), window.start, window.end)
+        with raw_event_source.snowflake().get_connection() as conn:
+            rows = snowflake_mirror.write_hours(
+                conn.cursor(),
+                raw_event_source.snowflake_labels_table,
+                labels,
+                window.start,
+                window.end,
+                EXCHANGE_LABELS,
+            )
+        return dg.MaterializeResult(
+            metadata={"dagster/row_count": rows, "hours": len(archive_hours(window.start, window.end))}
+        )
+
+    return snowflake_raw_labels
+
+
 def ingest_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
-    """The ingest domain's partitioned assets for ``partitions``: both archives and the mirror."""
+    """The ingest domain's partitioned assets for ``partitions``: both archives and their mirrors."""
     return [
         build_archive_asset(EVENTS, partitions),
         build_archive_asset(LABELS, partitions),
         build_snowflake_mirror_asset(partitions),
+        build_snowflake_label_mirror_asset(partitions),
     ]
