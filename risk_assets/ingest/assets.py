@@ -22,12 +22,13 @@ from risk_assets.ingest.archive import (
     archived_counts,
     build_archive,
     incarnation_gap,
+    read_hours,
     read_ledger,
     record_incarnation,
     shrinking_hours,
     write_archive,
 )
-from risk_assets.ingest.kafka_reader import KafkaRangeReader, KafkaReadError, MessageBatch
+from risk_assets.ingest.kafka_reader import KafkaRangeReader, KafkaReadError
 from risk_assets.ingest.partitioning import GRACE, HOUR, archive_hours, ingest_window
 from risk_assets.names import (
     INVALID_SHARE_CHECK,
@@ -133,8 +134,9 @@ def build_archive_asset(spec: ArchiveSpec, partitions: TimePartitions) -> dg.Ass
             starts = [reader.log_start_timestamp(spec.topic, p)[1] for p in partitions]
             log_start = min((t for t in starts if t is not None), default=None)
             positions = LogPositions(spec.topic, lambda p, t: reader.boundary(spec.topic, p, t))
-            ranges = positions.read_ranges(partitions, hours)
-            batch = MessageBatch.concat([reader.read(r, complete=True) for r in ranges])
+            batch, ranges = read_hours(
+                positions, partitions, hours, lambda rs: reader.read_many(rs, complete=True)
+            )
             result = build_archive(batch, spec, hours, positions)
             stream_ts = reader.latest_timestamp(spec.topic) or 0
             # A broker that restarted while we read serves another log: fail, write nothing.

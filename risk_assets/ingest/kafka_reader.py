@@ -147,6 +147,9 @@ class KafkaRangeReader:
         self._incarnations: dict[str, str] = {}
         self._admin: Any = None  # confluent_kafka.admin.AdminClient, made on first use
         self._boundaries: dict[tuple[str, int, int], int] = {}
+        # Timestamps of contiguous offset spans this reader has read (``_remember``): offset
+        # searches inside them are answered here, without a broker round trip.
+        self._stamps: dict[tuple[str, int], list[tuple[int, np.ndarray]]] = {}
         # Partition bounds are taken once per reader: one run works on one consistent snapshot of
         # the log (create a new reader to see newer data).
         self._bounds: dict[tuple[str, int], tuple[int, int]] = {}
@@ -174,9 +177,10 @@ class KafkaRangeReader:
             }
         )
 
-    def _stalled(self, tp: TopicPartition) -> bool:
+    def _stalled(self, tp: TopicPartition | list[TopicPartition]) -> bool:
         """No record arrived for ``stall_seconds``: rebuild the consumer with four times the fetch
-        wait and re-assign ``tp``. False when the wait is already at its maximum (keep waiting)."""
+        wait and re-assign ``tp`` (one or several partitions at their next offsets). False when the
+        wait is already at its maximum (keep waiting)."""
         if self.fetch_wait_ms >= MAX_FETCH_WAIT_MS:
             return False
         self._consumer.close()
@@ -184,7 +188,7 @@ class KafkaRangeReader:
         self.fetch_wait_raises += 1
         _learned_fetch_wait_ms[self._bootstrap] = self.fetch_wait_ms
         self._consumer = self._new_consumer()
-        self._consumer.assign([tp])
+        self._consumer.assign(tp if isinstance(tp, list) else [tp])
         return True
 
     def close(self) -> None:
@@ -289,12 +293,31 @@ class KafkaRangeReader:
         batch = self.read(OffsetRange(topic, partition, offset, offset + 1))
         return int(batch.timestamps_ms[0])
 
+    # -- timestamps already read ---------------------------------------------------------------
+    REMEMBER_MIN_RECORDS = 1_000
+    """Reads of at least this many records keep their timestamps (8 bytes a record) for searches."""
+
+    def _remember(self, topic: str, partition: int, offsets: np.ndarray, stamps: np.ndarray) -> None:
+        """Keep the timestamps of a read whose offsets are contiguous (every offset a record)."""
+        n = len(offsets)
+        if n >= self.REMEMBER_MIN_RECORDS and int(offsets[-1]) - int(offsets[0]) + 1 == n:
+            self._stamps.setdefault((topic, partition), []).append((int(offsets[0]), stamps))
+
+    def _known_stamps(self, topic: str, partition: int, start: int, stop: int) -> np.ndarray | None:
+        """Timestamps of offsets ``[start, stop)`` if one remembered read holds them all."""
+        for first, stamps in self._stamps.get((topic, partition), ()):
+            if first <= start and stop <= first + len(stamps):
+                return stamps[start - first : stop - first]
+        return None
+
     def probe_timestamp(self, topic: str, partition: int, offset: int, end: int) -> int:
         """Median timestamp of the ``PROBE_RECORDS`` records from ``offset`` (fewer before ``end``):
         robust to a few records from a producer whose clock is far off (lagging or ahead)."""
-        batch = self.read(
-            OffsetRange(topic, partition, offset, max(min(end, offset + PROBE_RECORDS), offset + 1))
-        )
+        stop = max(min(end, offset + PROBE_RECORDS), offset + 1)
+        known = self._known_stamps(topic, partition, offset, stop)
+        if known is not None and len(known):
+            return int(np.median(known))
+        batch = self.read(OffsetRange(topic, partition, offset, stop))
         if not len(batch):
             raise KafkaReadError(f"{topic}:{partition}: no record from offset {offset}")
         return int(np.median(batch.timestamps_ms))
@@ -338,6 +361,10 @@ class KafkaRangeReader:
         """First offset in ``[approx, approx + 2 * PROBE_RECORDS)`` with timestamp ≥ ``ts_ms``: the
         probe search stops at most ``PROBE_RECORDS`` records before the exact answer."""
         stop = min(end, approx + 2 * PROBE_RECORDS)
+        known = self._known_stamps(topic, partition, approx, stop)
+        if known is not None:
+            hits = np.flatnonzero(known >= ts_ms)
+            return approx + int(hits[0]) if len(hits) else stop
         batch = self.read(OffsetRange(topic, partition, approx, stop))
         hits = np.flatnonzero(batch.timestamps_ms >= ts_ms)
         return int(batch.offsets[hits[0]]) if len(hits) else stop
@@ -393,12 +420,101 @@ class KafkaRangeReader:
                 f"{rng.key()}: expected {n:,} records, the broker delivered {len(values):,} "
                 "(offsets missing from the range)"
             )
-        return MessageBatch(
+        batch = MessageBatch(
             np.full(len(values), rng.partition, np.int32),
             np.asarray(offsets, np.int64),
             np.asarray(stamps, np.int64),
             values,
         )
+        self._remember(rng.topic, rng.partition, batch.offsets, batch.timestamps_ms)
+        return batch
+
+    def read_many(self, ranges: list[OffsetRange], *, complete: bool = False) -> list[MessageBatch]:
+        """All messages of several ranges (at most one per topic partition), read at once: one
+        consumer is assigned every partition at its start offset, so the client fetches the
+        partitions in parallel (one fetch request carries them all) instead of one after another.
+        Same guarantees as :meth:`read`, per range; returns one batch per range, in order."""
+        todo = [r for r in ranges if r.size > 0]
+        keys = [(r.topic, r.partition) for r in todo]
+        if len(set(keys)) != len(keys):
+            raise ValueError("read_many takes at most one range per topic partition")
+        if len(todo) <= 1:
+            return [self.read(r, complete=complete) for r in ranges]
+        got: dict[tuple[str, int], tuple[list[int], list[int], list[bytes]]] = {k: ([], [], []) for k in keys}
+        nxt = {(r.topic, r.partition): r.start for r in todo}
+        stop = {(r.topic, r.partition): r.end for r in todo}
+
+        def pending_keys() -> list[tuple[str, int]]:
+            return [k for k in keys if nxt[k] < stop[k]]
+
+        def pending() -> list[TopicPartition]:
+            return [TopicPartition(t, p, nxt[(t, p)]) for t, p in pending_keys()]
+
+        self._consumer.assign(pending())
+        deadline = time.monotonic() + self.timeout_s
+        stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
+        try:
+            while any(nxt[k] < stop[k] for k in keys):
+                if time.monotonic() > deadline:
+                    missing = ", ".join(
+                        f"{t}:{p} {nxt[(t, p)]}/{stop[(t, p)]}"
+                        for (t, p) in keys
+                        if nxt[(t, p)] < stop[(t, p)]
+                    )
+                    raise KafkaReadError(
+                        f"broker did not deliver the ranges within {self.timeout_s}s (next/end: {missing}; "
+                        f"fetch wait {self.fetch_wait_ms} ms)"
+                    )
+                msgs = self._consumer.consume(100_000, timeout=0.05)
+                if not msgs:
+                    if time.monotonic() > stall_at:
+                        self._stalled(pending())
+                        stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
+                    continue
+                progressed = False
+                for m in msgs:
+                    if not self._is_record(m):
+                        continue
+                    k = (m.topic(), m.partition())
+                    o = m.offset()
+                    # Re-deliveries after a fetch retry and records past the range are dropped.
+                    if k not in nxt or not nxt[k] <= o < stop[k]:
+                        continue
+                    offs, stamps, values = got[k]
+                    offs.append(o)
+                    stamps.append(m.timestamp()[1])
+                    values.append(m.value() or b"")
+                    nxt[k] = o + 1
+                    progressed = True
+                if progressed:
+                    deadline = time.monotonic() + self.timeout_s
+                    stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
+                    done = [TopicPartition(t, p) for (t, p) in keys if nxt[(t, p)] >= stop[(t, p)]]
+                    if done:
+                        self._consumer.incremental_unassign(done)
+                        for tp in done:  # not unassigned twice
+                            stop[(tp.topic, tp.partition)] = -1
+                            nxt[(tp.topic, tp.partition)] = 0
+        finally:
+            self._consumer.unassign()
+        out: dict[tuple[str, int], MessageBatch] = {}
+        for r in todo:
+            offs, stamps, values = got[(r.topic, r.partition)]
+            if complete and len(values) != r.size:
+                raise KafkaReadError(
+                    f"{r.key()}: expected {r.size:,} records, the broker delivered {len(values):,} "
+                    "(offsets missing from the range)"
+                )
+            batch = MessageBatch(
+                np.full(len(values), r.partition, np.int32),
+                np.asarray(offs, np.int64),
+                np.asarray(stamps, np.int64),
+                values,
+            )
+            self._remember(r.topic, r.partition, batch.offsets, batch.timestamps_ms)
+            out[(r.topic, r.partition)] = batch
+        empty = MessageBatch.concat([])
+        return [out.get((r.topic, r.partition), empty) if r.size > 0 else empty for r in ranges]
 
     @staticmethod
     def _is_record(m: Message) -> bool:
