@@ -113,12 +113,15 @@ def main() -> None:
             positions = LogPositions(EVENTS_TOPIC, lambda p, t: reader.boundary(EVENTS_TOPIC, p, t))
             partitions = reader.partitions(EVENTS_TOPIC)
             first, last = positions.hour_times(hours[0])[0], positions.hour_times(hours[-1])[1]
-            for p in partitions:  # the two searches read_hours makes, timed apart
-                reader.boundary(EVENTS_TOPIC, p, first)
-                reader.boundary(EVENTS_TOPIC, p, last)
+            # the two searches per partition read_hours makes (in parallel), timed apart
+            reader.boundaries(EVENTS_TOPIC, {p: [first, last] for p in partitions})
             t_search = time.perf_counter() - t0
             batch, ranges = read_hours(
-                positions, partitions, hours, lambda rs: reader.read_many(rs, complete=True)
+                positions,
+                partitions,
+                hours,
+                lambda rs: reader.read_many(rs, complete=True),
+                lambda wanted: reader.boundaries(EVENTS_TOPIC, wanted),
             )
             t_read = time.perf_counter() - t0
             t0 = time.perf_counter()

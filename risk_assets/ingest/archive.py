@@ -390,18 +390,23 @@ def read_hours(
     partitions: list[int],
     hours: list[datetime],
     read_many: Callable[[list[OffsetRange]], list[MessageBatch]],
+    search_many: Callable[[dict[int, list[int]]], Any] | None = None,
 ) -> tuple[MessageBatch, list[OffsetRange]]:
     """Every message of the ranges of ``hours`` (sorted UTC hour starts) on ``partitions``, and
     the ranges read: ``build_archive``'s input.
 
     Two offset searches per partition — the first hour's range start and the last hour's range
-    end — then one read of every partition's span at once (``read_many``: the partitions are
-    fetched in parallel, every offset must hold a record). The span is recorded in ``positions``,
-    so the other hours' boundaries are found in the timestamps just read and the hours beyond the
-    run compare with the span's ends (:class:`LogPositions`). Should a boundary inside the span
-    still land outside it (off-clock records at the span's end), the missing offsets are read too.
+    end; with ``search_many`` (``KafkaRangeReader.boundaries``) the partitions are searched in
+    parallel and ``positions.boundary`` then finds the answers memoized — then one read of every
+    partition's span at once (``read_many``: the partitions are fetched in parallel, every offset
+    must hold a record). The span is recorded in ``positions``, so the other hours' boundaries are
+    found in the timestamps just read and the hours beyond the run compare with the span's ends
+    (:class:`LogPositions`). Should a boundary inside the span still land outside it (off-clock
+    records at the span's end), the missing offsets are read too.
     """
     first, last = positions.hour_times(hours[0])[0], positions.hour_times(hours[-1])[1]
+    if search_many is not None:  # the partitions' searches in parallel
+        search_many({p: [first, last] for p in partitions})
     spans = []
     for p in partitions:
         o_lo = positions.boundary(p, first)

@@ -135,7 +135,11 @@ def build_archive_asset(spec: ArchiveSpec, partitions: TimePartitions) -> dg.Ass
             log_start = min((t for t in starts if t is not None), default=None)
             positions = LogPositions(spec.topic, lambda p, t: reader.boundary(spec.topic, p, t))
             batch, ranges = read_hours(
-                positions, partitions, hours, lambda rs: reader.read_many(rs, complete=True)
+                positions,
+                partitions,
+                hours,
+                lambda rs: reader.read_many(rs, complete=True),
+                lambda wanted: reader.boundaries(spec.topic, wanted),
             )
             result = build_archive(batch, spec, hours, positions)
             stream_ts = reader.latest_timestamp(spec.topic) or 0

@@ -32,7 +32,9 @@ gives the same records. Two broker facts are handled here and nowhere else:
 
 from __future__ import annotations
 
+import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -491,8 +493,11 @@ class KafkaRangeReader:
                     stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
                     done = [TopicPartition(t, p) for (t, p) in keys if nxt[(t, p)] >= stop[(t, p)]]
                     if done:
-                        self._consumer.incremental_unassign(done)
-                        for tp in done:  # not unassigned twice
+                        # Stop fetching finished partitions (their records past the range would
+                        # only fill the client's queue); anything still delivered is dropped above.
+                        with contextlib.suppress(KafkaException):
+                            self._consumer.pause(done)
+                        for tp in done:  # paused once
                             stop[(tp.topic, tp.partition)] = -1
                             nxt[(tp.topic, tp.partition)] = 0
         finally:
@@ -561,6 +566,35 @@ class KafkaRangeReader:
             lo, hi = max(low, min(lo, hi)), min(end, max(hi + PROBE_RECORDS, lo))
             self._boundaries[key] = self.first_offset_at_or_after(topic, partition, ts_ms, lo, hi)
         return self._boundaries[key]
+
+    def boundaries(self, topic: str, wanted: dict[int, list[int]]) -> dict[int, list[int]]:
+        """``boundary`` for several partitions (``{partition: [ts_ms, …]}``), the partitions
+        searched in parallel threads — an offset search is a chain of broker round trips, so
+        partitions searched one after another cost their sum. Each thread has a reader of its own
+        (a consumer is not shared between threads) working on this reader's snapshot of the
+        partition bounds; the answers are memoized here as if searched here, in the given order."""
+        for p in wanted:
+            self.bounds(topic, p)  # one snapshot, taken here, for every thread
+        todo = {p: ts for p, ts in wanted.items() if any((topic, p, t) not in self._boundaries for t in ts)}
+        if len(todo) > 1:
+
+            def search(p: int) -> KafkaRangeReader:
+                fork = KafkaRangeReader(self._bootstrap, timeout_s=self.timeout_s, client_id=self._client_id,
+                                        fetch_wait_ms=self.fetch_wait_ms)  # fmt: skip
+                fork._bounds = {k: v for k, v in self._bounds.items() if k == (topic, p)}
+                fork._boundaries = {k: v for k, v in self._boundaries.items() if k[:2] == (topic, p)}
+                try:
+                    for t in todo[p]:
+                        fork.boundary(topic, p, t)
+                finally:
+                    fork.close()
+                return fork
+
+            with ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="offset-search") as pool:
+                for fork in pool.map(search, sorted(todo)):
+                    self._boundaries.update(fork._boundaries)
+                    self.fetch_wait_ms = max(self.fetch_wait_ms, fork.fetch_wait_ms)
+        return {p: [self.boundary(topic, p, t) for t in ts] for p, ts in wanted.items()}
 
     def latest_timestamp(self, topic: str) -> int | None:
         """Timestamp (ms) of the newest record over all partitions: how far the stream has got."""

@@ -175,13 +175,27 @@ def test_lagging_and_future_clocks_do_not_depend_on_run_grouping(fresh_stack, tm
     """D8, D9: a producer clock 100 min behind (more than grace + slack) and one two days ahead.
     Each hour's bytes are the same whether hours are archived one by one or in one run, and every
     message is in exactly one place: a record of one hour or a dead letter with a reason."""
+    _off_clocks_in_any_grouping(fresh_stack, tmp_path)
+
+
+def test_off_clocks_on_four_partitions_read_at_once(fresh_stack_4p, tmp_path):
+    """The same on a 4-partition topic: the run reads every partition's span at once
+    (``read_many``) and finds the other hours' boundaries in the timestamps it read; one-by-one
+    hours and one run still write the same bytes, and every message is in exactly one place."""
+    _off_clocks_in_any_grouping(fresh_stack_4p, tmp_path)
+    with KafkaRangeReader(fresh_stack_4p.kafka) as reader:
+        assert len(reader.partitions(EVENTS_TOPIC)) == 4
+        assert all(reader.bounds(EVENTS_TOPIC, p)[1] > 0 for p in range(4))  # every partition used
+
+
+def _off_clocks_in_any_grouping(stack, tmp_path) -> None:
     items = lagging_traffic(n=8 * 120, lag=timedelta(minutes=100), every=7)
-    produce(fresh_stack.kafka, [*items, (login(10**6, ms(H0) + 13 * 60 * MIN), ms(H0) + 13 * 60 * MIN)])
+    produce(stack.kafka, [*items, (login(10**6, ms(H0) + 13 * 60 * MIN), ms(H0) + 13 * 60 * MIN)])
     hours = [H0 + timedelta(hours=i) for i in range(-2, 10)]
     one_by_one, grouped = Lake(str(tmp_path / "a")), Lake(str(tmp_path / "b"))
     for h in hours:
-        assert run(resources(fresh_stack.kafka, one_by_one.url), h, h).success
-    assert run(resources(fresh_stack.kafka, grouped.url), hours[0], hours[-1]).success
+        assert run(resources(stack.kafka, one_by_one.url), h, h).success
+    assert run(resources(stack.kafka, grouped.url), hours[0], hours[-1]).success
     assert digests(one_by_one, hours) == digests(grouped, hours)
 
     records, dead = archived(grouped, hours), dead_letters(grouped, hours)
