@@ -31,7 +31,7 @@ import polars as pl
 
 from risk_assets.events.schema import RiskEvent
 from risk_assets.ingest.archive import EVENTS, LogPositions, build_archive, read_hours, write_archive
-from risk_assets.ingest.kafka_reader import KafkaRangeReader, MessageBatch
+from risk_assets.ingest.kafka_reader import PROBE_RECORDS, KafkaRangeReader, MessageBatch
 from risk_assets.ingest.partitioning import ingest_window
 from risk_assets.lake import Lake
 from risk_assets.names import EVENTS_TOPIC
@@ -120,7 +120,7 @@ def main() -> None:
                 positions,
                 partitions,
                 hours,
-                lambda rs: reader.read_many(rs, complete=True),
+                lambda rs: reader.read_many(rs, complete=True, margin=2 * PROBE_RECORDS),
                 lambda wanted: reader.boundaries(EVENTS_TOPIC, wanted),
             )
             t_read = time.perf_counter() - t0

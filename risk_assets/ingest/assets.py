@@ -28,7 +28,7 @@ from risk_assets.ingest.archive import (
     shrinking_hours,
     write_archive,
 )
-from risk_assets.ingest.kafka_reader import KafkaRangeReader, KafkaReadError
+from risk_assets.ingest.kafka_reader import PROBE_RECORDS, KafkaRangeReader, KafkaReadError
 from risk_assets.ingest.partitioning import GRACE, HOUR, archive_hours, ingest_window
 from risk_assets.names import (
     INVALID_SHARE_CHECK,
@@ -138,7 +138,7 @@ def build_archive_asset(spec: ArchiveSpec, partitions: TimePartitions) -> dg.Ass
                 positions,
                 partitions,
                 hours,
-                lambda rs: reader.read_many(rs, complete=True),
+                lambda rs: reader.read_many(rs, complete=True, margin=2 * PROBE_RECORDS),
                 lambda wanted: reader.boundaries(spec.topic, wanted),
             )
             result = build_archive(batch, spec, hours, positions)

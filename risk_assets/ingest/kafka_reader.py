@@ -299,10 +299,15 @@ class KafkaRangeReader:
     REMEMBER_MIN_RECORDS = 1_000
     """Reads of at least this many records keep their timestamps (8 bytes a record) for searches."""
 
-    def _remember(self, topic: str, partition: int, offsets: np.ndarray, stamps: np.ndarray) -> None:
-        """Keep the timestamps of a read whose offsets are contiguous (every offset a record)."""
+    def _remember(
+        self, topic: str, partition: int, offsets: np.ndarray, stamps: np.ndarray, force: bool = False
+    ) -> None:
+        """Keep the timestamps of a read whose offsets are contiguous (every offset a record): of
+        every ``read_many`` range (``force``), of other reads from ``REMEMBER_MIN_RECORDS`` on (the
+        searches' own small probes are memoized as answers already)."""
         n = len(offsets)
-        if n >= self.REMEMBER_MIN_RECORDS and int(offsets[-1]) - int(offsets[0]) + 1 == n:
+        big = force or n >= self.REMEMBER_MIN_RECORDS
+        if n and big and int(offsets[-1]) - int(offsets[0]) + 1 == n:
             self._stamps.setdefault((topic, partition), []).append((int(offsets[0]), stamps))
 
     def _known_stamps(self, topic: str, partition: int, start: int, stop: int) -> np.ndarray | None:
@@ -372,7 +377,7 @@ class KafkaRangeReader:
         return int(batch.offsets[hits[0]]) if len(hits) else stop
 
     # -- data --------------------------------------------------------------------------------
-    def read(self, rng: OffsetRange, *, complete: bool = False) -> MessageBatch:
+    def read(self, rng: OffsetRange, *, complete: bool = False, remember: bool = False) -> MessageBatch:
         """All messages of ``rng``, in offset order. Raises if the broker does not deliver them all.
 
         With ``complete``, every offset of the range must hold a record (true of the pipeline's
@@ -428,20 +433,46 @@ class KafkaRangeReader:
             np.asarray(stamps, np.int64),
             values,
         )
-        self._remember(rng.topic, rng.partition, batch.offsets, batch.timestamps_ms)
+        self._remember(rng.topic, rng.partition, batch.offsets, batch.timestamps_ms, remember)
         return batch
 
-    def read_many(self, ranges: list[OffsetRange], *, complete: bool = False) -> list[MessageBatch]:
+    def read_many(
+        self, ranges: list[OffsetRange], *, complete: bool = False, margin: int = 0
+    ) -> list[MessageBatch]:
         """All messages of several ranges (at most one per topic partition), read at once: one
         consumer is assigned every partition at its start offset, so the client fetches the
         partitions in parallel (one fetch request carries them all) instead of one after another.
-        Same guarantees as :meth:`read`, per range; returns one batch per range, in order."""
+        Same guarantees as :meth:`read`, per range; returns one batch per range, in order.
+
+        ``margin``: also read up to that many records before and after each range (within the
+        partition's bounds) and remember their timestamps, so offset searches near the range's
+        edges are answered without the broker; the batches hold the ranges' messages only."""
+        if margin:
+            wide = [
+                OffsetRange(
+                    r.topic,
+                    r.partition,
+                    max(self.bounds(r.topic, r.partition)[0], r.start - margin),
+                    min(self.bounds(r.topic, r.partition)[1], r.end + margin),
+                )
+                if r.size > 0
+                else r
+                for r in ranges
+            ]
+            out = []
+            for r, batch in zip(ranges, self.read_many(wide, complete=complete), strict=True):
+                out.append(
+                    batch.select((batch.offsets >= r.start) & (batch.offsets < r.end))
+                    if len(batch)
+                    else batch
+                )
+            return out
         todo = [r for r in ranges if r.size > 0]
         keys = [(r.topic, r.partition) for r in todo]
         if len(set(keys)) != len(keys):
             raise ValueError("read_many takes at most one range per topic partition")
         if len(todo) <= 1:
-            return [self.read(r, complete=complete) for r in ranges]
+            return [self.read(r, complete=complete, remember=True) for r in ranges]
         got: dict[tuple[str, int], tuple[list[int], list[int], list[bytes]]] = {k: ([], [], []) for k in keys}
         nxt = {(r.topic, r.partition): r.start for r in todo}
         stop = {(r.topic, r.partition): r.end for r in todo}
@@ -516,7 +547,7 @@ class KafkaRangeReader:
                 np.asarray(stamps, np.int64),
                 values,
             )
-            self._remember(r.topic, r.partition, batch.offsets, batch.timestamps_ms)
+            self._remember(r.topic, r.partition, batch.offsets, batch.timestamps_ms, force=True)
             out[(r.topic, r.partition)] = batch
         empty = MessageBatch.concat([])
         return [out.get((r.topic, r.partition), empty) if r.size > 0 else empty for r in ranges]
