@@ -48,9 +48,14 @@ TIMESTAMP_SLACK = timedelta(minutes=10)
 PROBE_RECORDS = 15
 """Records per timestamp probe of the offset search; the probe's timestamp is their median."""
 
+SEARCH_READS_WHOLE = 4_096
+"""An offset search over at most this many offsets reads them in one fetch and probes in memory."""
+
 FETCH_WAIT_MS = 10
 """Initial ``fetch.wait.max.ms`` of a reader (module docstring: it grows ×4 while fetches stall)."""
 MAX_FETCH_WAIT_MS = 5_000
+FRESH_CONSUMER_GRACE = 2.0
+"""Extra seconds a new consumer gets for its first record before a read counts as stalled."""
 """Upper bound of the adaptive fetch wait."""
 
 _learned_fetch_wait_ms: dict[str, int] = {}
@@ -157,7 +162,15 @@ class KafkaRangeReader:
         self._bounds: dict[tuple[str, int], tuple[int, int]] = {}
         self._consumer = self._new_consumer()
 
+    def _stall_after(self) -> float:
+        """Seconds without a record before a read counts as stalled: ``stall_seconds`` of the
+        wait, plus ``FRESH_CONSUMER_GRACE`` until this consumer has delivered its first record
+        (connecting and finding the partition leaders is not a slow fetch; on a loaded machine it
+        used to pass for one and raise the wait of every later read)."""
+        return stall_seconds(self.fetch_wait_ms) + (FRESH_CONSUMER_GRACE if self._fresh else 0.0)
+
     def _new_consumer(self) -> Consumer:
+        self._fresh = True
         return Consumer(
             {
                 "bootstrap.servers": self._bootstrap,
@@ -266,16 +279,17 @@ class KafkaRangeReader:
         keeps the probe bounded on a live topic (draining until quiet would follow the tail)."""
         self._consumer.assign([TopicPartition(topic, partition, offset)])
         deadline = time.monotonic() + self.timeout_s
-        stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
+        stall_at = time.monotonic() + self._stall_after()
         try:
             while time.monotonic() < deadline:
                 # consume(n, t) returns after n messages or t seconds, whichever comes first.
                 records = [m for m in self._consumer.consume(100_000, timeout=0.02) if self._is_record(m)]
                 if records:
+                    self._fresh = False
                     return max(m.offset() for m in records)
                 if time.monotonic() > stall_at:
                     self._stalled(TopicPartition(topic, partition, offset))
-                    stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
+                    stall_at = time.monotonic() + self._stall_after()
         finally:
             self._consumer.unassign()
         raise KafkaReadError(f"{topic}:{partition}: no record at offset {offset} within {self.timeout_s}s")
@@ -341,6 +355,10 @@ class KafkaRangeReader:
         lo, hi = low, end
         if lo >= hi:
             return lo
+        if hi - lo <= SEARCH_READS_WHOLE and self._known_stamps(topic, partition, lo, hi) is None:
+            # A short stretch costs one fetch: read it whole, and every probe below is answered
+            # from its timestamps (same probes, same answer, one round trip instead of several).
+            self.read(OffsetRange(topic, partition, lo, hi), remember=True)
         ts_lo = self.probe_timestamp(topic, partition, lo, end)
         if ts_lo >= ts_ms:
             return self._refine(topic, partition, ts_ms, lo, end)
@@ -392,7 +410,7 @@ class KafkaRangeReader:
         values: list[bytes] = []
         self._consumer.assign([TopicPartition(rng.topic, rng.partition, rng.start)])
         deadline = time.monotonic() + self.timeout_s
-        stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
+        stall_at = time.monotonic() + self._stall_after()
         next_offset = rng.start
         try:
             while next_offset < rng.end:
@@ -406,10 +424,11 @@ class KafkaRangeReader:
                 if not msgs:
                     if time.monotonic() > stall_at:
                         self._stalled(TopicPartition(rng.topic, rng.partition, next_offset))
-                        stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
+                        stall_at = time.monotonic() + self._stall_after()
                     continue
                 deadline = time.monotonic() + self.timeout_s
                 stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
+                self._fresh = False
                 msgs = [m for m in msgs if self._is_record(m)]
                 # Re-deliveries after a fetch retry (offset < next) and records past the range are
                 # dropped; gaps (compaction, transaction markers) are offsets that do not exist.
@@ -483,9 +502,10 @@ class KafkaRangeReader:
         def pending() -> list[TopicPartition]:
             return [TopicPartition(t, p, nxt[(t, p)]) for t, p in pending_keys()]
 
+        paused: list[TopicPartition] = []
         self._consumer.assign(pending())
         deadline = time.monotonic() + self.timeout_s
-        stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
+        stall_at = time.monotonic() + self._stall_after()
         try:
             while any(nxt[k] < stop[k] for k in keys):
                 if time.monotonic() > deadline:
@@ -502,7 +522,7 @@ class KafkaRangeReader:
                 if not msgs:
                     if time.monotonic() > stall_at:
                         self._stalled(pending())
-                        stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
+                        stall_at = time.monotonic() + self._stall_after()
                     continue
                 progressed = False
                 for m in msgs:
@@ -522,16 +542,22 @@ class KafkaRangeReader:
                 if progressed:
                     deadline = time.monotonic() + self.timeout_s
                     stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
+                    self._fresh = False
                     done = [TopicPartition(t, p) for (t, p) in keys if nxt[(t, p)] >= stop[(t, p)]]
                     if done:
                         # Stop fetching finished partitions (their records past the range would
                         # only fill the client's queue); anything still delivered is dropped above.
                         with contextlib.suppress(KafkaException):
                             self._consumer.pause(done)
+                            paused.extend(done)
                         for tp in done:  # paused once
                             stop[(tp.topic, tp.partition)] = -1
                             nxt[(tp.topic, tp.partition)] = 0
         finally:
+            # librdkafka keeps a partition's pause across unassign/assign: resume first, or the
+            # next read of that partition would see nothing and pass for a stall.
+            with contextlib.suppress(KafkaException):
+                self._consumer.resume(paused)
             self._consumer.unassign()
         out: dict[tuple[str, int], MessageBatch] = {}
         for r in todo:
@@ -624,7 +650,6 @@ class KafkaRangeReader:
             with ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="offset-search") as pool:
                 for fork in pool.map(search, sorted(todo)):
                     self._boundaries.update(fork._boundaries)
-                    self.fetch_wait_ms = max(self.fetch_wait_ms, fork.fetch_wait_ms)
         return {p: [self.boundary(topic, p, t) for t in ts] for p, ts in wanted.items()}
 
     def latest_timestamp(self, topic: str) -> int | None:
