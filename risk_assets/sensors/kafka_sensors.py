@@ -15,6 +15,8 @@ The continuous stream worker (``risk-stream``) shares the partitions through the
 of it (failed ranges it requested before are still retried — the worker waits for them); with no
 range of its own outstanding it adopts the worker's committed offset, so when the worker stops, the
 sensor carries on from there; every tick records the sensor's progress for the worker to see.
+With Redis unreachable the sensor goes on without the handoff (a warning): no worker can commit or
+renew a lease then, and a range processed twice is harmless (idempotent writes).
 """
 
 import os
@@ -22,12 +24,21 @@ import time
 from typing import Any
 
 import dagster as dg
+from redis.exceptions import RedisError
 
 from risk_assets.features.redis_client import connect
 from risk_assets.features.stream_assets import feature_ingestion_job, stream_features_job
 from risk_assets.names import EVENTS_TOPIC, FEATURES_TOPIC
 from risk_assets.resources import KafkaResource, RedisResource
-from risk_assets.sensors.offset_cursor import OffsetCursor, RunState, accept_incarnations, plan, tp_key
+from risk_assets.sensors.offset_cursor import (
+    OffsetCursor,
+    Plan,
+    Request,
+    RunState,
+    accept_incarnations,
+    plan,
+    tp_key,
+)
 from risk_assets.streaming.handoff import Handoff
 
 RUN_KEY_TAG = "dagster/run_key"
@@ -109,6 +120,27 @@ def _adopt_worker_progress(
     return hold, notes
 
 
+def _claim_and_sync(
+    handoff: Handoff, p: Plan, ends: dict[str, int], incarnation: str, hold: set[str]
+) -> list[Request]:
+    """The plan's requests the handoff grants (new ranges only while no worker holds the partition;
+    retries always), with the plan's cursor fixed for those refused; then record the sensor's progress."""
+    requests = []
+    for req in p.requests:
+        tp = tp_key(req.range.topic, req.range.partition)
+        owner = "" if req.attempt > 1 else handoff.sensor_claim(tp, int(time.time() * 1000), req.range.end)
+        if owner:  # a worker took the partition since the start of this tick: leave it the range
+            del p.cursor.inflight[req.run_key]
+            hold.add(tp)
+            continue
+        requests.append(req)
+    for tp in ends:
+        if tp in p.cursor.committed:
+            mine = [i.end for i in p.cursor.inflight.values() if i.tp == tp]
+            handoff.sensor_sync(tp, p.cursor.committed[tp], max([p.cursor.committed[tp], *mine]), incarnation)
+    return requests
+
+
 def build_offset_range_sensor(
     name: str,
     topic: str,
@@ -145,8 +177,16 @@ def build_offset_range_sensor(
             bounds = {tp_key(topic, p): reader.bounds(topic, p) for p in reader.partitions(topic)}
         ends = {tp: end for tp, (_, end) in bounds.items()}
         starts = {tp: low for tp, (low, _) in bounds.items()}
-        handoff = Handoff(connect(redis.url, cluster=redis.cluster, socket_timeout=5.0), redis.namespace)
-        hold, adopted = _adopt_worker_progress(cursor, handoff, ends, incarnation, int(time.time() * 1000))
+        handoff: Handoff | None = None
+        hold: set[str] = set()
+        try:
+            handoff = Handoff(connect(redis.url, cluster=redis.cluster, socket_timeout=5.0), redis.namespace)
+            hold, adopted = _adopt_worker_progress(
+                cursor, handoff, ends, incarnation, int(time.time() * 1000)
+            )
+        except RedisError as exc:
+            handoff, adopted = None, []
+            context.log.warning(f"stream worker handoff unavailable (Redis: {exc}); going on without it")
         for note in adopted:
             context.log.info(note)
         states = {
@@ -176,23 +216,12 @@ def build_offset_range_sensor(
             )
         for key in p.stuck:
             context.log.error(f"range {key} failed 3 times; re-execute it to let the cursor move on")
-        requests = []
-        for req in p.requests:
-            tp = tp_key(req.range.topic, req.range.partition)
-            owner = (
-                "" if req.attempt > 1 else handoff.sensor_claim(tp, int(time.time() * 1000), req.range.end)
-            )
-            if owner:  # a worker took the partition since the start of this tick: leave it the range
-                del p.cursor.inflight[req.run_key]
-                hold.add(tp)
-                continue
-            requests.append(req)
-        for tp in ends:
-            if tp in p.cursor.committed:
-                frontier = max(
-                    [p.cursor.committed[tp], *(i.end for i in p.cursor.inflight.values() if i.tp == tp)]
-                )
-                handoff.sensor_sync(tp, p.cursor.committed[tp], frontier, incarnation)
+        requests = list(p.requests)
+        if handoff is not None:
+            try:
+                requests = _claim_and_sync(handoff, p, ends, incarnation, hold)
+            except RedisError as exc:
+                context.log.warning(f"stream worker handoff unavailable (Redis: {exc}); going on without it")
         for req in requests:
             r = req.range
             yield dg.RunRequest(
