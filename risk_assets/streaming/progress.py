@@ -36,6 +36,9 @@ class ProgressRecord:
     seconds: float  # from reading the range to its commit
     worker: str
     objects: int = 0  # feature-log objects written (ingestion ranges)
+    read_s: float = 0.0  # events ranges: reading the range,
+    compute_s: float = 0.0  # decoding + the stream state and engine,
+    publish_s: float = 0.0  # publishing the rows (then the ingestion, then the commit)
 
 
 def progress_key(namespace: str) -> str:

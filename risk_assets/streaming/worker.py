@@ -93,6 +93,18 @@ class LoopResult:
     waiting: dict[str, str] = field(default_factory=dict)  # tp -> why it was not processed
 
 
+@dataclass(frozen=True)
+class _Computed:
+    """An events range computed and published, not committed yet."""
+
+    range: OffsetRange
+    events: int
+    rows: int
+    rejected: int
+    t0: float
+    phases: dict[str, float]
+
+
 def make_producer(bootstrap_servers: str) -> Any:
     """A producer that waits for full acknowledgement (``KafkaResource.producer``'s settings, with
     a 1 ms linger: the worker flushes every loop)."""
@@ -257,7 +269,7 @@ class StreamWorker:
             # events range commits: process nothing of the events either.
             return result
 
-        computed: list[tuple[OffsetRange, int, int, int, float]] = []  # range, events, rows, rejected, t0
+        computed: list[_Computed] = []
         for tp in event_tps:
             if tp in ready:
                 done = self._compute(tp, ready[tp], incarnations[EVENTS_TOPIC])
@@ -269,11 +281,14 @@ class StreamWorker:
         self.reader.refresh()
         for tp in feature_tps:
             result.ingested += self._ingest(tp, ready[tp], incarnations[FEATURES_TOPIC], result)
-        for rng, events, rows, rejected, t0 in computed:
-            self._commit(rng, incarnations[EVENTS_TOPIC], STREAM_FEATURE_BUFFER, events, rows, rejected, t0)
-            result.ranges.append(rng)
-            result.events += events
-            result.rows += rows
+        for c in computed:
+            inc = incarnations[EVENTS_TOPIC]
+            self._commit(
+                c.range, inc, STREAM_FEATURE_BUFFER, c.events, c.rows, c.rejected, c.t0, phases=c.phases
+            )
+            result.ranges.append(c.range)
+            result.events += c.events
+            result.rows += c.rows
         return result
 
     def _compute(
@@ -295,6 +310,7 @@ class StreamWorker:
         rng = OffsetRange(topic, int(partition), start, stop)
         batch = self.reader.read(rng, complete=True)
         self.reader.ensure_incarnation(topic, incarnation)
+        t_read = self.clock()
         decoded = decode_messages(batch, EVENTS, not_after_ms=as_of_ms + self.settings.future_bound_s * 1000)
 
         def warm() -> WarmStartResult:
@@ -313,8 +329,14 @@ class StreamWorker:
         # Renew the lease before publishing: a worker that lost it publishes nothing.
         if self.handoff.acquire(tp, self.settings.worker_id, self._now_ms(), self.settings.lease_ms):
             raise LeaseLost(f"{tp}: lease lost while computing {rng.key()}; nothing published")
+        t_computed = self.clock()
         published = publish(self.producer, rows, FEATURES_TOPIC, groups=self.groups)
-        return rng, decoded.valid.height, published, len(decoded.rejected), t0
+        phases = {
+            "read_s": t_read - t0,
+            "compute_s": t_computed - t_read,
+            "publish_s": self.clock() - t_computed,
+        }
+        return _Computed(rng, decoded.valid.height, published, len(decoded.rejected), t0, phases)
 
     def _ingest(self, tp: str, committed: int, incarnation: str, result: LoopResult) -> int:
         topic, partition = tp.rsplit("/", 1)
@@ -351,6 +373,7 @@ class StreamWorker:
         t0: float,
         *,
         objects: int = 0,
+        phases: dict[str, float] | None = None,
     ) -> None:
         tp = tp_key(rng.topic, rng.partition)
         status, value = self.handoff.commit(
@@ -383,6 +406,7 @@ class StreamWorker:
                 seconds=done - t0,
                 worker=self.settings.worker_id,
                 objects=objects,
+                **(phases or {}),
             ),
         )
 
