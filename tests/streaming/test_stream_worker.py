@@ -43,7 +43,7 @@ from risk_assets.simulator.generator import generate
 from risk_assets.simulator.writers import make_producer, replay
 from risk_assets.streaming import progress
 from risk_assets.streaming.handoff import Handoff
-from risk_assets.streaming.worker import StreamWorker, WorkerSettings
+from risk_assets.streaming.worker import StreamIncident, StreamWorker, WorkerSettings
 from tests.features.test_stream_pipeline import execute, tick
 
 STREAM_GROUPS = stream_groups(FEATURE_GROUPS)
@@ -229,3 +229,36 @@ def test_worker_and_sensor_share_a_partition_and_progress_reaches_dagster(env, d
         )
     )
     assert isinstance(again, dg.SkipReason)
+
+
+def test_a_broker_reset_stops_the_worker_with_the_numbers_and_poison_is_rejected(env):
+    stack, lake = env
+    first = replay(SIM.with_(hours=1), make_producer(stack.kafka), bad_rate=0.01).events
+    handoff = Handoff(connect(stack.redis_url))
+    with StreamWorker(stack.kafka, stack.redis_url, lake, settings=WorkerSettings(worker_id="w3")) as worker:
+        for _ in range(5):
+            worker.step()
+        old = worker.reader.incarnation(EVENTS_TOPIC)
+    assert handoff.read(EVENTS_TP).committed == first
+    records = [r for _, r in progress.read_after(handoff.client, "risk", None)]
+    # Poison (1 % invalid payloads) is rejected by the decoder, counted, and does not hold the cursor.
+    assert sum(r.rejected for r in records if r.asset == STREAM_FEATURE_BUFFER) > 0
+
+    stack.restart_kafka()  # the broker comes back empty: new topic ids, offsets from 0 again
+    again = replay(SIM.with_(start=SIM.end, hours=1), make_producer(stack.kafka)).events
+    before = {tp: handoff.read(tp) for tp in (EVENTS_TP, FEATURES_TP)}
+    with StreamWorker(stack.kafka, stack.redis_url, lake, settings=WorkerSettings(worker_id="w3")) as worker:
+        new = worker.reader.incarnation(EVENTS_TOPIC, fresh=True)
+        with pytest.raises(StreamIncident) as incident:
+            worker.step()
+        message = str(incident.value)
+        assert old in message and new in message and f"{first:,}" in message and f"[0, {again:,})" in message
+        assert {tp: handoff.read(tp).committed for tp in before} == {
+            tp: s.committed for tp, s in before.items()
+        }
+        # The operator accepts the new log: the worker starts it at its first offset.
+        notes = worker.accept_incarnations()
+        assert any(EVENTS_TP in n and new in n for n in notes)
+        for _ in range(5):
+            worker.step()
+    assert handoff.read(EVENTS_TP).committed == again and handoff.read(EVENTS_TP).incarnation == new
