@@ -488,8 +488,8 @@ def run_worker(args: argparse.Namespace) -> None:
 
 def _worker_breakdown(records: list, stamps: dict[int, np.ndarray]) -> None:
     """Per events range: wait (its first event produced → the loop started reading it), read,
-    compute (decode + state + engine), publish, then ingest (the buffer ranges), and the whole range
-    (read → commit); plus range sizes and the lag the worker reported."""
+    compute (decode + state + engine), publish, ingest (the buffer's new rows into Redis), and the
+    whole range (read → commit); per feature-log write (every ~10 s); range sizes and the lag."""
     events = [r for r in records if r.asset == STREAM_FEATURE_BUFFER]
     ingests = [r for r in records if r.asset == ONLINE_FEATURES]
     wait = []
@@ -502,15 +502,16 @@ def _worker_breakdown(records: list, stamps: dict[int, np.ndarray]) -> None:
     lag_seconds = max((r.lag_seconds for r in events), default=0.0)
     print(
         f"worker: {len(events)} events ranges (size mean {np.mean(sizes):,.0f}, max {max(sizes):,}), "
-        f"{len(ingests)} buffer ranges; lag at commit max {lag_offsets:,} offsets, {lag_seconds:.1f} s"
+        f"{len(ingests)} feature-log writes; lag at commit max {lag_offsets:,} offsets, {lag_seconds:.1f} s"
     )
     parts = (
         ("wait", wait),
         ("read", [r.read_s for r in events]),
         ("compute", [r.compute_s for r in events]),
         ("publish", [r.publish_s for r in events]),
-        ("ingest", [r.seconds for r in ingests]),
+        ("ingest", [r.ingest_s for r in events]),
         ("range", [r.seconds for r in events]),
+        ("feature log", [r.seconds for r in ingests]),
     )
     for name, values in parts:
         print("  " + _pcts(name, values))

@@ -38,7 +38,8 @@ class ProgressRecord:
     objects: int = 0  # feature-log objects written (ingestion ranges)
     read_s: float = 0.0  # events ranges: reading the range,
     compute_s: float = 0.0  # decoding + the stream state and engine,
-    publish_s: float = 0.0  # publishing the rows (then the ingestion, then the commit)
+    publish_s: float = 0.0  # publishing the rows,
+    ingest_s: float = 0.0  # writing the buffer's new rows to Redis (then the commit)
 
 
 def progress_key(namespace: str) -> str:

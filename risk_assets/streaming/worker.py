@@ -37,7 +37,7 @@ from typing import Any
 
 from risk_assets.features.feature_buffer import publish
 from risk_assets.features.groups import FEATURE_GROUPS
-from risk_assets.features.ingestion import ingest_batch
+from risk_assets.features.ingestion import ingest_batch, write_online
 from risk_assets.features.online_store import OnlineStore
 from risk_assets.features.redis_client import connect
 from risk_assets.features.stream_state import StreamState, stream_groups
@@ -47,7 +47,13 @@ from risk_assets.features.stream_warm_start import (
     warm_start_for_batch,
 )
 from risk_assets.ingest.archive import EVENTS, decode_messages
-from risk_assets.ingest.kafka_reader import IncarnationChanged, KafkaRangeReader, Lag, OffsetRange
+from risk_assets.ingest.kafka_reader import (
+    IncarnationChanged,
+    KafkaRangeReader,
+    Lag,
+    MessageBatch,
+    OffsetRange,
+)
 from risk_assets.lake import Lake
 from risk_assets.names import EVENTS_TOPIC, FEATURES_TOPIC, ONLINE_FEATURES, STREAM_FEATURE_BUFFER
 from risk_assets.sensors.offset_cursor import tp_key
@@ -78,6 +84,9 @@ class WorkerSettings:
     """Pause when a loop found nothing new."""
     future_bound_s: int = 300
     """Events more than this after the range's as-of time are rejected (``future_timestamp``)."""
+    log_every_s: float = 10.0
+    """How often the feature log is written (and the buffer range committed); Redis is written every
+    loop. Fewer, larger log objects, and less work per loop."""
     lag_every_s: float = 1.0
     """How often the lag past a committed range is measured (a fresh look at the log end)."""
     hold_after_publish_s: float = 0.0
@@ -91,6 +100,17 @@ class LoopResult:
     ingested: int = 0
     ranges: list[OffsetRange] = field(default_factory=list)
     waiting: dict[str, str] = field(default_factory=dict)  # tp -> why it was not processed
+
+
+@dataclass
+class _Unlogged:
+    """Buffer ranges of one partition written to Redis but not to the feature log yet (not committed)."""
+
+    start: int
+    end: int
+    incarnation: str
+    since: float  # monotonic time of the first
+    batches: list[MessageBatch] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -144,9 +164,15 @@ class StreamWorker:
         self.owned: set[str] = set()
         self._last_lag: dict[str, float] = {}
         self._lag: dict[str, Lag] = {}
+        self._unlogged: dict[str, _Unlogged] = {}  # buffer rows in Redis, not in the feature log yet
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def close(self) -> None:
+        for tp in sorted(self._unlogged):  # a clean stop leaves nothing to replay
+            try:
+                self._flush_log(tp)
+            except Exception:
+                log.exception("%s: feature log not written at stop; the next worker replays it", tp)
         for tp in sorted(self.owned):
             try:
                 self.handoff.release(tp, self.settings.worker_id)
@@ -279,8 +305,11 @@ class StreamWorker:
             time.sleep(self.settings.hold_after_publish_s)
         # Ingest every buffer partition up to its end now (our rows are in it: publish flushed).
         self.reader.refresh()
+        t_ingest = self.clock()
         for tp in feature_tps:
             result.ingested += self._ingest(tp, ready[tp], incarnations[FEATURES_TOPIC], result)
+        for c in computed:
+            c.phases["ingest_s"] = self.clock() - t_ingest
         for c in computed:
             inc = incarnations[EVENTS_TOPIC]
             self._commit(
@@ -339,28 +368,47 @@ class StreamWorker:
         return _Computed(rng, decoded.valid.height, published, len(decoded.rejected), t0, phases)
 
     def _ingest(self, tp: str, committed: int, incarnation: str, result: LoopResult) -> int:
+        """Write the partition's new buffer rows to Redis now; the feature log (and the commit of
+        the buffer range) every ``log_every_s`` or ``ingest_max_range`` offsets."""
         topic, partition = tp.rsplit("/", 1)
+        un = self._unlogged.get(tp)
+        if un is not None and (un.start != committed or un.incarnation != incarnation):
+            del self._unlogged[tp]  # the shared cursor moved under us (a lease lost): start again there
+            un = None
+        frontier = un.end if un is not None else committed
         _, end = self.reader.bounds(topic, int(partition))
-        stop = min(end, committed + self.settings.ingest_max_range)
-        if stop <= committed:
-            return 0
+        stop = min(end, frontier + self.settings.ingest_max_range)
+        messages = 0
+        if stop > frontier:
+            rng = OffsetRange(topic, int(partition), frontier, stop)
+            batch = self.reader.read(rng, complete=True)
+            self.reader.ensure_incarnation(topic, incarnation)  # before anything is written
+            write_online(batch, self.store, FEATURE_GROUPS)
+            if un is None:
+                un = self._unlogged[tp] = _Unlogged(committed, committed, incarnation, time.monotonic())
+            un.batches.append(batch)
+            un.end = stop
+            result.ranges.append(rng)
+            messages = len(batch)
+        if un is not None and (
+            time.monotonic() - un.since >= self.settings.log_every_s
+            or un.end - un.start >= self.settings.ingest_max_range
+        ):
+            self._flush_log(tp)
+        return messages
+
+    def _flush_log(self, tp: str) -> None:
+        """Write the feature log of the rows already in Redis, then commit that buffer range."""
+        un = self._unlogged.pop(tp)
+        topic, partition = tp.rsplit("/", 1)
+        rng = OffsetRange(topic, int(partition), un.start, un.end)
         t0 = self.clock()
-        rng = OffsetRange(topic, int(partition), committed, stop)
-        batch = self.reader.read(rng, complete=True)
-        self.reader.ensure_incarnation(topic, incarnation)  # before anything is written
-        ingested = ingest_batch(batch, rng, self.store, self.lake, FEATURE_GROUPS)
+        batch = MessageBatch.concat(un.batches)
+        ingested = ingest_batch(batch, rng, self.store, self.lake, FEATURE_GROUPS, online=False)
         self._commit(
-            rng,
-            incarnation,
-            ONLINE_FEATURES,
-            len(batch),
-            ingested.row_count,
-            ingested.rejected,
-            t0,
+            rng, un.incarnation, ONLINE_FEATURES, len(batch), ingested.row_count, ingested.rejected, t0,
             objects=len(ingested.log_objects),
-        )
-        result.ranges.append(rng)
-        return ingested.row_count
+        )  # fmt: skip
 
     def _commit(
         self,
