@@ -13,8 +13,8 @@ STATE := $(CURDIR)/.state
 export DAGSTER_HOME := $(STATE)/dagster_home
 # Local defaults; a value already in the environment wins (e.g. RISK_LAKE_URL=s3://bucket/lake).
 export RISK_LAKE_URL ?= $(STATE)/lake
-# The first day of data: partitions start there (the demo's 14 days of history start on 2026-10-18).
-export RISK_DATA_START ?= 2026-10-18
+# The first day of data: partitions start there (the demo's 24 days of history start on 2026-10-08).
+export RISK_DATA_START ?= 2026-10-08
 # Batch features read the lake archive unless pointed at Snowflake (then set the SNOWFLAKE_* values).
 export RISK_RAW_EVENT_BACKEND ?= lake
 export SNOWFLAKE_ACCOUNT ?=
