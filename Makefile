@@ -13,8 +13,8 @@ STATE := $(CURDIR)/.state
 export DAGSTER_HOME := $(STATE)/dagster_home
 # Local defaults; a value already in the environment wins (e.g. RISK_LAKE_URL=s3://bucket/lake).
 export RISK_LAKE_URL ?= $(STATE)/lake
-# The first day of data: partitions start there (the demo's 14 days of history start on 2026-10-18).
-export RISK_DATA_START ?= 2026-10-18
+# The first day of data: partitions start there (the demo's 24 days of history start on 2026-10-08).
+export RISK_DATA_START ?= 2026-10-08
 # Batch features read the lake archive unless pointed at Snowflake (then set the SNOWFLAKE_* values).
 export RISK_RAW_EVENT_BACKEND ?= lake
 export RISK_FEATURE_COMPUTE_BACKEND ?= polars
@@ -59,9 +59,18 @@ test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest
 
-## dev: the Dagster UI and daemon over the local stack, on http://127.0.0.1:$(DAGSTER_PORT)
+# make dev also runs the continuous stream worker (risk-stream, docs/stream_features.md) next to
+# Dagster; STREAM_WORKER= (empty) leaves the stream to the sensor-driven runs.
+STREAM_WORKER ?= 1
+
+## dev: the Dagster UI and daemon over the local stack, on http://127.0.0.1:$(DAGSTER_PORT), and risk-stream
 dev: install stack-up
 	set -a && source $(STATE)/stack/endpoints.env && set +a && \
+	  if [ -n "$(STREAM_WORKER)" ]; then \
+	    $(VENV)/bin/risk-stream --worker-id dev >> $(STATE)/stack/logs/risk-stream.log 2>&1 & \
+	    STREAM_PID=$$!; trap 'kill $$STREAM_PID 2>/dev/null' EXIT; \
+	    echo "risk-stream (pid $$STREAM_PID) log: $(STATE)/stack/logs/risk-stream.log"; \
+	  fi; \
 	  $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DAGSTER_PORT)
 
 stack-up: install

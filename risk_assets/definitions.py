@@ -55,6 +55,7 @@ from risk_assets.sensors.kafka_sensors import feature_ingestion_sensor, stream_f
 from risk_assets.sensors.online_resync import online_store_emptied_sensor
 from risk_assets.sensors.retraining import retraining_job, retraining_sensor
 from risk_assets.sensors.schedules import SCHEDULES
+from risk_assets.sensors.stream_worker import stream_worker_progress_sensor
 
 
 def env_resources() -> dict[str, dg.ConfigurableResource]:
@@ -119,6 +120,7 @@ JOBS = [
 SENSORS = [
     stream_features_sensor,
     feature_ingestion_sensor,
+    stream_worker_progress_sensor,
     retraining_sensor,
     online_store_emptied_sensor,
     *automation_sensors(

@@ -289,3 +289,25 @@ def dagster_instance(open_instance: Callable[[], AbstractContextManager[dg.Dagst
     """A test instance on the parametrized storage (SQLite, then PostgreSQL)."""
     with open_instance() as instance:
         yield instance
+
+
+def read_topic(bootstrap: str, topic: str, idle_s: float = 1.5) -> list[dict]:
+    """Every JSON message of ``topic`` partition 0 from offset 0, until nothing arrives for
+    ``idle_s`` (e.g. ``risk.predictions`` written by a real risk-serve)."""
+    import json
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4().hex[:8]}"})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    out: list[dict] = []
+    last = time.monotonic()
+    try:
+        while time.monotonic() - last < idle_s:
+            for msg in consumer.consume(500, timeout=0.2):
+                if msg.error() is None:
+                    out.append(json.loads(msg.value()))
+                    last = time.monotonic()
+    finally:
+        consumer.close()
+    return out

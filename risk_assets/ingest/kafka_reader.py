@@ -256,6 +256,11 @@ class KafkaRangeReader:
                 "(the broker lost its data or the topic was re-created); nothing was written"
             )
 
+    def refresh(self) -> None:
+        """Forget the partition bounds taken so far: the next :meth:`bounds` asks the broker again
+        (a long-running consumer, like the stream worker, looks at the log end once per loop)."""
+        self._bounds.clear()
+
     def bounds(self, topic: str, partition: int) -> tuple[int, int]:
         """``(log start offset, true end offset)`` of a partition, as of this reader's first look."""
         key = (topic, partition)

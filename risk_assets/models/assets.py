@@ -27,6 +27,7 @@ from risk_assets.models.artifacts import (
     write_challenger,
 )
 from risk_assets.models.coverage import WindowCoverage, window_coverage
+from risk_assets.models.exchange_spec import EXCHANGE_MODEL
 from risk_assets.models.promotion import (
     ShadowRequirement,
     promote_or_shadow,
@@ -135,8 +136,8 @@ class ModelTrainingConfig(RunConfig):
     """Date split: test window start."""
     test_end: str | None = None
     """Date split: test window end, exclusive (empty: through the last row)."""
-    entity_column: str | None = "user_id"
-    """Entity column of the per-entity daily precision@k (empty: not computed)."""
+    entity_column: str | None = None
+    """Entity column of the per-entity daily precision@k (empty: the model spec's, user_id)."""
     entity_top_k: int = 100
     """Entities per day in the per-entity precision@k review queue."""
     drop_known_entities: bool = False
@@ -385,7 +386,7 @@ def model_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
         scores = predict(trained.booster, feature_matrix(test, trained.features))
         y, w = test["is_fraud"].to_numpy(), test["weight"].to_numpy()
         thresholds = choose_thresholds(y, scores, w, test["event_ts"].to_numpy(), config.threshold_policy())
-        manifest = manifest_for(trained, ts_manifest, FEATURE_GROUPS)
+        manifest = manifest_for(trained, ts_manifest, EXCHANGE_MODEL)
         manifest[THRESHOLDS_KEY] = thresholds.to_manifest()
         version = registry.register(store, trained.model_bytes, manifest)
         write_challenger(store, context.partition_key, version)

@@ -5,8 +5,10 @@ A challenger is promoted when **all** of these hold (``decide``):
 
 * it passes the sanity checks (``sanity_failures``): predictions on the holdout are not empty,
   contain no NaN and are not constant (std > ``MIN_SCORE_STD``); every model feature is servable
-  online (a request feature, or ``{group}__{feature}`` of a current ``FEATURE_GROUPS`` group whose
-  feature is numeric); the manifest's feature-group versions equal the current definitions'; the
+  online by the model spec (``model``; default the exchange's): a request feature of the spec, or
+  ``{group}__{feature}`` of one of its groups whose feature is numeric and a model input; the
+  manifest's feature-group and request-feature versions equal the current definitions', and a
+  manifest that names its spec names this one; the
   holdout does not overlap the challenger's own training period;
 * and, when there is a champion, the challenger's ``metric`` (default: weighted average precision)
   on the holdout beats the champion's on the same holdout by at least ``margin`` (absolute).
@@ -40,13 +42,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.spec import FeatureGroup
 from risk_assets.lake import Lake
 from risk_assets.models import metrics as mx
 from risk_assets.models import registry
-from risk_assets.models.training import LABEL, TIMESTAMP, groups_of, load_booster, predict
-from risk_assets.models.training_set import model_feature_columns
+from risk_assets.models.exchange_spec import exchange_model
+from risk_assets.models.model_spec import ModelSpec
+from risk_assets.models.model_spec import servability_failures as spec_servability_failures
+from risk_assets.models.training import LABEL, TIMESTAMP, load_booster, predict
 
 DEFAULT_METRIC = "average_precision"
 DEFAULT_MARGIN = 0.01
@@ -111,24 +114,21 @@ def recent_holdout(frame: pl.DataFrame, days: float = 2.0) -> pl.DataFrame:
 
 
 def servability_failures(
-    features: Sequence[str], feature_groups: dict[str, str], groups: Sequence[FeatureGroup] = FEATURE_GROUPS
+    features: Sequence[str],
+    feature_groups: dict[str, str],
+    groups: Sequence[FeatureGroup] | None = None,
+    *,
+    model: ModelSpec | None = None,
+    request_features: dict[str, str] | None = None,
+    spec_name: str | None = None,
 ) -> list[str]:
-    """Why a model with these input features and recorded group versions cannot be served now."""
-    failures = []
-    servable = set(model_feature_columns(groups))
-    not_servable = [f for f in features if f not in servable]
-    if not_servable:
-        failures.append(f"features not servable online: {not_servable[:10]}")
-    current = {g.name: g.version for g in groups}
-    for name in sorted(groups_of(features)):
-        if name not in feature_groups:
-            failures.append(f"manifest lacks the version of feature group {name!r}")
-        elif name in current and feature_groups[name] != current[name]:
-            failures.append(
-                f"feature group {name!r} is version {feature_groups[name]} in the model, "
-                f"{current[name]} in the current definitions"
-            )
-    return failures
+    """Why a model with these input features and recorded group versions cannot be served now by
+    ``model`` (default: the exchange's spec, over ``groups`` when given): unknown or helper
+    features, stale group or request-feature versions, a model trained for another spec."""
+    spec = (
+        exchange_model(groups) if model is None else (model if groups is None else model.with_groups(groups))
+    )
+    return spec_servability_failures(spec, features, feature_groups, request_features, spec_name)
 
 
 def prediction_failures(scores: np.ndarray) -> list[str]:
@@ -146,7 +146,12 @@ def prediction_failures(scores: np.ndarray) -> list[str]:
 
 
 def evaluate_on_holdout(
-    lake: Lake, version: str, holdout_frame: pl.DataFrame, *, k: int = mx.DEFAULT_TOP_K
+    lake: Lake,
+    version: str,
+    holdout_frame: pl.DataFrame,
+    *,
+    k: int = mx.DEFAULT_TOP_K,
+    model: ModelSpec | None = None,
 ) -> dict[str, Any]:
     """Load a registered version (hash-checked), score ``holdout_frame`` and return its ``metrics``
     (``metrics.evaluate``), ``prediction_stats`` and ``sanity_failures``."""
@@ -161,7 +166,14 @@ def evaluate_on_holdout(
     )
     scores = predict(booster, matrix).astype(np.float64) if frame.height else np.zeros(0)
     failures = prediction_failures(scores)
-    failures += servability_failures(features, dict(manifest.get("feature_groups", {})))
+    recorded = manifest.get("model_spec") or {}
+    failures += servability_failures(
+        features,
+        dict(manifest.get("feature_groups", {})),
+        model=model,
+        request_features=recorded.get("request_features"),
+        spec_name=recorded.get("name"),
+    )
     if missing:
         failures.append(f"holdout lacks model features: {missing[:10]}")
     train_end = manifest.get("split", {}).get("train_end")
@@ -232,6 +244,7 @@ def promote_if_better(
     effective_from: datetime | None = None,
     shadow: ShadowRequirement = ShadowRequirement(),
     shadow_evidence: dict[str, Any] | None = None,
+    model: ModelSpec | None = None,
 ) -> Decision:
     """Score the challenger and the current champion on ``holdout_frame`` and apply ``decide``
     (plus :func:`shadow_failures` when ``shadow`` requires a period; ``shadow_evidence``: the
@@ -244,7 +257,7 @@ def promote_if_better(
         return Decision(False, [f"{challenger_version} is already the champion"])
     champion_integrity: str | None = None
     try:
-        mine = evaluate_on_holdout(lake, challenger_version, holdout_frame, k=k)
+        mine = evaluate_on_holdout(lake, challenger_version, holdout_frame, k=k, model=model)
     except registry.IntegrityError as exc:
         mine = {
             "metrics": {},
@@ -254,7 +267,7 @@ def promote_if_better(
     theirs = None
     if current is not None:
         try:
-            theirs = evaluate_on_holdout(lake, current.version, holdout_frame, k=k)
+            theirs = evaluate_on_holdout(lake, current.version, holdout_frame, k=k, model=model)
         except registry.IntegrityError as exc:
             champion_integrity = f"{exc.reason}: {exc}"
     decision = decide(
@@ -319,6 +332,7 @@ def promote_or_shadow(
     metric: str = DEFAULT_METRIC,
     margin: float = DEFAULT_MARGIN,
     effective_from: datetime | None = None,
+    model: ModelSpec | None = None,
 ) -> tuple[Decision, str, str]:
     """The daily promotion with an optional shadow period: ``(decision, candidate, note)``.
 
@@ -338,6 +352,7 @@ def promote_or_shadow(
         effective_from=effective_from,
         shadow=requirement,
         shadow_evidence=evidence_of(candidate) if requirement.required else None,
+        model=model,
     )
     note = "-"
     if decision.promote and shadowed:
@@ -365,6 +380,7 @@ def rollback(
     operator: str = "",
     k: int = mx.DEFAULT_TOP_K,
     effective_from: datetime | None = None,
+    model: ModelSpec | None = None,
 ) -> registry.Champion:
     """Point the champion back at ``to_version``, or at the version the current champion replaced.
 
@@ -396,7 +412,7 @@ def rollback(
             "a rollback goes through the promotion gate: give a holdout frame, or force=True with an operator"
         )
     try:
-        failures = evaluate_on_holdout(lake, target, holdout_frame, k=k)["sanity_failures"]
+        failures = evaluate_on_holdout(lake, target, holdout_frame, k=k, model=model)["sanity_failures"]
     except registry.IntegrityError as exc:
         failures = [f"integrity ({exc.reason}): {exc}"]
     if failures:

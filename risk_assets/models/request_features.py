@@ -1,40 +1,26 @@
-"""Request-time features: what the scoring service computes from the event itself.
+"""The exchange's request-time features: one :class:`~risk_assets.features.request.RequestFeatures`
+definition (``EXCHANGE_REQUEST``), executed by the same function in training-set building and in
+``risk-serve`` (``tests/models/test_request_features.py`` proves it on real traffic through the real
+service process).
 
-Two forms of one definition: ``REQUEST_FEATURES`` (Polars expressions, for training sets) and
-``request_features(event)`` (plain Python on one event dict, for the service's hot path, where a
-one-row DataFrame would cost more than the model). ``tests/models/test_request_features.py`` checks that
-both agree on simulated traffic; change them together.
+``request_features(event)`` is the definition's function on one event (JSON-schema dict:
+``event_ts`` in epoch ms); ``REQUEST_FEATURE_NAMES`` its outputs in model order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
-import polars as pl
-
-REQUEST_FEATURES: dict[str, pl.Expr] = {
-    "req_amount_usd": pl.col("amount_usd").cast(pl.Float64),
-    "req_is_withdrawal": (pl.col("event_type") == "withdrawal").cast(pl.Float64),
-    "req_is_card_payment": (pl.col("event_type") == "card_payment").cast(pl.Float64),
-    "req_is_p2p_trade": (pl.col("event_type") == "p2p_trade").cast(pl.Float64),
-    "req_card_declined": (pl.col("status") == "declined").fill_null(False).cast(pl.Float64),
-    "req_p2p_buy": (pl.col("side") == "buy").fill_null(False).cast(pl.Float64),
-    "req_hour_of_day": pl.col("event_ts").dt.hour().cast(pl.Float64),
-}
-REQUEST_FEATURE_NAMES: tuple[str, ...] = tuple(REQUEST_FEATURES)
+from risk_assets.features.request import RequestFeatures
 
 
-def _hour(event_ts: Any) -> float:
-    if isinstance(event_ts, datetime):
-        ts = event_ts if event_ts.tzinfo else event_ts.replace(tzinfo=UTC)
-        return float(ts.astimezone(UTC).hour)
+def _hour(event_ts: int) -> float:
     return float((int(event_ts) // 3_600_000) % 24)  # epoch milliseconds, as in the JSON schema
 
 
 def request_features(event: Mapping[str, Any]) -> dict[str, float]:
-    """The request-time features of one event (JSON-schema dict: ``event_ts`` in epoch ms)."""
+    """The request-time features of one exchange event (JSON-schema dict: ``event_ts`` in epoch ms)."""
     amount = event.get("amount_usd")
     etype = event.get("event_type")
     return {
@@ -46,3 +32,27 @@ def request_features(event: Mapping[str, Any]) -> dict[str, float]:
         "req_p2p_buy": float(event.get("side") == "buy"),
         "req_hour_of_day": _hour(event["event_ts"]),
     }
+
+
+EXCHANGE_REQUEST = RequestFeatures(
+    name="exchange_request",
+    inputs=("event_type", "event_ts", "amount_usd", "status", "side"),
+    outputs=(
+        "req_amount_usd",
+        "req_is_withdrawal",
+        "req_is_card_payment",
+        "req_is_p2p_trade",
+        "req_card_declined",
+        "req_p2p_buy",
+        "req_hour_of_day",
+    ),
+    fn=request_features,
+    description="Amount, event kind, card decline, P2P side and UTC hour of the scored event.",
+    owner="risk-platform",
+)
+"""The exchange's request-time features (the former fixed ``req_*`` list, same values)."""
+
+REQUEST_FEATURE_NAMES: tuple[str, ...] = EXCHANGE_REQUEST.outputs
+
+REQUEST_FEATURE_SETS: dict[str, RequestFeatures] = {EXCHANGE_REQUEST.name: EXCHANGE_REQUEST}
+"""The request-feature definitions this code location ships, by name (like ``GROUPS_BY_NAME``)."""

@@ -51,6 +51,8 @@ import polars as pl
 
 from risk_assets.features.spec import FeatureGroup
 from risk_assets.models import metrics as mx
+from risk_assets.models.exchange_spec import exchange_model
+from risk_assets.models.model_spec import ModelSpec
 
 if TYPE_CHECKING:
     import xgboost as xgb
@@ -106,8 +108,9 @@ class TrainingParams:
     """Date split: test window start (required with train_end)."""
     test_end: str | None = None
     """Date split: test window end (exclusive; None: through the last row)."""
-    entity_column: str | None = "user_id"
-    """Entity of the per-entity daily precision@k (None: not computed)."""
+    entity_column: str | None = None
+    """Entity of the per-entity daily precision@k (None: the model spec's ``entity_column``;
+    not computed when the spec has none)."""
     entity_top_k: int = 100
     """Entities in the daily review queue of ``entity_precision_at_top_k_per_day``."""
     drop_known_entities: bool = False
@@ -122,8 +125,6 @@ class TrainingParams:
             raise ValueError("gap_hours >= 0, n_estimators >= 1 and nthread >= 1 are required")
         if self.early_stopping_rounds < 0 or self.entity_top_k < 1:
             raise ValueError("early_stopping_rounds >= 0 and entity_top_k >= 1 are required")
-        if self.drop_known_entities and not self.entity_column:
-            raise ValueError("drop_known_entities needs an entity_column")
         dates = self.split_dates()
         if dates is None:
             if any(getattr(self, k) is not None for k in _DATE_FIELDS):
@@ -397,10 +398,24 @@ def _evaluate(
     return out
 
 
-def train(frame: pl.DataFrame, features: list[str], params: TrainingParams | None = None) -> TrainedModel:
-    """Train on a training set frame (``event_ts, is_fraud, scenario, weight`` + ``features``)."""
+def train(
+    frame: pl.DataFrame,
+    features: Sequence[str] | None = None,
+    params: TrainingParams | None = None,
+    *,
+    model: ModelSpec | None = None,
+) -> TrainedModel:
+    """Train on a training set frame (``event_ts, is_fraud, scenario, weight`` + ``features``).
+
+    ``model`` (default: the exchange's spec) gives the default ``features`` (its model inputs) and
+    the per-entity metric's entity column when ``params.entity_column`` is unset."""
     params = params or TrainingParams()
-    features = list(features)
+    model = model or exchange_model()
+    if params.entity_column is None and model.entity_column is not None:
+        params = dataclasses.replace(params, entity_column=model.entity_column)
+    if params.drop_known_entities and not params.entity_column:
+        raise ValueError("drop_known_entities needs an entity_column (in the params or the model spec)")
+    features = list(model.feature_columns() if features is None else features)
     if len(set(features)) != len(features):
         raise ValueError("duplicate feature names")
     started = time.perf_counter()
@@ -496,15 +511,22 @@ def groups_of(features: Sequence[str]) -> set[str]:
 
 
 def manifest_for(
-    trained: TrainedModel, training_manifest: Mapping[str, Any], feature_groups: Sequence[FeatureGroup]
+    trained: TrainedModel,
+    training_manifest: Mapping[str, Any],
+    feature_groups: Sequence[FeatureGroup] | ModelSpec,
 ) -> dict[str, Any]:
     """The registry manifest of a trained model (see ``registry.register``).
 
-    ``feature_groups`` records the version of every group the model reads; it must match the
-    versions the training set was built with (else the set is stale for these definitions). A model
-    trained on a helper feature (``model_input=False``) is refused.
+    ``feature_groups`` — the model spec (or, for the exchange's, just its groups) — records the
+    version of every group the model reads; it must match the versions the training set was built
+    with (else the set is stale for these definitions). A model trained on a helper feature
+    (``model_input=False``) is refused. With a spec, the manifest records its name and version and
+    the versions of its request features (checked by the gate and the service), and a feature the
+    spec cannot serve is refused.
     """
-    by_name = {g.name: g for g in feature_groups}
+    spec = feature_groups if isinstance(feature_groups, ModelSpec) else None
+    groups = spec.groups if spec is not None else feature_groups
+    by_name = {g.name: g for g in groups}
     used = groups_of(trained.features)
     unknown = sorted(used - set(by_name))
     if unknown:
@@ -520,9 +542,25 @@ def manifest_for(
     stale = sorted(g for g in used if g in built and built[g] != by_name[g].version)
     if stale:
         raise ValueError(f"training set was built with other versions of {stale}")
+    extra: dict[str, Any] = {}
+    if spec is not None:
+        not_servable = [f for f in trained.features if f not in set(spec.feature_columns())]
+        if not_servable:
+            raise ValueError(f"model spec {spec.name} cannot serve features {not_servable[:5]}")
+        built_spec = training_manifest.get("model_spec") or {}
+        built_request = dict(built_spec.get("request_features", {}))
+        stale_request = sorted(
+            n for n, v in spec.request_versions().items() if n in built_request and built_request[n] != v
+        )
+        if stale_request:
+            raise ValueError(
+                f"training set was built with other versions of request features {stale_request}"
+            )
+        extra["model_spec"] = spec.identity()
     return {
         "features": list(trained.features),
         "feature_groups": {g: by_name[g].version for g in sorted(used)},
+        **extra,
         "training_set": {
             k: training_manifest.get(k)
             for k in ("as_of", "data_sha256", "window_start", "window_end", "rows", "positives")

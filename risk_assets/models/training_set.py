@@ -1,27 +1,31 @@
 """Point-in-time-correct training sets: mature labels, sampled negatives, every feature group joined
-as it was known just before each event.
+as it was known just before each event — for any model specification
+(:mod:`risk_assets.models.model_spec`; the exchange's by default).
 
 Pure Polars (no Dagster), so a data scientist builds the same set from a notebook::
 
     spec = TrainingSetSpec(as_of=datetime(2026, 11, 20, tzinfo=UTC))
-    offline = {g.name: read_offline(lake, g) for g in groups}
-    frame, manifest = build_training_set(spec, events, labels, offline, groups)
+    offline = {g.name: read_offline(lake, g) for g in model.groups}
+    frame, manifest = build_training_set(spec, events, labels, offline, model=model)
 
-Rules:
+Rules (``model`` names the columns; the exchange's in brackets):
 
-* **Spine** — the money-moving events (withdrawals, card payments, P2P trades) with ``event_ts`` in
-  ``[as_of − maturity − window, as_of − maturity)``: every event is at least ``maturity`` old, so its
-  label had time to arrive.
-* **Labels** — an event is positive iff a label for it has ``label_ts < as_of`` (known at the
-  cutoff). Labels that arrive later do not exist for this set: rebuilding it later with the same
-  ``as_of`` gives the same rows.
-* **Negatives** — kept with probability ``negative_rate`` by a hash of ``event_id`` (deterministic);
+* **Spine** — the spine source's events passing the spine filters (withdrawals, card payments, P2P
+  trades) with their time in ``[as_of − maturity − window, as_of − maturity)``: every event is at
+  least ``maturity`` old, so its label had time to arrive.
+* **Labels** — an event is positive iff a label of the label source passing the label filters
+  points at it (its ``key`` = the event's id) with a label time ``< as_of`` (known at the cutoff).
+  Labels that arrive later do not exist for this set: rebuilding it later with the same ``as_of``
+  gives the same rows.
+* **Negatives** — kept with probability ``negative_rate`` by a hash of the event id (deterministic);
   ``weight`` is ``1 / negative_rate`` for them and 1 for positives, so weighted metrics are unbiased.
-* **Features** — ``point_in_time_join`` at ``event_ts − 1 ms`` (what the online store holds when the
-  event arrives: the feature rows of earlier events, never of the event itself), honouring each row's
-  ``created_ts`` (a value computed later than that instant is invisible) and the group's TTL.
-  Request-time columns of the event itself (``REQUEST_FEATURES``) are added as the service computes
-  them from the request.
+* **Features** — ``point_in_time_join`` at the event time minus the spec's ``feature_lag_ms``
+  (1 ms: what the online store holds when the event arrives: the feature rows of earlier events,
+  never of the event itself), honouring each row's ``created_ts`` (a value computed later than that
+  instant is invisible) and the group's TTL. Request-time features are computed from each spine row
+  by the very functions the service calls (:mod:`risk_assets.features.request`).
+* **Layout** — ``event_id``, ``event_ts`` (the spine's id and time, whatever the source calls them),
+  the carried columns, ``is_fraud``, ``scenario``, ``weight``, the model features as Float64.
 """
 
 from __future__ import annotations
@@ -36,10 +40,24 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from risk_assets.features.point_in_time import FeatureTable, point_in_time_join
+from risk_assets.features.request import request_frame
 from risk_assets.features.spec import FeatureGroup
-from risk_assets.models.request_features import REQUEST_FEATURES
+from risk_assets.models.exchange_spec import SPINE_EVENT_TYPES, exchange_model
+from risk_assets.models.model_spec import FRAME_ID, FRAME_TS, LABEL_COLUMNS, ModelSpec
 
-SPINE_EVENT_TYPES = ("withdrawal", "card_payment", "p2p_trade")
+__all__ = [
+    "LABEL_COLUMNS",
+    "SPINE_COLUMNS",
+    "SPINE_EVENT_TYPES",
+    "TrainingSetSpec",
+    "build_training_set",
+    "feature_tables",
+    "manifest_bytes",
+    "model_feature_columns",
+    "parquet_bytes",
+    "spine_and_labels",
+]
+
 SPINE_COLUMNS = (
     "event_id",
     "event_type",
@@ -54,7 +72,7 @@ SPINE_COLUMNS = (
     "status",
     "side",
 )
-LABEL_COLUMNS = ("is_fraud", "scenario", "weight")
+"""Exchange event columns a decision frame reads (monitoring); a spec's own are ``spine_columns()``."""
 
 
 @dataclass(frozen=True)
@@ -86,29 +104,46 @@ class TrainingSetSpec:
         }
 
 
-def spine_and_labels(spec: TrainingSetSpec, events: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
-    """The spine: decision events of the window with their mature label and sampling weight."""
-    spine = (
-        events.filter(
-            pl.col("event_type").is_in(list(SPINE_EVENT_TYPES))
-            & (pl.col("event_ts") >= spec.start)
-            & (pl.col("event_ts") < spec.end)
-        )
-        .select(list(SPINE_COLUMNS))
-        .unique(subset="event_id", keep="first")
-        .sort("event_ts", "event_id")
+def _model(model: ModelSpec | None, groups: Sequence[FeatureGroup] | None) -> ModelSpec:
+    if model is None:
+        return exchange_model(groups)
+    return model if groups is None else model.with_groups(groups)
+
+
+def spine_and_labels(
+    spec: TrainingSetSpec, events: pl.DataFrame, labels: pl.DataFrame, model: ModelSpec | None = None
+) -> pl.DataFrame:
+    """The spine: decision events of the window with their mature label and sampling weight (in
+    the source's own column names, plus ``is_fraud``, ``scenario``, ``weight``)."""
+    model = model or exchange_model()
+    src, rule = model.spine.source, model.label
+    ts, idc = src.timestamp, src.id_column
+    cond = (pl.col(ts) >= spec.start) & (pl.col(ts) < spec.end)
+    for w in model.spine.filters:
+        cond = cond & w.expr()
+    spine = events.filter(cond).select(model.spine_columns()).unique(subset=idc, keep="first").sort(ts, idc)
+    lab = rule.source
+    known_cond = pl.col(lab.timestamp) < spec.as_of
+    for w in rule.filters:
+        known_cond = known_cond & w.expr()
+    scenario = (
+        pl.col(rule.scenario_column).cast(pl.String).sort().first()
+        if rule.scenario_column
+        else pl.lit(lab.name, pl.String).first()
     )
     known = (
-        labels.filter(pl.col("label_ts") < spec.as_of)
-        .group_by("event_id")
-        .agg(pl.col("scenario").sort().first())
+        labels.filter(known_cond)
+        .group_by(lab.key)
+        .agg(scenario.alias("scenario"))
         .with_columns(pl.lit(True).alias("is_fraud"))
     )
-    spine = spine.join(known, on="event_id", how="left", maintain_order="left").with_columns(
+    if known.schema[lab.key] != spine.schema[idc]:
+        known = known.with_columns(pl.col(lab.key).cast(spine.schema[idc]))
+    spine = spine.join(known, left_on=idc, right_on=lab.key, how="left", maintain_order="left").with_columns(
         pl.col("is_fraud").fill_null(False)
     )
     if spec.negative_rate < 1.0:
-        keep = (pl.col("event_id").hash(spec.seed) % 1_000_000) < int(spec.negative_rate * 1_000_000)
+        keep = (pl.col(idc).hash(spec.seed) % 1_000_000) < int(spec.negative_rate * 1_000_000)
         spine = spine.filter(pl.col("is_fraud") | keep)
     weight = pl.when(pl.col("is_fraud")).then(1.0).otherwise(1.0 / spec.negative_rate)
     return spine.with_columns(weight.alias("weight"))
@@ -131,12 +166,12 @@ def feature_tables(
     ]
 
 
-def model_feature_columns(groups: Sequence[FeatureGroup]) -> list[str]:
+def model_feature_columns(groups: Sequence[FeatureGroup], model: ModelSpec | None = None) -> list[str]:
     """Every model input column of a training set, in a stable order: the request features, then
     the numeric features of every group that are model inputs (helpers marked
-    ``model_input=False`` — e.g. a ratio's operands — are stored and served, never model inputs)."""
-    numeric = [f"{g.name}__{f}" for g in groups for f in g.model_feature_names if g.schema()[f].is_numeric()]
-    return [*REQUEST_FEATURES, *numeric]
+    ``model_input=False`` — e.g. a ratio's operands — are stored and served, never model inputs).
+    ``model``: whose request features (default the exchange's)."""
+    return (model or exchange_model()).feature_columns(groups)
 
 
 def build_training_set(
@@ -144,16 +179,28 @@ def build_training_set(
     events: pl.DataFrame,
     labels: pl.DataFrame,
     offline: Mapping[str, pl.DataFrame | pl.LazyFrame],
-    groups: Sequence[FeatureGroup],
+    groups: Sequence[FeatureGroup] | None = None,
+    *,
+    model: ModelSpec | None = None,
 ) -> tuple[pl.DataFrame, dict]:
-    """The training set frame (ids, label columns, model features) and its manifest."""
-    spine = spine_and_labels(spec, events, labels).with_columns(
-        (pl.col("event_ts") - timedelta(milliseconds=1)).alias("feature_as_of")
+    """The training set frame (ids, label columns, model features) and its manifest, for ``model``
+    (default: the exchange's spec) over ``groups`` (default: the model's groups)."""
+    model = _model(model, groups)
+    src = model.spine.source
+    lag = timedelta(milliseconds=model.timing.feature_lag_ms)
+    spine = spine_and_labels(spec, events, labels, model).with_columns(
+        (pl.col(src.timestamp) - lag).alias("feature_as_of")
     )
-    joined = point_in_time_join(spine, feature_tables(groups, offline), spine_timestamp="feature_as_of")
-    features = model_feature_columns(groups)
-    frame = joined.with_columns(**REQUEST_FEATURES).select(
-        "event_id", "event_ts", "event_type", "user_id", *LABEL_COLUMNS, *features
+    joined = point_in_time_join(spine, feature_tables(model.groups, offline), spine_timestamp="feature_as_of")
+    features = model.feature_columns()
+    joined = request_frame(model.request, joined)
+    carried = [c for c in model.frame_columns if c not in (FRAME_ID, FRAME_TS)]
+    frame = joined.select(
+        pl.col(src.id_column).alias(FRAME_ID),
+        pl.col(src.timestamp).alias(FRAME_TS),
+        *carried,
+        *LABEL_COLUMNS,
+        *features,
     )
     frame = frame.with_columns(pl.col(c).cast(pl.Float64) for c in features)
     data = parquet_bytes(frame)
@@ -172,7 +219,8 @@ def build_training_set(
             .sort("scenario")
             .iter_rows()
         },
-        "feature_groups": {g.name: g.version for g in groups},
+        "feature_groups": {g.name: g.version for g in model.groups},
+        "model_spec": model.identity(),
         "features": features,
         "data_sha256": hashlib.sha256(data).hexdigest(),
     }

@@ -17,11 +17,12 @@ import polars as pl
 
 from risk_assets.features.offline_store import read_offline
 from risk_assets.features.point_in_time import point_in_time_join
+from risk_assets.features.request import request_frame
 from risk_assets.features.spec import FeatureGroup
 from risk_assets.ingest.raw_reader import RawDataSource
 from risk_assets.lake import Lake
 from risk_assets.models import registry
-from risk_assets.models.request_features import REQUEST_FEATURES
+from risk_assets.models.request_features import REQUEST_FEATURE_SETS
 from risk_assets.models.training_set import SPINE_COLUMNS, feature_tables
 
 FEATURE_AS_OF = "feature_as_of"
@@ -74,7 +75,8 @@ def recompute_features(
     used = [g for g in groups if any(f.startswith(f"{g.name}__") for f in features)]
     offline = {g.name: read_offline(store, g, lo - g.ttl, hi + timedelta(milliseconds=1)) for g in used}
     joined = point_in_time_join(spine, feature_tables(used, offline), spine_timestamp=FEATURE_AS_OF)
-    joined = joined.with_columns(**{k: v for k, v in REQUEST_FEATURES.items() if k in features})
+    used_request = [r for r in REQUEST_FEATURE_SETS.values() if set(r.outputs) & set(features)]
+    joined = request_frame(used_request, joined)  # the functions risk-serve calls
     out = joined.select(
         KEY,
         *[

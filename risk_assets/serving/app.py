@@ -35,6 +35,7 @@ import gc
 import hmac
 import json
 import logging
+import operator
 import os
 import time
 from collections.abc import AsyncIterator
@@ -51,10 +52,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from risk_assets.events.declared import event_payload_type
 from risk_assets.events.schema import JSON_SCHEMA_DIR, RiskEvent
 from risk_assets.features.online_store import OnlineStore
 from risk_assets.lake import Lake
 from risk_assets.models import registry
+from risk_assets.models.model_spec import load_model_spec
 from risk_assets.serving.config import ServeConfig
 from risk_assets.serving.feature_fetch import FeatureFetcher, RedisBreaker
 from risk_assets.serving.model_holder import LoadedModel, ModelHolder
@@ -62,6 +65,7 @@ from risk_assets.serving.prediction_log import PredictionLog
 from risk_assets.serving.protocol import SHED_KEY, connection_metric_lines
 from risk_assets.serving.service_metrics import ENV_METRICS_DIR, ServiceMetrics
 from risk_assets.serving.shadow import ShadowItem, ShadowScorer
+from risk_assets.sources import EXCHANGE_EVENTS, EventSource
 
 log = logging.getLogger("risk_assets.serving")
 
@@ -77,6 +81,19 @@ class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _decode_batch = msgspec.json.Decoder(BatchRequest).decode
+
+
+def decoders(source: EventSource) -> tuple[Any, Any]:
+    """``(decode one event, decode a batch body)`` for the served spec's event source: the
+    exchange's hand-written schema, or the payload struct derived from a declared source (the
+    archive's validation: unknown fields rejected, types and required fields checked)."""
+    if source is EXCHANGE_EVENTS or source == EXCHANGE_EVENTS:
+        return _decode_event, _decode_batch
+    payload = event_payload_type(source)
+    batch = msgspec.defstruct(
+        f"{source.name}_batch", [("events", list[payload])], forbid_unknown_fields=True, module=__name__
+    )
+    return msgspec.json.Decoder(payload).decode, msgspec.json.Decoder(batch).decode
 
 
 def _json(status: int, body: Any) -> Response:
@@ -108,6 +125,11 @@ class ScoringService:
         self.config = config
         self.metrics = ServiceMetrics()
         self.lake = lake or build_lake(config)
+        self.model_spec = load_model_spec(config.model_spec)
+        source = self.model_spec.spine.source
+        self.event_id = operator.attrgetter(source.id_column)
+        self.event_ts = operator.attrgetter(source.timestamp)
+        self.decode_event, self.decode_batch = decoders(source)
         self.holder = ModelHolder(
             self.lake,
             self.metrics,
@@ -115,6 +137,7 @@ class ScoringService:
             retry_s=config.model_retry_s,
             verify_s=config.model_verify_s,
             signing_key=config.signing_key,
+            model=self.model_spec,
         )
         self.store = OnlineStore.from_url(
             config.redis_url,
@@ -144,6 +167,7 @@ class ScoringService:
                 signing_key=config.signing_key,
                 role="shadow",
                 pointer=registry.shadow,
+                model=self.model_spec,
             )
             # Its own fetcher (and throwaway counters): a shadow that needs online groups the
             # champion does not read fetches them in the shadow thread, not counted as requests.
@@ -153,6 +177,8 @@ class ScoringService:
                 FeatureFetcher(self.store, self.breaker, ServiceMetrics()),
                 queue_size=config.shadow_queue,
                 batch_rows=config.shadow_batch_rows,
+                event_id=self.event_id,
+                event_ts=self.event_ts,
             )
         self._auth = ("Bearer " + config.token).encode()
         self.metrics.gauges += [
@@ -243,6 +269,7 @@ class ScoringService:
         now_ms = time.time_ns() // 1_000_000
         counts = self.metrics.events_scored
         shadow = self.shadow
+        event_id, event_ts = self.event_id, self.event_ts
         # With a shadow loaded the records go to the prediction log from the shadow thread, with
         # both scores; when its queue is full (or no shadow) they are logged here, as before.
         offer = None
@@ -261,8 +288,8 @@ class ScoringService:
             if offer is not None:
                 offer(
                     (
-                        ev.event_id,
-                        ev.event_ts,
+                        event_id(ev),
+                        event_ts(ev),
                         now_ms,
                         model.version,
                         score,
@@ -276,7 +303,7 @@ class ScoringService:
                 )
             results.append(
                 {
-                    "event_id": ev.event_id,
+                    "event_id": event_id(ev),
                     "score": score,
                     "decision": decision,
                     "model_version": model.version,
@@ -342,10 +369,14 @@ class _OncePerKind:
             self._since[kind] = 0
 
 
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the service; events are the event schema's JSON Schema."""
-    event_schema = json.loads((JSON_SCHEMA_DIR / "risk_event.v1.json").read_text())
-    defs = event_schema.pop("$defs")
+def openapi_document(source: EventSource | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the service; events are the event schema's JSON Schema (for a
+    declared source: the JSON Schema of its payload struct)."""
+    if source is None or source == EXCHANGE_EVENTS:
+        event_schema = json.loads((JSON_SCHEMA_DIR / "risk_event.v1.json").read_text())
+    else:
+        event_schema = msgspec.json.schema(event_payload_type(source))
+    defs = event_schema.pop("$defs", {})
 
     def rebase(node: Any) -> Any:  # "#/$defs/X" -> "#/components/schemas/X"
         if isinstance(node, dict):
@@ -582,7 +613,7 @@ def create_app(
         if isinstance(body, Response):
             return body
         try:
-            event = _decode_event(body)
+            event = svc.decode_event(body)
         except _CLIENT_DECODE_ERRORS as exc:
             return invalid("score", exc)
         try:
@@ -600,7 +631,7 @@ def create_app(
         if isinstance(body, Response):
             return body
         try:
-            batch = _decode_batch(body)
+            batch = svc.decode_batch(body)
         except _CLIENT_DECODE_ERRORS as exc:
             return invalid("score_batch", exc)
         if len(batch.events) > config.max_batch:
@@ -643,7 +674,7 @@ def create_app(
         metrics.request("metrics", 200)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    openapi_body = _encode(openapi_document())
+    openapi_body = _encode(openapi_document(svc.model_spec.spine.source))
 
     async def openapi(_: Request) -> Response:
         metrics.request("openapi", 200)

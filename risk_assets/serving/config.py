@@ -38,6 +38,9 @@ variable                       meaning                                     defau
 ``RISK_SHADOW_QUEUE``          bounded shadow queue (requests); full:      ``2000``
                                logged without a shadow score, counted
 ``RISK_SHADOW_BATCH_ROWS``     rows per shadow ``inplace_predict``         ``512``
+``RISK_MODEL_SPEC``            the model specification served, as          (the exchange's)
+                               ``module:attribute`` of a ``ModelSpec``
+                               (its source's payloads are the requests)
 =============================  ==========================================  =====================
 
 Decision thresholds belong to the model: chosen at training by its policy and stored in its manifest
@@ -118,6 +121,8 @@ class ServeConfig:
     shadow_enabled: bool = True
     shadow_queue: int = 2_000
     shadow_batch_rows: int = 512
+    model_spec: str = ""
+    """``module:attribute`` of the served ``ModelSpec`` (empty: the exchange's)."""
 
     def __post_init__(self) -> None:
         if not self.token:
@@ -160,6 +165,8 @@ class ServeConfig:
                 raise ConfigError(f"{name} must be >= 1")
         if self.reasons_top_k < 0:
             raise ConfigError("RISK_REASONS_TOP_K must be >= 0")
+        if self.model_spec and ":" not in self.model_spec:
+            raise ConfigError(f"RISK_MODEL_SPEC must be module:attribute, got {self.model_spec!r}")
 
     def thresholds(self, model: tuple[float, float] | None) -> tuple[float, float]:
         """``(review, block)`` for a model's own thresholds: overrides win, each on its own; the
@@ -208,4 +215,5 @@ class ServeConfig:
             shadow_enabled=e.get("RISK_SHADOW", "1").strip().lower() not in ("0", "false", "no", "off"),
             shadow_queue=int(_num(e, "RISK_SHADOW_QUEUE", 2_000, integer=True)),
             shadow_batch_rows=int(_num(e, "RISK_SHADOW_BATCH_ROWS", 512, integer=True)),
+            model_spec=e.get("RISK_MODEL_SPEC", "").strip(),
         )

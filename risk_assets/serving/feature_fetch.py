@@ -2,10 +2,12 @@
 request-time features from the event, and a circuit breaker for a Redis that is gone.
 
 A :class:`FeaturePlan` is built once per model (when it is loaded) from the manifest's ``features``
-list: which columns are request-time features (``req_*``, :mod:`risk_assets.models.request_features`)
-and which come from which online feature group (``{group}__{feature}``, the training set's column
-names, :func:`risk_assets.models.training_set.model_feature_columns`). A name that is neither makes
-the model unservable and it is refused before it is swapped in.
+list and the service's model specification: which columns are outputs of its request-feature
+definitions (:mod:`risk_assets.features.request`; the exchange's ``req_*``) and which come from which
+online feature group (``{group}__{feature}``, the training set's column names). A name that is
+neither makes the model unservable and it is refused before it is swapped in. Request features that
+read fetched features get those values after the Redis read (extra columns of the matrix when the
+model does not use them itself), so they see what the training set's point-in-time join gave them.
 
 Per request the :class:`FeatureFetcher` fills a float64 matrix (NaN = missing): one
 ``OnlineStore.read`` (a single ``MGET``) for every (group, entity) pair of every event whose key
@@ -40,8 +42,9 @@ from risk_assets.features.online_store import (
     OnlineStoreError,
     OnlineStoreUnavailable,
 )
+from risk_assets.features.request import RequestFeatures
 from risk_assets.features.spec import FeatureGroup
-from risk_assets.models.request_features import REQUEST_FEATURE_NAMES, request_features
+from risk_assets.models.request_features import EXCHANGE_REQUEST
 from risk_assets.serving.service_metrics import ServiceMetrics
 
 log = logging.getLogger("risk_assets.serving")
@@ -65,13 +68,25 @@ class GroupPlan:
     whole: bool  # src is the whole row in order: assign the row directly
 
 
+@dataclass(frozen=True, slots=True)
+class RequestPlan:
+    """One request-feature definition as the model uses it: where its outputs go (``dest``, -1 for
+    an output the model does not use) and where its fetched inputs are (matrix columns)."""
+
+    definition: RequestFeatures
+    dest: tuple[int, ...]
+    fetched: tuple[tuple[str, int], ...]
+
+
 @dataclass(frozen=True)
 class FeaturePlan:
-    """How to build the model's input vector (``features`` order) for an event."""
+    """How to build the model's input vector (``features`` order) for an event. The matrix has
+    ``width`` columns: the model's ``n``, then fetched features only request features read."""
 
     features: tuple[str, ...]
-    request: tuple[tuple[str, int], ...]
+    request: tuple[RequestPlan, ...]
     groups: tuple[GroupPlan, ...]
+    width: int = 0
 
     @property
     def n(self) -> int:
@@ -82,43 +97,56 @@ def build_plan(
     features: Sequence[str],
     feature_groups: Mapping[str, str] | None = None,
     groups: Mapping[str, FeatureGroup] | None = None,
+    request: Sequence[RequestFeatures] | None = None,
 ) -> FeaturePlan:
     """The plan for a model input list; raises :class:`UnservableFeatures` naming what is unknown.
 
     ``feature_groups`` (the manifest's ``{group: version}``) is checked against the deployed group
     definitions (``groups``, by name; default: the deployed set): a model trained on another version
     of a group would read rows of a different feature list, so it is refused. A helper feature
-    (``model_input=False``) is never a model input and is refused too.
+    (``model_input=False``) is never a model input and is refused too. ``request``: the request
+    feature definitions of the service's model spec (default: the exchange's).
     """
     groups_by_name = GROUPS_BY_NAME if groups is None else groups
+    request_sets = (EXCHANGE_REQUEST,) if request is None else tuple(request)
     features = tuple(features)
     if not features:
         raise UnservableFeatures("manifest lists no features")
     if len(set(features)) != len(features):
         raise UnservableFeatures("manifest lists duplicate features")
-    request_names = set(REQUEST_FEATURE_NAMES)
-    request: list[tuple[str, int]] = []
+    request_names = {o for r in request_sets for o in r.outputs}
     by_group: dict[str, list[tuple[int, int]]] = {}
     unknown: list[str] = []
     helpers: list[str] = []
     positions: dict[str, dict[str, int]] = {}
-    for idx, name in enumerate(features):
-        if name in request_names:
-            request.append((name, idx))
-            continue
+    index = {name: idx for idx, name in enumerate(features)}
+
+    def place(name: str, idx: int, model_input: bool) -> None:
         group_name, sep, feature = name.partition(GROUP_SEPARATOR)
         group = groups_by_name.get(group_name) if sep else None
         if group is None:
             unknown.append(name)
-            continue
+            return
         pos = positions.setdefault(group_name, {f: i for i, f in enumerate(group.feature_names)})
         if feature not in pos:
             unknown.append(name)
-            continue
-        if feature in group.helper_feature_names:
+            return
+        if model_input and feature in group.helper_feature_names:
             helpers.append(name)
-            continue
+            return
         by_group.setdefault(group_name, []).append((idx, pos[feature]))
+
+    for idx, name in enumerate(features):
+        if name not in request_names:
+            place(name, idx, True)
+    used_sets = [r for r in request_sets if any(o in index for o in r.outputs)]
+    width = len(features)
+    for r in used_sets:  # fetched inputs the model does not read itself: extra columns
+        for f in r.fetched:
+            if f not in index:
+                index[f] = width
+                place(f, width, False)
+                width += 1
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
         raise UnservableFeatures(f"{len(unknown)} feature(s) unknown to this service: {shown}")
@@ -132,14 +160,22 @@ def build_plan(
     if stale:
         detail = ", ".join(f"{g} trained on {v}, deployed {d}" for g, (v, d) in sorted(stale.items()))
         raise UnservableFeatures(f"feature group version mismatch: {detail}")
-    groups = []
+    plans = []
     for group_name, pairs in by_group.items():
         layout = group_layout(groups_by_name[group_name])
         dest = np.array([d for d, _ in pairs], dtype=np.intp)
         src = np.array([s for _, s in pairs], dtype=np.intp)
         whole = len(src) == len(layout.features) and bool(np.all(src == np.arange(len(src))))
-        groups.append(GroupPlan(group_name, layout, layout.key_columns, dest, src, whole))
-    return FeaturePlan(features, tuple(request), tuple(groups))
+        plans.append(GroupPlan(group_name, layout, layout.key_columns, dest, src, whole))
+    request_plans = tuple(
+        RequestPlan(
+            r,
+            tuple(index.get(o, -1) if o in features else -1 for o in r.outputs),
+            tuple((f, index[f]) for f in r.fetched),
+        )
+        for r in used_sets
+    )
+    return FeaturePlan(features, request_plans, tuple(plans), width)
 
 
 class RedisBreaker:
@@ -246,7 +282,8 @@ class FeatureFetcher:
     def matrix(self, events: Sequence[msgspec.Struct], plan: FeaturePlan) -> tuple[np.ndarray, bool]:
         """``(X, degraded)``: one row per event in ``plan`` order, NaN where missing."""
         n_rows = len(events)
-        x = np.full((n_rows, plan.n), np.nan)
+        wide = plan.width > plan.n
+        x = np.full((n_rows, plan.width if wide else plan.n), np.nan)
         reads: list[tuple[GroupLayout, Any]] = []
         where: list[tuple[int, GroupPlan]] = []
         for i, ev in enumerate(events):
@@ -263,11 +300,6 @@ class FeatureFetcher:
                     key = parts
                 reads.append((gp.layout, key))
                 where.append((i, gp))
-            if plan.request:
-                rf = request_features(_EventView(ev))
-                row = x[i]
-                for name, idx in plan.request:
-                    row[idx] = rf[name]
         degraded = not self.breaker.epoch_ok  # an emptied store: most online features are missing
         if reads:
             rows = self._read(reads)
@@ -284,9 +316,18 @@ class FeatureFetcher:
                         x[i, gp.dest] = fr.vector
                     else:
                         x[i, gp.dest] = np.asarray(fr.vector)[gp.src]
+        # Request features after the read: a definition may read fetched features.
+        for rp in plan.request:
+            definition = rp.definition
+            for i, ev in enumerate(events):
+                row = x[i]
+                fetched = {f: float(row[j]) for f, j in rp.fetched} if rp.fetched else None
+                for j, v in zip(rp.dest, definition.values(_EventView(ev), fetched), strict=True):
+                    if j >= 0:
+                        row[j] = v
         if degraded:
             self.metrics.degraded_events += n_rows
-        return x, degraded
+        return (np.ascontiguousarray(x[:, : plan.n]) if wide else x), degraded
 
     def _read(self, reads: list[tuple[GroupLayout, Any]]) -> list[Any] | None:
         breaker = self.breaker
@@ -306,29 +347,32 @@ class FeatureFetcher:
 
 
 class _EventView(Mapping[str, Any]):
-    """A read-only mapping over a decoded event struct (what ``request_features`` expects);
-    fields the event type does not have read as absent."""
+    """A read-only mapping over a decoded payload struct (what request-feature functions get):
+    fields the struct does not have read as absent; a tagged union's tag (the exchange's
+    ``event_type``) reads as the field ``event_type``."""
 
-    __slots__ = ("_ev",)
+    __slots__ = ("_ev", "_tag")
 
     def __init__(self, ev: msgspec.Struct) -> None:
         self._ev = ev
+        self._tag = ev.__struct_config__.tag
 
     def __getitem__(self, key: str) -> Any:
-        if key == "event_type":
-            return self._ev.__struct_config__.tag
+        if key == "event_type" and self._tag is not None:
+            return self._tag
         try:
             return getattr(self._ev, key)
         except AttributeError:
             raise KeyError(key) from None
 
     def get(self, key: str, default: Any = None) -> Any:
-        if key == "event_type":
-            return self._ev.__struct_config__.tag
+        if key == "event_type" and self._tag is not None:
+            return self._tag
         return getattr(self._ev, key, default)
 
     def __iter__(self) -> Any:
-        return iter(("event_type", *self._ev.__struct_fields__))
+        fields = self._ev.__struct_fields__
+        return iter(fields if self._tag is None else ("event_type", *fields))
 
     def __len__(self) -> int:
-        return len(self._ev.__struct_fields__) + 1
+        return len(self._ev.__struct_fields__) + (self._tag is not None)

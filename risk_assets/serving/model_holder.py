@@ -50,6 +50,9 @@ import xgboost as xgb
 
 from risk_assets.lake import Lake
 from risk_assets.models import registry
+from risk_assets.models.exchange_spec import EXCHANGE_MODEL
+from risk_assets.models.model_spec import ModelSpec
+from risk_assets.models.model_spec import servability_failures as spec_servability_failures
 from risk_assets.models.thresholds import manifest_thresholds
 from risk_assets.serving.feature_fetch import FeaturePlan, UnservableFeatures, build_plan
 from risk_assets.serving.service_metrics import ServiceMetrics
@@ -84,11 +87,17 @@ class LoadedModel:
 
 
 def load_version(
-    lake: Lake, version: str, expected_sha256: str, signing_key: bytes | None = None
+    lake: Lake,
+    version: str,
+    expected_sha256: str,
+    signing_key: bytes | None = None,
+    model: ModelSpec | None = None,
 ) -> LoadedModel:
     """Load and validate ``version``; raises :class:`ModelRefused` (never anything else for bad
     model content — lake I/O errors propagate as ``OSError``/botocore errors). ``signing_key``:
-    require a valid manifest signature (``None``: signing off)."""
+    require a valid manifest signature (``None``: signing off). ``model``: the service's model
+    specification (default: the exchange's); a model trained for another spec, or on other
+    versions of its groups or request features, is refused."""
     try:
         manifest = registry.load_manifest(lake, version)
     except FileNotFoundError:
@@ -119,8 +128,25 @@ def load_version(
     features = manifest.get("features")
     if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
         raise ModelRefused("incompatible", f"{version}: manifest has no 'features' list")
+    recorded = manifest.get("model_spec")
+    if recorded is not None:
+        if not isinstance(recorded, dict):
+            raise ModelRefused("bad_manifest", f"manifest of {version}: model_spec is not an object")
+        spec = model or EXCHANGE_MODEL
+        failures = [
+            f
+            for f in spec_servability_failures(
+                spec, features, {}, recorded.get("request_features") or {}, recorded.get("name")
+            )
+            if not f.startswith(("manifest lacks the version of feature group", "features not servable"))
+        ]
+        if failures:
+            raise ModelRefused("incompatible", f"{version}: {failures[0]}")
     try:
-        plan = build_plan(features, manifest.get("feature_groups"))
+        if model is None:
+            plan = build_plan(features, manifest.get("feature_groups"))
+        else:
+            plan = build_plan(features, manifest.get("feature_groups"), model.groups_by_name, model.request)
     except UnservableFeatures as exc:
         raise ModelRefused("incompatible", f"{version}: {exc}") from None
     if booster.num_features() != plan.n:
@@ -160,7 +186,9 @@ class ModelHolder:
         max_fallbacks: int = 5,
         role: str = "champion",
         pointer: Callable[[Lake], Any] = registry.champion,
+        model: ModelSpec | None = None,
     ) -> None:
+        self.model = model
         self.role = role
         self.pointer = pointer
         self.lake = lake
@@ -223,7 +251,7 @@ class ModelHolder:
         if wanted == self.last_refused and now - self._refused_at < self.retry_s:
             return False
         try:
-            model = load_version(self.lake, champ.version, champ.model_sha256, self.signing_key)
+            model = load_version(self.lake, champ.version, champ.model_sha256, self.signing_key, self.model)
         except ModelRefused as exc:
             self._refused(wanted, exc, cur)
             return False
@@ -301,7 +329,7 @@ class ModelHolder:
                 break
             try:
                 sha = registry.load_manifest(self.lake, version).get("model_sha256", "")
-                model = load_version(self.lake, version, sha, self.signing_key)
+                model = load_version(self.lake, version, sha, self.signing_key, self.model)
             except Exception as exc:
                 log.warning("fallback candidate %s refused: %s", version, exc)
                 continue

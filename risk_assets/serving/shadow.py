@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +75,11 @@ class ShadowScorer:
         queue_size: int = 2_000,
         batch_rows: int = 512,
         linger_s: float = 0.05,
+        event_id: Callable[[Any], str] = operator.attrgetter("event_id"),
+        event_ts: Callable[[Any], int] = operator.attrgetter("event_ts"),
     ) -> None:
+        self.event_id = event_id
+        self.event_ts = event_ts
         self.holder = holder
         self.predictions = predictions
         self.fetcher = fetcher
@@ -171,8 +177,8 @@ class ShadowScorer:
             for i, ev in enumerate(item.events):
                 offer(
                     (
-                        ev.event_id,
-                        ev.event_ts,
+                        self.event_id(ev),
+                        self.event_ts(ev),
                         item.scored_at,
                         item.champion.version,
                         float(item.scores[i]),

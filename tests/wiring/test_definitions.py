@@ -97,6 +97,7 @@ SENSORS = [
     "online_store_emptied_sensor",
     "retraining_sensor",
     "stream_features_sensor",
+    "stream_worker_progress_sensor",
 ]
 AUTOMATED = {f"features/{g.name}" for g in FEATURE_GROUPS} | {"training_set", "raw_events_daily_profile"}
 AUTOMATED |= {"feature_catalog"}
