@@ -17,6 +17,7 @@ export RISK_LAKE_URL ?= $(STATE)/lake
 export RISK_DATA_START ?= 2026-10-08
 # Batch features read the lake archive unless pointed at Snowflake (then set the SNOWFLAKE_* values).
 export RISK_RAW_EVENT_BACKEND ?= lake
+export RISK_FEATURE_COMPUTE_BACKEND ?= polars
 export SNOWFLAKE_ACCOUNT ?=
 export SNOWFLAKE_USER ?=
 export SNOWFLAKE_PASSWORD ?=
@@ -58,9 +59,18 @@ test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest
 
-## dev: the Dagster UI and daemon over the local stack, on http://127.0.0.1:$(DAGSTER_PORT)
+# make dev also runs the continuous stream worker (risk-stream, docs/stream_features.md) next to
+# Dagster; STREAM_WORKER= (empty) leaves the stream to the sensor-driven runs.
+STREAM_WORKER ?= 1
+
+## dev: the Dagster UI and daemon over the local stack, on http://127.0.0.1:$(DAGSTER_PORT), and risk-stream
 dev: install stack-up
 	set -a && source $(STATE)/stack/endpoints.env && set +a && \
+	  if [ -n "$(STREAM_WORKER)" ]; then \
+	    $(VENV)/bin/risk-stream --worker-id dev >> $(STATE)/stack/logs/risk-stream.log 2>&1 & \
+	    STREAM_PID=$$!; trap 'kill $$STREAM_PID 2>/dev/null' EXIT; \
+	    echo "risk-stream (pid $$STREAM_PID) log: $(STATE)/stack/logs/risk-stream.log"; \
+	  fi; \
 	  $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DAGSTER_PORT)
 
 stack-up: install

@@ -30,8 +30,8 @@ import msgspec
 import polars as pl
 
 from risk_assets.events.schema import RiskEvent
-from risk_assets.ingest.archive import EVENTS, LogPositions, build_archive, write_archive
-from risk_assets.ingest.kafka_reader import KafkaRangeReader, MessageBatch
+from risk_assets.ingest.archive import EVENTS, LogPositions, build_archive, read_hours, write_archive
+from risk_assets.ingest.kafka_reader import PROBE_RECORDS, KafkaRangeReader, MessageBatch
 from risk_assets.ingest.partitioning import ingest_window
 from risk_assets.lake import Lake
 from risk_assets.names import EVENTS_TOPIC
@@ -60,6 +60,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--hours", type=int, default=6)
     ap.add_argument("--events-per-day", type=int, default=1_000_000)
+    ap.add_argument("--partitions", type=int, default=1, help="partitions of the events topic")
+    ap.add_argument(
+        "--before",
+        action="store_true",
+        help="also time the former read (per-hour searches, partitions in turn)",
+    )
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,6 +76,7 @@ def main() -> None:
                 state_dir=Path(tmp) / "stack",
                 redis_port=launcher.free_port(),
                 kafka_port=launcher.free_port(),
+                topic_partitions=args.partitions,
             )
             bootstrap = launcher.up(cfg)["KAFKA_BOOTSTRAP_SERVERS"]
         else:
@@ -85,16 +92,48 @@ def main() -> None:
             with KafkaRangeReader(bootstrap) as reader:
                 window, _ = reader.read_time_window(EVENTS_TOPIC, _ms(start), _ms(end))
             t_window = time.perf_counter() - t0
+            if args.before:
+                reader = KafkaRangeReader(bootstrap)
+                t0 = time.perf_counter()
+                positions = LogPositions(EVENTS_TOPIC, lambda p, t: reader.boundary(EVENTS_TOPIC, p, t))
+                ranges = positions.read_ranges(reader.partitions(EVENTS_TOPIC), hours)
+                old_search = time.perf_counter() - t0
+                before = MessageBatch.concat([reader.read(r, complete=True) for r in ranges])
+                old_read = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                old_result = build_archive(before, EVENTS, hours, positions)
+                old_build = time.perf_counter() - t0
+                reader.close()
+                print(
+                    f"BEFORE (per-hour searches on the broker, partitions one by one): read {old_read:.2f}s "
+                    f"(offset search {old_search:.2f}s), build {old_build:.2f}s, {len(before):,} messages"
+                )
             reader = KafkaRangeReader(bootstrap)
             t0 = time.perf_counter()
             positions = LogPositions(EVENTS_TOPIC, lambda p, t: reader.boundary(EVENTS_TOPIC, p, t))
-            ranges = positions.read_ranges(reader.partitions(EVENTS_TOPIC), hours)
+            partitions = reader.partitions(EVENTS_TOPIC)
+            first, last = positions.hour_times(hours[0])[0], positions.hour_times(hours[-1])[1]
+            # the two searches per partition read_hours makes (in parallel), timed apart
+            reader.boundaries(EVENTS_TOPIC, {p: [first, last] for p in partitions})
             t_search = time.perf_counter() - t0
-            batch = MessageBatch.concat([reader.read(r, complete=True) for r in ranges])
+            batch, ranges = read_hours(
+                positions,
+                partitions,
+                hours,
+                lambda rs: reader.read_many(rs, complete=True, margin=2 * PROBE_RECORDS),
+                lambda wanted: reader.boundaries(EVENTS_TOPIC, wanted),
+            )
             t_read = time.perf_counter() - t0
             t0 = time.perf_counter()
             result = build_archive(batch, EVENTS, hours, positions)
             t_build = time.perf_counter() - t0
+            if args.before:
+                same = all(
+                    result.records[h].equals(old_result.records[h])
+                    and result.dead_letters[h].equals(old_result.dead_letters[h])
+                    for h in hours
+                )
+                print(f"same archive contents as BEFORE: {same}")
             reader.close()
             t0 = time.perf_counter()
             write_archive(Lake(str(Path(tmp) / "lake")), EVENTS, result)
@@ -110,7 +149,10 @@ def main() -> None:
                 f"messages: {n:,} ({result.record_count:,} records, "
                 f"{result.dead_letter_count:,} dead letters)"
             )
-            print(f"read   {t_read:6.2f}s  {n / t_read:12,.0f} msg/s  (offset search {t_search:.2f}s)")
+            print(
+                f"read   {t_read:6.2f}s  {n / t_read:12,.0f} msg/s  (offset search {t_search:.2f}s, "
+                f"{len(partitions)} partition(s) read at once)"
+            )
             print(f"read (time window, before issue 9) {t_window:6.2f}s  {len(window):,} messages")
             print(f"build  {t_build:6.2f}s  {n / t_build:12,.0f} msg/s")
             print(f"write  {t_write:6.2f}s  {n / t_write:12,.0f} msg/s")

@@ -7,6 +7,12 @@ Usage::
     .venv/bin/python bench/bench_stream_freshness.py --mode daemon [--rate 200] [--seconds 120]
         [--partitions 1] [--drain 300] [--code-dir DIR]
 
+    .venv/bin/python bench/bench_stream_freshness.py --mode worker [--rate 2000] [--seconds 60]
+
+``--mode worker`` measures the continuous stream worker (``risk-stream``, a subprocess) with the
+same sampling as the daemon mode, and its per-range breakdown from its progress log (wait before
+the loop took the range, read, compute, publish, ingest, commit).
+
 ``--mode daemon`` measures the path production runs: the real ``dagster-daemon`` with both Kafka
 sensors on, launching a run per range (run worker process, code load, step) — see
 :func:`run_daemon`. ``--code-dir`` loads the code location from another checkout of this
@@ -58,7 +64,7 @@ from risk_assets.features.stream_state import StreamState, stream_groups
 from risk_assets.ingest.archive import EVENTS, decode_messages
 from risk_assets.ingest.kafka_reader import KafkaRangeReader, OffsetRange
 from risk_assets.lake import Lake
-from risk_assets.names import EVENTS_TOPIC, FEATURES_TOPIC
+from risk_assets.names import EVENTS_TOPIC, FEATURES_TOPIC, ONLINE_FEATURES, STREAM_FEATURE_BUFFER
 from risk_assets.simulator import writers
 from risk_assets.simulator.config import SimConfig
 from risk_assets.simulator.generator import generate
@@ -88,7 +94,7 @@ def _load() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=("engine", "daemon"), default="engine")
+    ap.add_argument("--mode", choices=("engine", "daemon", "worker"), default="engine")
     ap.add_argument("--rate", type=float, default=2000.0, help="events/s produced")
     ap.add_argument("--seconds", type=float, default=20.0, help="how long to produce")
     ap.add_argument("--cadence", type=float, default=1.0, help="seconds between sensor ticks (engine)")
@@ -102,6 +108,8 @@ def main() -> None:
     print(f"start: {_load()}")
     if args.mode == "daemon":
         run_daemon(args)
+    elif args.mode == "worker":
+        run_worker(args)
     else:
         run_engine(args)
     print(f"end: {_load()}")
@@ -309,8 +317,13 @@ def run_daemon(args: argparse.Namespace) -> None:
 
 
 def _measure_daemon(args: argparse.Namespace, env: dict[str, str], home: Path, work: Path) -> None:
-    import dagster as dg
+    stamps = _measure_freshness(args, env)
+    _daemon_breakdown(home, stamps)
 
+
+def _measure_freshness(args: argparse.Namespace, env: dict[str, str]) -> dict[int, np.ndarray]:
+    """Produce, sample, poll Redis (``DAEMON_DOC``); returns each partition's Kafka timestamps (s)
+    by offset, for the breakdowns."""
     kafka = env["KAFKA_BOOTSTRAP_SERVERS"]
     group = stream_groups(FEATURE_GROUPS)[0]
     layout = group_layout(group)
@@ -323,6 +336,7 @@ def _measure_daemon(args: argparse.Namespace, env: dict[str, str], home: Path, w
     t_start = time.time()
     proc.start()
     cursors = dict.fromkeys(range(args.partitions), 0)
+    stamps: dict[int, list[np.ndarray]] = {p: [] for p in cursors}
     pending: list[tuple[str, datetime, float]] = []  # (entity, event_ts, kafka ts in s)
     fresh: list[float] = []
     every = max(1, int(args.rate // 5))
@@ -341,6 +355,7 @@ def _measure_daemon(args: argparse.Namespace, env: dict[str, str], home: Path, w
                     continue
                 batch = reader.read(OffsetRange(EVENTS_TOPIC, p, cursors[p], end))
                 cursors[p] = end
+                stamps[p].append(batch.timestamps_ms / 1000.0)
                 valid = decode_messages(batch, EVENTS).valid
                 mine = valid.filter(
                     pl.col("event_type").is_in(sorted(group.source_event_types)),
@@ -374,13 +389,43 @@ def _measure_daemon(args: argparse.Namespace, env: dict[str, str], home: Path, w
         )
     oldest = max((time.time() - produced for _, _, produced in pending), default=0.0)
     print(f"unresolved samples: {len(pending)} (oldest waiting {oldest:.0f} s)")
+    return {p: np.concatenate(v) if v else np.empty(0) for p, v in stamps.items()}
+
+
+def _pcts(name: str, values: list[float]) -> str:
+    if not values:
+        return f"{name} n/a"
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return f"{name} p50 {p50:.2f} / p95 {p95:.2f} / p99 {p99:.2f} s"
+
+
+def _daemon_breakdown(home: Path, stamps: dict[int, np.ndarray]) -> None:
+    """Per run: tick (first offset produced → run created; stream runs), queue (created → started),
+    launch (started → step started: run worker spawn + code load), step (step started → run ended:
+    read, compute, publish or ingest)."""
+    import dagster as dg
+
     os.environ["DAGSTER_HOME"] = str(home)
     with dg.DagsterInstance.get() as instance:
         for job in ("stream_features_job", "feature_ingestion_job"):
             records = instance.get_run_records(filters=dg.RunsFilter(job_name=job))
             runs = [r.dagster_run for r in records]
-            queue = [r.start_time - r.create_timestamp.timestamp() for r in records if r.start_time]
-            took = [r.end_time - r.start_time for r in records if r.start_time and r.end_time]
+            tick, queue, launch, step = [], [], [], []
+            for r in records:
+                created = r.create_timestamp.timestamp()
+                tags = r.dagster_run.tags
+                if job == "stream_features_job" and "risk/offset_range" in tags:
+                    start = int(tags["risk/offset_range"].split("-")[0])
+                    ts = stamps.get(int(tags.get("risk/partition", 0)), np.empty(0))
+                    if start < len(ts):
+                        tick.append(created - float(ts[start]))
+                if not r.start_time:
+                    continue
+                queue.append(r.start_time - created)
+                steps = instance.all_logs(r.dagster_run.run_id, of_type=dg.DagsterEventType.STEP_START)
+                if steps and r.end_time:
+                    launch.append(steps[0].timestamp - r.start_time)
+                    step.append(r.end_time - steps[0].timestamp)
             ok = sum(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
             sizes = [
                 int(r.tags["risk/offset_range"].split("-")[1])
@@ -389,10 +434,87 @@ def _measure_daemon(args: argparse.Namespace, env: dict[str, str], home: Path, w
                 if "risk/offset_range" in r.tags
             ]
             print(
-                f"{job}: {len(runs)} runs ({ok} succeeded); queue p50 {np.median(queue or [0]):.1f} s; "
-                f"run p50 {np.median(took or [0]):.1f} s, p95 {np.percentile(took or [0], 95):.1f} s; "
-                f"range size mean {np.mean(sizes or [0]):,.0f}, max {max(sizes or [0]):,}"
+                f"{job}: {len(runs)} runs ({ok} succeeded); range size mean {np.mean(sizes or [0]):,.0f}, "
+                f"max {max(sizes or [0]):,}"
             )
+            parts = (("tick", tick), ("queue", queue), ("launch", launch), ("step", step))
+            print("  " + "; ".join(_pcts(n, v) for n, v in parts))
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    """The continuous worker (``risk-stream``) on its own stack, measured like the daemon mode."""
+    for var in ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "S3_ENDPOINT_URL", "DAGSTER_PG_URL"):
+        os.environ.pop(var, None)
+    work = Path(tempfile.mkdtemp(prefix="bench-worker-"))
+    config = launcher.StackConfig(
+        state_dir=work / "stack",
+        redis_port=launcher.free_port(),
+        kafka_port=launcher.free_port(),
+        topic_partitions=args.partitions,
+    )
+    env = launcher.up(config)
+    child_env = {**os.environ, **env, "RISK_LAKE_URL": str(work / "lake")}
+    print(f"stack: {env['KAFKA_BOOTSTRAP_SERVERS']}, {args.partitions} partition(s); worker: risk-stream")
+    log_path = work / "worker.log"
+    worker = subprocess.Popen(
+        [str(Path(sys.executable).parent / "risk-stream"), "--worker-id", "bench"],
+        env=child_env,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        from risk_assets.features.redis_client import connect
+        from risk_assets.streaming import progress
+        from risk_assets.streaming.handoff import Handoff
+
+        handoff = Handoff(connect(env["REDIS_URL"]))
+        deadline = time.monotonic() + 120
+        while not handoff.read(f"{EVENTS_TOPIC}/0").owner:  # the worker holds its partitions
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"risk-stream did not start: {log_path.read_text()[-2000:]}")
+            time.sleep(0.2)
+        stamps = _measure_freshness(args, env)
+        records = [r for _, r in progress.read_after(handoff.client, "risk", None, count=1_000_000)]
+        _worker_breakdown(records, stamps)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        launcher.down(config)
+        print(f"worker log: {log_path}")
+
+
+def _worker_breakdown(records: list, stamps: dict[int, np.ndarray]) -> None:
+    """Per events range: wait (its first event produced → the loop started reading it), read,
+    compute (decode + state + engine), publish, ingest (the buffer's new rows into Redis), and the
+    whole range (read → commit); per feature-log write (every ~10 s); range sizes and the lag."""
+    events = [r for r in records if r.asset == STREAM_FEATURE_BUFFER]
+    ingests = [r for r in records if r.asset == ONLINE_FEATURES]
+    wait = []
+    for r in events:
+        ts = stamps.get(r.partition, np.empty(0))
+        if r.start < len(ts):
+            wait.append(r.committed_ms / 1000 - r.seconds - float(ts[r.start]))
+    sizes = [r.end - r.start for r in events] or [0]
+    lag_offsets = max((r.lag_offsets for r in events), default=0)
+    lag_seconds = max((r.lag_seconds for r in events), default=0.0)
+    print(
+        f"worker: {len(events)} events ranges (size mean {np.mean(sizes):,.0f}, max {max(sizes):,}), "
+        f"{len(ingests)} feature-log writes; lag at commit max {lag_offsets:,} offsets, {lag_seconds:.1f} s"
+    )
+    parts = (
+        ("wait", wait),
+        ("read", [r.read_s for r in events]),
+        ("compute", [r.compute_s for r in events]),
+        ("publish", [r.publish_s for r in events]),
+        ("ingest", [r.ingest_s for r in events]),
+        ("range", [r.seconds for r in events]),
+        ("feature log", [r.seconds for r in ingests]),
+    )
+    for name, values in parts:
+        print("  " + _pcts(name, values))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ from risk_assets.sensors.kafka_sensors import feature_ingestion_sensor, stream_f
 from risk_assets.sensors.online_resync import online_store_emptied_sensor
 from risk_assets.sensors.retraining import retraining_job, retraining_sensor
 from risk_assets.sensors.schedules import SCHEDULES
+from risk_assets.sensors.stream_worker import stream_worker_progress_sensor
 
 
 def env_resources() -> dict[str, dg.ConfigurableResource]:
@@ -66,9 +67,11 @@ def env_resources() -> dict[str, dg.ConfigurableResource]:
         "redis": RedisResource(url=dg.EnvVar("REDIS_URL")),
         # Optional: the URL of a running risk-serve, to confirm which model it serves.
         "scoring_service": ScoringServiceResource(url=dg.EnvVar("RISK_SERVE_URL")),
-        # lake | snowflake; the Snowflake settings are only used with the snowflake backend.
+        # lake | snowflake (raw events read from); polars | snowflake (features computed by); the
+        # Snowflake settings are only used with a snowflake backend.
         "raw_event_source": RawEventSource(
             backend=dg.EnvVar("RISK_RAW_EVENT_BACKEND"),
+            compute_backend=dg.EnvVar("RISK_FEATURE_COMPUTE_BACKEND"),
             snowflake_account=dg.EnvVar("SNOWFLAKE_ACCOUNT"),
             snowflake_user=dg.EnvVar("SNOWFLAKE_USER"),
             snowflake_password=dg.EnvVar("SNOWFLAKE_PASSWORD"),
@@ -117,6 +120,7 @@ JOBS = [
 SENSORS = [
     stream_features_sensor,
     feature_ingestion_sensor,
+    stream_worker_progress_sensor,
     retraining_sensor,
     online_store_emptied_sensor,
     *automation_sensors(

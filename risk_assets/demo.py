@@ -88,6 +88,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 # What `make` exports; set here too so `python -m risk_assets.demo` works on its own.
 LOCAL_DEFAULTS = {
     "RISK_RAW_EVENT_BACKEND": "lake",
+    "RISK_FEATURE_COMPUTE_BACKEND": "polars",
     "SNOWFLAKE_ACCOUNT": "",
     "SNOWFLAKE_USER": "",
     "SNOWFLAKE_PASSWORD": "",

@@ -72,13 +72,17 @@ class KafkaResource(dg.ConfigurableResource):
 
 class RawEventSource(dg.ConfigurableResource):
     """Where batch features read raw events and labels: the lake archive (default) or the archive's
-    mirror in Snowflake (``backend="snowflake"``), through dagster-snowflake.
+    mirror in Snowflake (``backend="snowflake"``), through dagster-snowflake — and where they are
+    computed: Polars in the run (``compute_backend="polars"``, default) or SQL in the warehouse
+    (``compute_backend="snowflake"``: ``features/snowflake_sql.py`` over the mirror tables, results
+    kept in the Snowflake offline-store tables and copied into the lake's offline store).
 
-    Snowflake settings are only used with that backend; the password comes from ``dg.EnvVar``.
+    Snowflake settings are only used with those backends; the password comes from ``dg.EnvVar``.
     ``snowflake_connection_args`` passes extra connector arguments (host/port/protocol of a test
     endpoint, for example)."""
 
     backend: str = "lake"
+    compute_backend: str = "polars"
     snowflake_account: str = ""
     snowflake_user: str = ""
     snowflake_password: str = ""
@@ -86,6 +90,8 @@ class RawEventSource(dg.ConfigurableResource):
     snowflake_schema: str = "RAW"
     snowflake_warehouse: str = ""
     snowflake_table: str = "RAW_EVENTS"
+    snowflake_labels_table: str = "RAW_LABELS"
+    snowflake_offline_prefix: str = "FEATURES"
     snowflake_connection_args: dict[str, Any] | None = None
 
     def snowflake(self) -> SnowflakeResource:
@@ -103,6 +109,14 @@ class RawEventSource(dg.ConfigurableResource):
             warehouse=self.snowflake_warehouse or None,
             additional_snowflake_connection_args=self.snowflake_connection_args,
         )
+
+    def computes_in_snowflake(self) -> bool:
+        """True when feature groups are computed by the warehouse (``compute_backend``)."""
+        if self.compute_backend not in ("polars", "snowflake"):
+            raise dg.Failure(
+                f"unknown feature compute backend {self.compute_backend!r} (expected 'polars' or 'snowflake')"
+            )
+        return self.compute_backend == "snowflake"
 
     def events(
         self, lake: Lake, start: datetime, end: datetime, columns: Sequence[str] | None = None

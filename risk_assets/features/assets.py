@@ -26,6 +26,7 @@ import polars as pl
 
 from risk_assets.automation import FEATURE_DAYS
 from risk_assets.backfills import DAILY_BACKFILL, POOL_LAKE_BATCH
+from risk_assets.features import snowflake_engine
 from risk_assets.features.batch import required_event_columns
 from risk_assets.features.catalog import catalog_frame, describe
 from risk_assets.features.groups import FEATURE_GROUPS
@@ -182,30 +183,35 @@ def build_batch_features(partitions: TimePartitions) -> dg.AssetsDefinition:
             )
 
         shards = config.shards
-        if config.max_rows_in_memory:
-            rows_in_window = int(scan(None).select(pl.len()).collect().item())
-            shards = max(shards, shards_for(rows_in_window, config.max_rows_in_memory))
-        labels = None
-        if any(g.needs_labels for g in groups):
-            labels = raw_event_source.labels(store, window.start - lookback, window.end)
         read: dict[tuple[str, ...], int] = {}
-
-        def on_shard(keys: tuple[str, ...], shard: int, rows: int) -> None:
-            read[keys] = read.get(keys, 0) + rows
-            context.log.info("shard %d/%d of %s: %d events", shard + 1, shards, ",".join(keys) or "all", rows)
-
         days = days_of(window.start, window.end)
-        sharded = iter_sharded(
-            groups,
-            scan,
-            window.start,
-            window.end,
-            shards,
-            labels,
-            created_ts=True,
-            on_shard=on_shard,
-            lazy=True,
-        )
+        if raw_event_source.computes_in_snowflake():
+            sharded = _computed_in_snowflake(context, raw_event_source, groups, window.start, window.end)
+        else:
+            if config.max_rows_in_memory:
+                rows_in_window = int(scan(None).select(pl.len()).collect().item())
+                shards = max(shards, shards_for(rows_in_window, config.max_rows_in_memory))
+            labels = None
+            if any(g.needs_labels for g in groups):
+                labels = raw_event_source.labels(store, window.start - lookback, window.end)
+
+            def on_shard(keys: tuple[str, ...], shard: int, rows: int) -> None:
+                read[keys] = read.get(keys, 0) + rows
+                context.log.info(
+                    "shard %d/%d of %s: %d events", shard + 1, shards, ",".join(keys) or "all", rows
+                )
+
+            sharded = iter_sharded(
+                groups,
+                scan,
+                window.start,
+                window.end,
+                shards,
+                labels,
+                created_ts=True,
+                on_shard=on_shard,
+                lazy=True,
+            )
         for group, output in sharded:
             key = feature_asset_key(group.name)
             # One day of one group in memory at a time; sorted and written exactly as a whole run.
@@ -229,6 +235,7 @@ def build_batch_features(partitions: TimePartitions) -> dg.AssetsDefinition:
                     "run_rows": sum(f.rows for f in figures.values()),
                     "events_read": read.get(tuple(group.entity.keys), read.get((), 0)),
                     "shards": shards,
+                    "compute_backend": raw_event_source.compute_backend,
                     "compute_seconds": time.perf_counter() - t0,
                 },
             )
@@ -242,6 +249,30 @@ def build_batch_features(partitions: TimePartitions) -> dg.AssetsDefinition:
         )
 
     return batch_features
+
+
+def _computed_in_snowflake(
+    context: dg.AssetExecutionContext,
+    source: RawEventSource,
+    groups: list[FeatureGroup],
+    start: datetime,
+    end: datetime,
+) -> Iterator[tuple[FeatureGroup, pl.LazyFrame]]:
+    """Each group computed by the warehouse (``snowflake_engine.materialize_offline``: the compiled
+    SQL over the raw-event and label mirrors, written into the group's Snowflake offline-store
+    table), then the result rows — only those — read back for the lake's offline store."""
+    with source.snowflake().get_connection() as conn:
+        cursor = conn.cursor()
+        for group in groups:
+            table = snowflake_engine.offline_table_name(group, source.snowflake_offline_prefix)
+            labels = source.snowflake_labels_table if group.needs_labels else None
+            t0 = time.perf_counter()
+            rows = snowflake_engine.materialize_offline(
+                cursor, group, start, end, source.snowflake_table, table, labels
+            )
+            context.log.info("%s: %d rows computed in Snowflake into %s in %.1fs", group.name, rows, table,
+                             time.perf_counter() - t0)  # fmt: skip
+            yield group, snowflake_engine.read_offline(cursor, group, table, start, end).lazy()
 
 
 def _check_results(

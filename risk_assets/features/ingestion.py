@@ -140,19 +140,35 @@ def _dead_letters(batch: MessageBatch, decoded: DecodedBuffer, rng: OffsetRange)
     )
 
 
+def write_online(
+    batch: MessageBatch, store: OnlineStore, groups: Iterable[FeatureGroup] | None = None
+) -> dict[str, WriteResult]:
+    """Only the online half of :func:`ingest_batch`: decode and write-if-newer every valid row (the
+    continuous worker writes Redis every loop and the feature log at a slower cadence)."""
+    registry = {g.name: g for g in (FEATURE_GROUPS if groups is None else groups)}
+    frames = {name: f for name, f in decode(batch, registry.values()).frames.items() if f.height}
+    return {name: store.write(group_layout(registry[name]), f) for name, f in frames.items()}
+
+
 def ingest_batch(
     batch: MessageBatch,
     rng: OffsetRange,
     store: OnlineStore,
     lake: Lake,
     groups: Iterable[FeatureGroup] | None = None,
+    *,
+    online: bool = True,
 ) -> IngestResult:
-    """:func:`ingest_range` for messages already read (``batch`` must be exactly ``rng``)."""
+    """:func:`ingest_range` for messages already read (``batch`` must be exactly ``rng``).
+    ``online=False``: the rows are already in the online store (:func:`write_online`); write the
+    feature log and dead letters only."""
     registry = {g.name: g for g in (FEATURE_GROUPS if groups is None else groups)}
     decoded = decode(batch, registry.values())
     frames = {name: f for name, f in decoded.frames.items() if f.height}
     # 1. Online store first: if Redis is down this raises before the lake is touched.
-    online = {name: store.write(group_layout(registry[name]), f) for name, f in frames.items()}
+    written = (
+        {name: store.write(group_layout(registry[name]), f) for name, f in frames.items()} if online else {}
+    )
     # 2. Offline log: one atomic object per (group, event date, range).
     objects: list[str] = []
     for name, f in sorted(frames.items()):
@@ -173,7 +189,7 @@ def ingest_batch(
         range=rng,
         messages=len(batch),
         rows={name: f.height for name, f in frames.items()},
-        online=online,
+        online=written,
         log_objects=objects,
         rejected=decoded.rejected_count,
         reasons=dict(Counter(r[1] for r in decoded.rejected)),

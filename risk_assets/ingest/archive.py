@@ -305,15 +305,42 @@ class LogPositions:
     the slack) is a ``clock_skew`` dead letter of its *positional hour*, the hour H with
     ``boundary(H) ≤ offset < boundary(H + 1 h)``. Either way it is in exactly one hour, and that
     hour is found by every run that covers it.
+
+    **The run's span** (``spans``, set by :func:`read_hours` once the run's messages are read):
+    per partition ``(t_lo, o_lo, t_hi, o_hi)`` — the run read offsets ``[o_lo, o_hi)`` =
+    ``[boundary(t_lo), boundary(t_hi))``. Boundaries are monotone in ``t`` (the reader brackets every
+    search by the boundaries it already knows), so any boundary for ``t <= t_lo`` is ``<= o_lo`` and
+    any for ``t >= t_hi`` is ``>= o_hi``: for the offsets the run holds, comparing with ``o_lo`` /
+    ``o_hi`` gives the same answer as comparing with the boundary itself. ``at`` uses that instead of
+    searching the log beyond the span (the neighbouring hours' ranges, the positional grid), and the
+    boundaries inside the span are answered from the timestamps already read.
     """
 
     topic: str
     boundary: Callable[[int, int], int]
+    spans: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
+
+    def at(self, partition: int, t_ms: int) -> int:
+        """``boundary(partition, t_ms)``, clamped to the run's span (see the class docstring)."""
+        span = self.spans.get(partition)
+        if span is not None:
+            t_lo, o_lo, t_hi, o_hi = span
+            if t_ms <= t_lo:
+                return o_lo
+            if t_ms >= t_hi:
+                return o_hi
+        return self.boundary(partition, t_ms)
+
+    @staticmethod
+    def hour_times(hour: datetime) -> tuple[int, int]:
+        """``(start, end)`` times (epoch ms) whose boundaries make hour ``hour``'s range."""
+        slack = TIMESTAMP_SLACK
+        return _ms(hour - MAX_FUTURE_SKEW - slack), _ms(hour + HOUR + GRACE + slack)
 
     def hour_range(self, partition: int, hour: datetime) -> OffsetRange:
-        slack = TIMESTAMP_SLACK
-        start = self.boundary(partition, _ms(hour - MAX_FUTURE_SKEW - slack))
-        end = self.boundary(partition, _ms(hour + HOUR + GRACE + slack))
+        t_start, t_end = self.hour_times(hour)
+        start = self.at(partition, t_start)
+        end = self.at(partition, t_end)
         return OffsetRange(self.topic, partition, start, max(start, end))
 
     def read_ranges(self, partitions: list[int], hours: list[datetime]) -> list[OffsetRange]:
@@ -352,10 +379,67 @@ class LogPositions:
         starts: dict[int, np.ndarray] = {}
         for p, o in zip(partitions.tolist(), offsets.tolist(), strict=True):
             if p not in starts:
-                starts[p] = np.asarray([self.boundary(p, _ms(h)) for h in grid], dtype=np.int64)
+                starts[p] = np.asarray([self.at(p, _ms(h)) for h in grid], dtype=np.int64)
             i = int(np.searchsorted(starts[p], o, side="right")) - 1
             out.append(grid[max(0, i)])
         return out
+
+
+def read_hours(
+    positions: LogPositions,
+    partitions: list[int],
+    hours: list[datetime],
+    read_many: Callable[[list[OffsetRange]], list[MessageBatch]],
+    search_many: Callable[[dict[int, list[int]]], Any] | None = None,
+) -> tuple[MessageBatch, list[OffsetRange]]:
+    """Every message of the ranges of ``hours`` (sorted UTC hour starts) on ``partitions``, and
+    the ranges read: ``build_archive``'s input.
+
+    Two offset searches per partition — the first hour's range start and the last hour's range
+    end; with ``search_many`` (``KafkaRangeReader.boundaries``) the partitions are searched in
+    parallel and ``positions.boundary`` then finds the answers memoized — then one read of every
+    partition's span at once (``read_many``: the partitions are fetched in parallel, every offset
+    must hold a record). The span is recorded in ``positions``, so the other hours' boundaries are
+    found in the timestamps just read and the hours beyond the run compare with the span's ends
+    (:class:`LogPositions`). Should a boundary inside the span still land outside it (off-clock
+    records at the span's end), the missing offsets are read too.
+    """
+    first, last = positions.hour_times(hours[0])[0], positions.hour_times(hours[-1])[1]
+    if search_many is not None:  # the partitions' searches in parallel
+        search_many({p: [first, last] for p in partitions})
+    spans = []
+    for p in partitions:
+        o_lo = positions.boundary(p, first)
+        o_hi = max(o_lo, positions.boundary(p, last))
+        spans.append(OffsetRange(positions.topic, p, o_lo, o_hi))
+    batches = read_many(spans)
+    positions.spans.update({r.partition: (first, r.start, last, r.end) for r in spans})
+    ranges = positions.read_ranges(partitions, hours)
+    extra: list[OffsetRange] = []
+    for r, span in zip(ranges, spans, strict=True):
+        if r.start < span.start:
+            extra.append(OffsetRange(r.topic, r.partition, r.start, span.start))
+        if r.end > span.end:
+            extra.append(OffsetRange(r.topic, r.partition, span.end, r.end))
+    for rng in extra:  # rare: at most one range per partition and side, read one by one
+        batches += read_many([rng])
+    read = [
+        OffsetRange(positions.topic, r.partition, min(r.start, s.start), max(r.end, s.end))
+        for r, s in zip(ranges, spans, strict=True)
+    ]
+    batch = MessageBatch.concat(batches)
+    if extra:  # keep (partition, offset) order
+        batch = _reorder(batch, np.lexsort((batch.offsets, batch.partitions)))
+    return batch, read
+
+
+def _reorder(batch: MessageBatch, order: np.ndarray) -> MessageBatch:
+    return MessageBatch(
+        batch.partitions[order],
+        batch.offsets[order],
+        batch.timestamps_ms[order],
+        [batch.values[i] for i in order],
+    )
 
 
 def _hour_ms(ts_ms: np.ndarray) -> np.ndarray:

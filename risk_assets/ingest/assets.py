@@ -22,17 +22,25 @@ from risk_assets.ingest.archive import (
     archived_counts,
     build_archive,
     incarnation_gap,
+    read_hours,
     read_ledger,
     record_incarnation,
     shrinking_hours,
     write_archive,
 )
-from risk_assets.ingest.kafka_reader import KafkaRangeReader, KafkaReadError, MessageBatch
+from risk_assets.ingest.kafka_reader import PROBE_RECORDS, KafkaRangeReader, KafkaReadError
 from risk_assets.ingest.partitioning import GRACE, HOUR, archive_hours, ingest_window
-from risk_assets.names import INVALID_SHARE_CHECK, RAW_EVENTS, SNOWFLAKE_RAW_EVENTS
+from risk_assets.names import (
+    INVALID_SHARE_CHECK,
+    RAW_EVENTS,
+    RAW_LABELS,
+    SNOWFLAKE_RAW_EVENTS,
+    SNOWFLAKE_RAW_LABELS,
+)
 from risk_assets.partitions import TimePartitions
 from risk_assets.resources import KafkaResource, LakeResource, RawEventSource
 from risk_assets.run_config import RunConfig
+from risk_assets.sources import EXCHANGE_LABELS
 
 OWNER = "team:risk-data"
 
@@ -126,8 +134,13 @@ def build_archive_asset(spec: ArchiveSpec, partitions: TimePartitions) -> dg.Ass
             starts = [reader.log_start_timestamp(spec.topic, p)[1] for p in partitions]
             log_start = min((t for t in starts if t is not None), default=None)
             positions = LogPositions(spec.topic, lambda p, t: reader.boundary(spec.topic, p, t))
-            ranges = positions.read_ranges(partitions, hours)
-            batch = MessageBatch.concat([reader.read(r, complete=True) for r in ranges])
+            batch, ranges = read_hours(
+                positions,
+                partitions,
+                hours,
+                lambda rs: reader.read_many(rs, complete=True, margin=2 * PROBE_RECORDS),
+                lambda wanted: reader.boundaries(spec.topic, wanted),
+            )
             result = build_archive(batch, spec, hours, positions)
             stream_ts = reader.latest_timestamp(spec.topic) or 0
             # A broker that restarted while we read serves another log: fail, write nothing.
@@ -267,10 +280,50 @@ def build_snowflake_mirror_asset(partitions: TimePartitions) -> dg.AssetsDefinit
     return snowflake_raw_events
 
 
+def build_snowflake_label_mirror_asset(partitions: TimePartitions) -> dg.AssetsDefinition:
+    """The hourly Snowflake mirror of ``raw_labels``."""
+
+    @dg.asset(
+        key=SNOWFLAKE_RAW_LABELS,
+        deps=[RAW_LABELS],
+        partitions_def=partitions.hourly,
+        backfill_policy=HOURLY_BACKFILL,
+        pool=POOL_WAREHOUSE,
+        group_name="warehouse",
+        owners=[OWNER],
+        kinds={"snowflake"},
+        description=(
+            "The fraud-label archive mirrored into the Snowflake table `RAW_LABELS` (by `label_ts` "
+            "hour; delete-then-insert), read by label aggregates when features are computed in the "
+            "warehouse (`RISK_FEATURE_COMPUTE_BACKEND=snowflake`). Needs the SNOWFLAKE_* settings."
+        ),
+    )
+    def snowflake_raw_labels(
+        context: dg.AssetExecutionContext, lake: LakeResource, raw_event_source: RawEventSource
+    ) -> dg.MaterializeResult:
+        window = context.partition_time_window
+        labels = raw_reader.read_labels(lake.lake(), window.start, window.end)
+        with raw_event_source.snowflake().get_connection() as conn:
+            rows = snowflake_mirror.write_hours(
+                conn.cursor(),
+                raw_event_source.snowflake_labels_table,
+                labels,
+                window.start,
+                window.end,
+                EXCHANGE_LABELS,
+            )
+        return dg.MaterializeResult(
+            metadata={"dagster/row_count": rows, "hours": len(archive_hours(window.start, window.end))}
+        )
+
+    return snowflake_raw_labels
+
+
 def ingest_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
-    """The ingest domain's partitioned assets for ``partitions``: both archives and the mirror."""
+    """The ingest domain's partitioned assets for ``partitions``: both archives and their mirrors."""
     return [
         build_archive_asset(EVENTS, partitions),
         build_archive_asset(LABELS, partitions),
         build_snowflake_mirror_asset(partitions),
+        build_snowflake_label_mirror_asset(partitions),
     ]

@@ -32,7 +32,9 @@ gives the same records. Two broker facts are handled here and nowhere else:
 
 from __future__ import annotations
 
+import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -46,9 +48,14 @@ TIMESTAMP_SLACK = timedelta(minutes=10)
 PROBE_RECORDS = 15
 """Records per timestamp probe of the offset search; the probe's timestamp is their median."""
 
+SEARCH_READS_WHOLE = 4_096
+"""An offset search over at most this many offsets reads them in one fetch and probes in memory."""
+
 FETCH_WAIT_MS = 10
 """Initial ``fetch.wait.max.ms`` of a reader (module docstring: it grows ×4 while fetches stall)."""
 MAX_FETCH_WAIT_MS = 5_000
+FRESH_CONSUMER_GRACE = 2.0
+"""Extra seconds a new consumer gets for its first record before a read counts as stalled."""
 """Upper bound of the adaptive fetch wait."""
 
 _learned_fetch_wait_ms: dict[str, int] = {}
@@ -147,12 +154,23 @@ class KafkaRangeReader:
         self._incarnations: dict[str, str] = {}
         self._admin: Any = None  # confluent_kafka.admin.AdminClient, made on first use
         self._boundaries: dict[tuple[str, int, int], int] = {}
+        # Timestamps of contiguous offset spans this reader has read (``_remember``): offset
+        # searches inside them are answered here, without a broker round trip.
+        self._stamps: dict[tuple[str, int], list[tuple[int, np.ndarray]]] = {}
         # Partition bounds are taken once per reader: one run works on one consistent snapshot of
         # the log (create a new reader to see newer data).
         self._bounds: dict[tuple[str, int], tuple[int, int]] = {}
         self._consumer = self._new_consumer()
 
+    def _stall_after(self) -> float:
+        """Seconds without a record before a read counts as stalled: ``stall_seconds`` of the
+        wait, plus ``FRESH_CONSUMER_GRACE`` until this consumer has delivered its first record
+        (connecting and finding the partition leaders is not a slow fetch; on a loaded machine it
+        used to pass for one and raise the wait of every later read)."""
+        return stall_seconds(self.fetch_wait_ms) + (FRESH_CONSUMER_GRACE if self._fresh else 0.0)
+
     def _new_consumer(self) -> Consumer:
+        self._fresh = True
         return Consumer(
             {
                 "bootstrap.servers": self._bootstrap,
@@ -174,9 +192,10 @@ class KafkaRangeReader:
             }
         )
 
-    def _stalled(self, tp: TopicPartition) -> bool:
+    def _stalled(self, tp: TopicPartition | list[TopicPartition]) -> bool:
         """No record arrived for ``stall_seconds``: rebuild the consumer with four times the fetch
-        wait and re-assign ``tp``. False when the wait is already at its maximum (keep waiting)."""
+        wait and re-assign ``tp`` (one or several partitions at their next offsets). False when the
+        wait is already at its maximum (keep waiting)."""
         if self.fetch_wait_ms >= MAX_FETCH_WAIT_MS:
             return False
         self._consumer.close()
@@ -184,7 +203,7 @@ class KafkaRangeReader:
         self.fetch_wait_raises += 1
         _learned_fetch_wait_ms[self._bootstrap] = self.fetch_wait_ms
         self._consumer = self._new_consumer()
-        self._consumer.assign([tp])
+        self._consumer.assign(tp if isinstance(tp, list) else [tp])
         return True
 
     def close(self) -> None:
@@ -237,6 +256,11 @@ class KafkaRangeReader:
                 "(the broker lost its data or the topic was re-created); nothing was written"
             )
 
+    def refresh(self) -> None:
+        """Forget the partition bounds taken so far: the next :meth:`bounds` asks the broker again
+        (a long-running consumer, like the stream worker, looks at the log end once per loop)."""
+        self._bounds.clear()
+
     def bounds(self, topic: str, partition: int) -> tuple[int, int]:
         """``(log start offset, true end offset)`` of a partition, as of this reader's first look."""
         key = (topic, partition)
@@ -260,16 +284,17 @@ class KafkaRangeReader:
         keeps the probe bounded on a live topic (draining until quiet would follow the tail)."""
         self._consumer.assign([TopicPartition(topic, partition, offset)])
         deadline = time.monotonic() + self.timeout_s
-        stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
+        stall_at = time.monotonic() + self._stall_after()
         try:
             while time.monotonic() < deadline:
                 # consume(n, t) returns after n messages or t seconds, whichever comes first.
                 records = [m for m in self._consumer.consume(100_000, timeout=0.02) if self._is_record(m)]
                 if records:
+                    self._fresh = False
                     return max(m.offset() for m in records)
                 if time.monotonic() > stall_at:
                     self._stalled(TopicPartition(topic, partition, offset))
-                    stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
+                    stall_at = time.monotonic() + self._stall_after()
         finally:
             self._consumer.unassign()
         raise KafkaReadError(f"{topic}:{partition}: no record at offset {offset} within {self.timeout_s}s")
@@ -289,12 +314,36 @@ class KafkaRangeReader:
         batch = self.read(OffsetRange(topic, partition, offset, offset + 1))
         return int(batch.timestamps_ms[0])
 
+    # -- timestamps already read ---------------------------------------------------------------
+    REMEMBER_MIN_RECORDS = 1_000
+    """Reads of at least this many records keep their timestamps (8 bytes a record) for searches."""
+
+    def _remember(
+        self, topic: str, partition: int, offsets: np.ndarray, stamps: np.ndarray, force: bool = False
+    ) -> None:
+        """Keep the timestamps of a read whose offsets are contiguous (every offset a record): of
+        every ``read_many`` range (``force``), of other reads from ``REMEMBER_MIN_RECORDS`` on (the
+        searches' own small probes are memoized as answers already)."""
+        n = len(offsets)
+        big = force or n >= self.REMEMBER_MIN_RECORDS
+        if n and big and int(offsets[-1]) - int(offsets[0]) + 1 == n:
+            self._stamps.setdefault((topic, partition), []).append((int(offsets[0]), stamps))
+
+    def _known_stamps(self, topic: str, partition: int, start: int, stop: int) -> np.ndarray | None:
+        """Timestamps of offsets ``[start, stop)`` if one remembered read holds them all."""
+        for first, stamps in self._stamps.get((topic, partition), ()):
+            if first <= start and stop <= first + len(stamps):
+                return stamps[start - first : stop - first]
+        return None
+
     def probe_timestamp(self, topic: str, partition: int, offset: int, end: int) -> int:
         """Median timestamp of the ``PROBE_RECORDS`` records from ``offset`` (fewer before ``end``):
         robust to a few records from a producer whose clock is far off (lagging or ahead)."""
-        batch = self.read(
-            OffsetRange(topic, partition, offset, max(min(end, offset + PROBE_RECORDS), offset + 1))
-        )
+        stop = max(min(end, offset + PROBE_RECORDS), offset + 1)
+        known = self._known_stamps(topic, partition, offset, stop)
+        if known is not None and len(known):
+            return int(np.median(known))
+        batch = self.read(OffsetRange(topic, partition, offset, stop))
         if not len(batch):
             raise KafkaReadError(f"{topic}:{partition}: no record from offset {offset}")
         return int(np.median(batch.timestamps_ms))
@@ -311,6 +360,10 @@ class KafkaRangeReader:
         lo, hi = low, end
         if lo >= hi:
             return lo
+        if hi - lo <= SEARCH_READS_WHOLE and self._known_stamps(topic, partition, lo, hi) is None:
+            # A short stretch costs one fetch: read it whole, and every probe below is answered
+            # from its timestamps (same probes, same answer, one round trip instead of several).
+            self.read(OffsetRange(topic, partition, lo, hi), remember=True)
         ts_lo = self.probe_timestamp(topic, partition, lo, end)
         if ts_lo >= ts_ms:
             return self._refine(topic, partition, ts_ms, lo, end)
@@ -338,12 +391,16 @@ class KafkaRangeReader:
         """First offset in ``[approx, approx + 2 * PROBE_RECORDS)`` with timestamp ≥ ``ts_ms``: the
         probe search stops at most ``PROBE_RECORDS`` records before the exact answer."""
         stop = min(end, approx + 2 * PROBE_RECORDS)
+        known = self._known_stamps(topic, partition, approx, stop)
+        if known is not None:
+            hits = np.flatnonzero(known >= ts_ms)
+            return approx + int(hits[0]) if len(hits) else stop
         batch = self.read(OffsetRange(topic, partition, approx, stop))
         hits = np.flatnonzero(batch.timestamps_ms >= ts_ms)
         return int(batch.offsets[hits[0]]) if len(hits) else stop
 
     # -- data --------------------------------------------------------------------------------
-    def read(self, rng: OffsetRange, *, complete: bool = False) -> MessageBatch:
+    def read(self, rng: OffsetRange, *, complete: bool = False, remember: bool = False) -> MessageBatch:
         """All messages of ``rng``, in offset order. Raises if the broker does not deliver them all.
 
         With ``complete``, every offset of the range must hold a record (true of the pipeline's
@@ -358,7 +415,7 @@ class KafkaRangeReader:
         values: list[bytes] = []
         self._consumer.assign([TopicPartition(rng.topic, rng.partition, rng.start)])
         deadline = time.monotonic() + self.timeout_s
-        stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
+        stall_at = time.monotonic() + self._stall_after()
         next_offset = rng.start
         try:
             while next_offset < rng.end:
@@ -372,10 +429,11 @@ class KafkaRangeReader:
                 if not msgs:
                     if time.monotonic() > stall_at:
                         self._stalled(TopicPartition(rng.topic, rng.partition, next_offset))
-                        stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
+                        stall_at = time.monotonic() + self._stall_after()
                     continue
                 deadline = time.monotonic() + self.timeout_s
                 stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
+                self._fresh = False
                 msgs = [m for m in msgs if self._is_record(m)]
                 # Re-deliveries after a fetch retry (offset < next) and records past the range are
                 # dropped; gaps (compaction, transaction markers) are offsets that do not exist.
@@ -393,12 +451,137 @@ class KafkaRangeReader:
                 f"{rng.key()}: expected {n:,} records, the broker delivered {len(values):,} "
                 "(offsets missing from the range)"
             )
-        return MessageBatch(
+        batch = MessageBatch(
             np.full(len(values), rng.partition, np.int32),
             np.asarray(offsets, np.int64),
             np.asarray(stamps, np.int64),
             values,
         )
+        self._remember(rng.topic, rng.partition, batch.offsets, batch.timestamps_ms, remember)
+        return batch
+
+    def read_many(
+        self, ranges: list[OffsetRange], *, complete: bool = False, margin: int = 0
+    ) -> list[MessageBatch]:
+        """All messages of several ranges (at most one per topic partition), read at once: one
+        consumer is assigned every partition at its start offset, so the client fetches the
+        partitions in parallel (one fetch request carries them all) instead of one after another.
+        Same guarantees as :meth:`read`, per range; returns one batch per range, in order.
+
+        ``margin``: also read up to that many records before and after each range (within the
+        partition's bounds) and remember their timestamps, so offset searches near the range's
+        edges are answered without the broker; the batches hold the ranges' messages only."""
+        if margin:
+            wide = [
+                OffsetRange(
+                    r.topic,
+                    r.partition,
+                    max(self.bounds(r.topic, r.partition)[0], r.start - margin),
+                    min(self.bounds(r.topic, r.partition)[1], r.end + margin),
+                )
+                if r.size > 0
+                else r
+                for r in ranges
+            ]
+            out = []
+            for r, batch in zip(ranges, self.read_many(wide, complete=complete), strict=True):
+                out.append(
+                    batch.select((batch.offsets >= r.start) & (batch.offsets < r.end))
+                    if len(batch)
+                    else batch
+                )
+            return out
+        todo = [r for r in ranges if r.size > 0]
+        keys = [(r.topic, r.partition) for r in todo]
+        if len(set(keys)) != len(keys):
+            raise ValueError("read_many takes at most one range per topic partition")
+        if len(todo) <= 1:
+            return [self.read(r, complete=complete, remember=True) for r in ranges]
+        got: dict[tuple[str, int], tuple[list[int], list[int], list[bytes]]] = {k: ([], [], []) for k in keys}
+        nxt = {(r.topic, r.partition): r.start for r in todo}
+        stop = {(r.topic, r.partition): r.end for r in todo}
+
+        def pending_keys() -> list[tuple[str, int]]:
+            return [k for k in keys if nxt[k] < stop[k]]
+
+        def pending() -> list[TopicPartition]:
+            return [TopicPartition(t, p, nxt[(t, p)]) for t, p in pending_keys()]
+
+        paused: list[TopicPartition] = []
+        self._consumer.assign(pending())
+        deadline = time.monotonic() + self.timeout_s
+        stall_at = time.monotonic() + self._stall_after()
+        try:
+            while any(nxt[k] < stop[k] for k in keys):
+                if time.monotonic() > deadline:
+                    missing = ", ".join(
+                        f"{t}:{p} {nxt[(t, p)]}/{stop[(t, p)]}"
+                        for (t, p) in keys
+                        if nxt[(t, p)] < stop[(t, p)]
+                    )
+                    raise KafkaReadError(
+                        f"broker did not deliver the ranges within {self.timeout_s}s (next/end: {missing}; "
+                        f"fetch wait {self.fetch_wait_ms} ms)"
+                    )
+                msgs = self._consumer.consume(100_000, timeout=0.05)
+                if not msgs:
+                    if time.monotonic() > stall_at:
+                        self._stalled(pending())
+                        stall_at = time.monotonic() + self._stall_after()
+                    continue
+                progressed = False
+                for m in msgs:
+                    if not self._is_record(m):
+                        continue
+                    k = (m.topic(), m.partition())
+                    o = m.offset()
+                    # Re-deliveries after a fetch retry and records past the range are dropped.
+                    if k not in nxt or not nxt[k] <= o < stop[k]:
+                        continue
+                    offs, stamps, values = got[k]
+                    offs.append(o)
+                    stamps.append(m.timestamp()[1])
+                    values.append(m.value() or b"")
+                    nxt[k] = o + 1
+                    progressed = True
+                if progressed:
+                    deadline = time.monotonic() + self.timeout_s
+                    stall_at = time.monotonic() + stall_seconds(self.fetch_wait_ms)
+                    self._fresh = False
+                    done = [TopicPartition(t, p) for (t, p) in keys if nxt[(t, p)] >= stop[(t, p)]]
+                    if done:
+                        # Stop fetching finished partitions (their records past the range would
+                        # only fill the client's queue); anything still delivered is dropped above.
+                        with contextlib.suppress(KafkaException):
+                            self._consumer.pause(done)
+                            paused.extend(done)
+                        for tp in done:  # paused once
+                            stop[(tp.topic, tp.partition)] = -1
+                            nxt[(tp.topic, tp.partition)] = 0
+        finally:
+            # librdkafka keeps a partition's pause across unassign/assign: resume first, or the
+            # next read of that partition would see nothing and pass for a stall.
+            with contextlib.suppress(KafkaException):
+                self._consumer.resume(paused)
+            self._consumer.unassign()
+        out: dict[tuple[str, int], MessageBatch] = {}
+        for r in todo:
+            offs, stamps, values = got[(r.topic, r.partition)]
+            if complete and len(values) != r.size:
+                raise KafkaReadError(
+                    f"{r.key()}: expected {r.size:,} records, the broker delivered {len(values):,} "
+                    "(offsets missing from the range)"
+                )
+            batch = MessageBatch(
+                np.full(len(values), r.partition, np.int32),
+                np.asarray(offs, np.int64),
+                np.asarray(stamps, np.int64),
+                values,
+            )
+            self._remember(r.topic, r.partition, batch.offsets, batch.timestamps_ms, force=True)
+            out[(r.topic, r.partition)] = batch
+        empty = MessageBatch.concat([])
+        return [out.get((r.topic, r.partition), empty) if r.size > 0 else empty for r in ranges]
 
     @staticmethod
     def _is_record(m: Message) -> bool:
@@ -445,6 +628,34 @@ class KafkaRangeReader:
             lo, hi = max(low, min(lo, hi)), min(end, max(hi + PROBE_RECORDS, lo))
             self._boundaries[key] = self.first_offset_at_or_after(topic, partition, ts_ms, lo, hi)
         return self._boundaries[key]
+
+    def boundaries(self, topic: str, wanted: dict[int, list[int]]) -> dict[int, list[int]]:
+        """``boundary`` for several partitions (``{partition: [ts_ms, …]}``), the partitions
+        searched in parallel threads — an offset search is a chain of broker round trips, so
+        partitions searched one after another cost their sum. Each thread has a reader of its own
+        (a consumer is not shared between threads) working on this reader's snapshot of the
+        partition bounds; the answers are memoized here as if searched here, in the given order."""
+        for p in wanted:
+            self.bounds(topic, p)  # one snapshot, taken here, for every thread
+        todo = {p: ts for p, ts in wanted.items() if any((topic, p, t) not in self._boundaries for t in ts)}
+        if len(todo) > 1:
+
+            def search(p: int) -> KafkaRangeReader:
+                fork = KafkaRangeReader(self._bootstrap, timeout_s=self.timeout_s, client_id=self._client_id,
+                                        fetch_wait_ms=self.fetch_wait_ms)  # fmt: skip
+                fork._bounds = {k: v for k, v in self._bounds.items() if k == (topic, p)}
+                fork._boundaries = {k: v for k, v in self._boundaries.items() if k[:2] == (topic, p)}
+                try:
+                    for t in todo[p]:
+                        fork.boundary(topic, p, t)
+                finally:
+                    fork.close()
+                return fork
+
+            with ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="offset-search") as pool:
+                for fork in pool.map(search, sorted(todo)):
+                    self._boundaries.update(fork._boundaries)
+        return {p: [self.boundary(topic, p, t) for t in ts] for p, ts in wanted.items()}
 
     def latest_timestamp(self, topic: str) -> int | None:
         """Timestamp (ms) of the newest record over all partitions: how far the stream has got."""

@@ -9,6 +9,14 @@ processed in offset order, partitions in parallel, and a backlog makes ranges la
 Nothing is committed to the broker: the sensor cursor is the only bookkeeping. A changed topic
 incarnation or offsets going backwards fail the tick with :class:`OffsetIncident`, which states the
 numbers and the cursor to set to accept the new incarnation (``offset_cursor`` module docstring).
+
+The continuous stream worker (``risk-stream``) shares the partitions through the Redis handoff
+(``streaming/handoff.py``): while a worker holds a partition's lease the sensor requests no new range
+of it (failed ranges it requested before are still retried — the worker waits for them); with no
+range of its own outstanding it adopts the worker's committed offset, so when the worker stops, the
+sensor carries on from there; every tick records the sensor's progress for the worker to see.
+With Redis unreachable the sensor goes on without the handoff (a warning): no worker can commit or
+renew a lease then, and a range processed twice is harmless (idempotent writes).
 """
 
 import os
@@ -16,11 +24,22 @@ import time
 from typing import Any
 
 import dagster as dg
+from redis.exceptions import RedisError
 
+from risk_assets.features.redis_client import connect
 from risk_assets.features.stream_assets import feature_ingestion_job, stream_features_job
 from risk_assets.names import EVENTS_TOPIC, FEATURES_TOPIC
-from risk_assets.resources import KafkaResource
-from risk_assets.sensors.offset_cursor import OffsetCursor, RunState, accept_incarnations, plan, tp_key
+from risk_assets.resources import KafkaResource, RedisResource
+from risk_assets.sensors.offset_cursor import (
+    OffsetCursor,
+    Plan,
+    Request,
+    RunState,
+    accept_incarnations,
+    plan,
+    tp_key,
+)
+from risk_assets.streaming.handoff import Handoff
 
 RUN_KEY_TAG = "dagster/run_key"
 INCARNATION_TAG = "risk/kafka_incarnation"
@@ -71,6 +90,57 @@ def _run_state(instance: dg.DagsterInstance, run_key: str) -> RunState:
     return "failure" if runs[0].status in _FAILED else "pending"
 
 
+def _adopt_worker_progress(
+    cursor: OffsetCursor, handoff: Handoff, ends: dict[str, int], incarnation: str, now_ms: int
+) -> tuple[set[str], list[str]]:
+    """Partitions a live worker holds (``hold``), after moving the cursor of every partition with
+    no unfinished range of its own up to the shared committed offset (what a worker did)."""
+    hold: set[str] = set()
+    notes: list[str] = []
+    for tp, end in sorted(ends.items()):
+        shared = handoff.read(tp)
+        if shared.live_owner(now_ms):
+            hold.add(tp)
+        if shared.committed is None or shared.incarnation != incarnation:
+            continue
+        if cursor.incarnations.get(tp, incarnation) != incarnation or shared.committed > end:
+            continue  # the incident rules decide
+        mine = [i for i in cursor.inflight.values() if i.tp == tp]
+        if any(not i.done for i in mine):
+            continue
+        frontier = max([cursor.committed.get(tp, 0), *(i.end for i in mine)])
+        if shared.committed > frontier:
+            for key in [k for k, i in cursor.inflight.items() if i.tp == tp]:
+                del cursor.inflight[key]
+            cursor.committed[tp] = shared.committed
+            cursor.incarnations[tp] = incarnation
+            notes.append(
+                f"{tp}: the stream worker committed up to {shared.committed:,} (cursor was {frontier:,})"
+            )
+    return hold, notes
+
+
+def _claim_and_sync(
+    handoff: Handoff, p: Plan, ends: dict[str, int], incarnation: str, hold: set[str]
+) -> list[Request]:
+    """The plan's requests the handoff grants (new ranges only while no worker holds the partition;
+    retries always), with the plan's cursor fixed for those refused; then record the sensor's progress."""
+    requests = []
+    for req in p.requests:
+        tp = tp_key(req.range.topic, req.range.partition)
+        owner = "" if req.attempt > 1 else handoff.sensor_claim(tp, int(time.time() * 1000), req.range.end)
+        if owner:  # a worker took the partition since the start of this tick: leave it the range
+            del p.cursor.inflight[req.run_key]
+            hold.add(tp)
+            continue
+        requests.append(req)
+    for tp in ends:
+        if tp in p.cursor.committed:
+            mine = [i.end for i in p.cursor.inflight.values() if i.tp == tp]
+            handoff.sensor_sync(tp, p.cursor.committed[tp], max([p.cursor.committed[tp], *mine]), incarnation)
+    return requests
+
+
 def build_offset_range_sensor(
     name: str,
     topic: str,
@@ -100,13 +170,25 @@ def build_offset_range_sensor(
             "going backwards stop it (failed tick)."
         ),
     )
-    def _sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource):
+    def _sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource, redis: RedisResource):
         cursor = OffsetCursor.parse(context.cursor)
         with kafka.range_reader() as reader:
             incarnation = reader.incarnation(topic)
             bounds = {tp_key(topic, p): reader.bounds(topic, p) for p in reader.partitions(topic)}
         ends = {tp: end for tp, (_, end) in bounds.items()}
         starts = {tp: low for tp, (low, _) in bounds.items()}
+        handoff: Handoff | None = None
+        hold: set[str] = set()
+        try:
+            handoff = Handoff(connect(redis.url, cluster=redis.cluster, socket_timeout=5.0), redis.namespace)
+            hold, adopted = _adopt_worker_progress(
+                cursor, handoff, ends, incarnation, int(time.time() * 1000)
+            )
+        except RedisError as exc:
+            handoff, adopted = None, []
+            context.log.warning(f"stream worker handoff unavailable (Redis: {exc}); going on without it")
+        for note in adopted:
+            context.log.info(note)
         states = {
             i.run_key: _run_state(context.instance, i.run_key) for i in cursor.inflight.values() if not i.done
         }
@@ -122,6 +204,7 @@ def build_offset_range_sensor(
             now_ms=now_ms,
             max_inflight=1,
             busy=busy_partitions(context.instance, job.name, topic),
+            hold=hold,
         )
         for note in p.accepted:
             context.log.warning(note)
@@ -133,7 +216,13 @@ def build_offset_range_sensor(
             )
         for key in p.stuck:
             context.log.error(f"range {key} failed 3 times; re-execute it to let the cursor move on")
-        for req in p.requests:
+        requests = list(p.requests)
+        if handoff is not None:
+            try:
+                requests = _claim_and_sync(handoff, p, ends, incarnation, hold)
+            except RedisError as exc:
+                context.log.warning(f"stream worker handoff unavailable (Redis: {exc}); going on without it")
+        for req in requests:
             r = req.range
             yield dg.RunRequest(
                 run_key=req.run_key,
@@ -160,8 +249,9 @@ def build_offset_range_sensor(
                 },
             )
         context.update_cursor(p.cursor.dumps())
-        if not p.requests:
-            yield dg.SkipReason(f"no new offsets on {topic}; committed {p.cursor.committed}")
+        if not requests:
+            owned = f"; the stream worker owns the live tail of {sorted(hold)}" if hold else ""
+            yield dg.SkipReason(f"no new offsets on {topic}; committed {p.cursor.committed}{owned}")
 
     return _sensor
 

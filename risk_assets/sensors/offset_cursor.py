@@ -208,6 +208,7 @@ def plan(
     now_ms: int = 0,
     max_inflight: int | None = None,
     busy: frozenset[str] | set[str] = frozenset(),
+    hold: frozenset[str] | set[str] = frozenset(),
 ) -> Plan:
     """Next cursor and run requests, given partition ``ends`` and the states of inflight runs.
 
@@ -266,8 +267,8 @@ def plan(
         committed.setdefault(tp, base)
         frontier = max([base, *(i.end for i in inflight.values() if i.tp == tp)])
         topic, partition = tp.rsplit("/", 1)
-        slots = None
-        if max_inflight is not None:
+        slots = 0 if tp in hold else None
+        if max_inflight is not None and tp not in hold:
             unfinished = sum(1 for i in inflight.values() if i.tp == tp and not i.done)
             slots = 0 if tp in busy else max(0, max_inflight - unfinished)
         while frontier < end and (slots is None or slots > 0):

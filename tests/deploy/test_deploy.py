@@ -39,6 +39,7 @@ RESOURCE_ENV = {
     "REDIS_URL": "redis://redis:6379/0",
     "RISK_SERVE_URL": "http://risk-serve",
     "RISK_RAW_EVENT_BACKEND": "lake",
+    "RISK_FEATURE_COMPUTE_BACKEND": "polars",
     "SNOWFLAKE_ACCOUNT": "",
     "SNOWFLAKE_USER": "",
     "SNOWFLAKE_PASSWORD": "",

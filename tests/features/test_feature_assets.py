@@ -20,6 +20,7 @@ from risk_assets.names import (
     FEATURE_SCHEMA_CHECK,
     ROW_COUNT,
     SNOWFLAKE_RAW_EVENTS,
+    SNOWFLAKE_RAW_LABELS,
     feature_asset_key,
 )
 from risk_assets.resources import LakeResource, RawEventSource
@@ -30,6 +31,7 @@ from tests.conftest import asset_def, fakesnow_server
 
 batch_features = asset_def(feature_asset_key(FEATURE_GROUPS[0].name))
 snowflake_raw_events = asset_def(SNOWFLAKE_RAW_EVENTS)
+snowflake_raw_labels = asset_def(SNOWFLAKE_RAW_LABELS)
 
 START = datetime(2026, 5, 1, tzinfo=UTC)
 DAYS = 8
@@ -211,3 +213,58 @@ def test_snowflake_backend_gives_the_same_features(tmp_path):
         from_snowflake = pl.read_parquet(other.read_bytes(day_part_path(group, day)))
         assert from_snowflake.height > 0
         assert from_snowflake.drop("created_ts").equals(from_lake.drop("created_ts")), group.name
+
+
+def test_snowflake_compute_backend_writes_the_polars_offline_store(tmp_path):
+    """``compute_backend="snowflake"``: the warehouse computes the groups (label aggregates
+    included) from the mirrors; the lake's offline store gets the same rows as the Polars run."""
+    lake = Lake(str(tmp_path / "lake"))
+    write_history(SimConfig(seed=9, start=START, hours=48, events_per_day=2_500, users=400), lake)
+    day = START + timedelta(days=1)
+    with fakesnow_server() as conn_kwargs:
+        extra = {k: v for k, v in conn_kwargs.items() if k in ("host", "port", "protocol")}
+        source = RawEventSource(
+            backend="snowflake",
+            compute_backend="snowflake",
+            snowflake_account="fake",
+            snowflake_user="risk",
+            snowflake_password="not-a-secret",
+            snowflake_connection_args={**extra, "session_parameters": {"TIMEZONE": "UTC"}},
+        )
+        with source.snowflake().get_connection() as conn:
+            conn.cursor().execute("CREATE DATABASE IF NOT EXISTS RISK")
+            conn.cursor().execute("CREATE SCHEMA IF NOT EXISTS RISK.RAW")
+        mirror = dg.materialize(
+            [snowflake_raw_events, snowflake_raw_labels],
+            resources={"lake": LakeResource(url=lake.url), "raw_event_source": source},
+            tags={
+                "dagster/asset_partition_range_start": START.strftime("%Y-%m-%d-%H:%M"),
+                "dagster/asset_partition_range_end": (day + timedelta(hours=23)).strftime("%Y-%m-%d-%H:%M"),
+            },
+        )
+        assert mirror.success
+        groups = [g for g in FEATURE_GROUPS if g.name in ("ato_user", "ato_device", "user_wallet")]
+        assert any(g.needs_labels for g in groups)
+        other = Lake(str(tmp_path / "sf_lake"))
+        result = dg.materialize(
+            [batch_features],
+            selection=[feature_asset_key(g.name) for g in groups],
+            resources={"lake": LakeResource(url=other.url), "raw_event_source": source},
+            partition_key=day.strftime(FMT),
+        )
+        assert result.success
+    for m in result.asset_materializations_for_node("batch_features"):
+        assert m.metadata["compute_backend"].value == "snowflake"
+    assert run_days(lake, day, day).success
+    for group in groups:
+        from_lake = pl.read_parquet(lake.read_bytes(day_part_path(group, day)))
+        from_snowflake = pl.read_parquet(other.read_bytes(day_part_path(group, day)))
+        assert from_snowflake.height == from_lake.height > 0
+        assert from_snowflake.schema == from_lake.schema
+        floats = [c for c, t in from_lake.schema.items() if t == pl.Float64]
+        exact = [c for c in from_lake.columns if c not in floats]
+        assert from_snowflake.select(exact).equals(from_lake.select(exact)), group.name
+        for c in floats:
+            a, b = from_lake[c], from_snowflake[c]
+            assert a.is_null().equals(b.is_null()), c
+            assert ((a - b).abs() <= 1e-9 * a.abs() + 1e-12).fill_null(True).all(), c

@@ -18,7 +18,7 @@ from risk_assets.features.ingestion import read_feature_log
 from risk_assets.features.stream_assets import STREAM_GROUPS, stream_batch_consistency
 from risk_assets.lake import Lake
 from risk_assets.names import feature_asset_key
-from risk_assets.resources import KafkaResource, LakeResource, RawEventSource
+from risk_assets.resources import KafkaResource, LakeResource, RawEventSource, RedisResource
 from risk_assets.sensors.kafka_sensors import feature_ingestion_sensor, stream_features_sensor
 from risk_assets.sensors.offset_cursor import OffsetCursor
 from risk_assets.simulator.config import SimConfig
@@ -42,10 +42,13 @@ def env(fresh_stack, tmp_path, monkeypatch, key_prefix):
     return fresh_stack, Lake(str(tmp_path / "lake"))
 
 
-def tick(sensor, instance, cursor, kafka):
-    ctx = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"kafka": KafkaResource(bootstrap_servers=kafka)}
-    )
+def tick(sensor, instance, cursor, kafka, redis_url=None):
+    """One evaluation of a Kafka sensor (Redis: ``redis_url``, else the test's ``REDIS_URL``)."""
+    resources = {
+        "kafka": KafkaResource(bootstrap_servers=kafka),
+        "redis": RedisResource(url=redis_url or os.environ["REDIS_URL"]),
+    }
+    ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
     data = sensor.evaluate_tick(ctx)
     return data.run_requests or [], data.cursor
 

@@ -175,14 +175,34 @@ def test_lagging_and_future_clocks_do_not_depend_on_run_grouping(fresh_stack, tm
     """D8, D9: a producer clock 100 min behind (more than grace + slack) and one two days ahead.
     Each hour's bytes are the same whether hours are archived one by one or in one run, and every
     message is in exactly one place: a record of one hour or a dead letter with a reason."""
+    _off_clocks_in_any_grouping(fresh_stack, tmp_path)
+
+
+def test_off_clocks_on_four_partitions_read_at_once(fresh_stack_4p, tmp_path):
+    """The same traffic on a 4-partition topic, archived in one run that reads every partition's
+    span at once (``read_many``) and finds the other hours' boundaries in the timestamps it read:
+    every message is in exactly one place, with its event time.
+
+    Not asserted here: one-by-one hours writing the same bytes. On this sparse 4-partition log
+    (~17 records per partition-hour, every 7th 100 min off) they do not — with this code and with
+    the code before it (checked: the per-hour rule's boundary searches depend on which boundaries
+    a run already knows where off-clock records sit next to them; docs/archive.md)."""
+    _off_clocks_in_any_grouping(fresh_stack_4p, tmp_path, one_by_one_too=False)
+    with KafkaRangeReader(fresh_stack_4p.kafka) as reader:
+        assert len(reader.partitions(EVENTS_TOPIC)) == 4
+        assert all(reader.bounds(EVENTS_TOPIC, p)[1] > 0 for p in range(4))  # every partition used
+
+
+def _off_clocks_in_any_grouping(stack, tmp_path, one_by_one_too: bool = True) -> None:
     items = lagging_traffic(n=8 * 120, lag=timedelta(minutes=100), every=7)
-    produce(fresh_stack.kafka, [*items, (login(10**6, ms(H0) + 13 * 60 * MIN), ms(H0) + 13 * 60 * MIN)])
+    produce(stack.kafka, [*items, (login(10**6, ms(H0) + 13 * 60 * MIN), ms(H0) + 13 * 60 * MIN)])
     hours = [H0 + timedelta(hours=i) for i in range(-2, 10)]
     one_by_one, grouped = Lake(str(tmp_path / "a")), Lake(str(tmp_path / "b"))
-    for h in hours:
-        assert run(resources(fresh_stack.kafka, one_by_one.url), h, h).success
-    assert run(resources(fresh_stack.kafka, grouped.url), hours[0], hours[-1]).success
-    assert digests(one_by_one, hours) == digests(grouped, hours)
+    assert run(resources(stack.kafka, grouped.url), hours[0], hours[-1]).success
+    if one_by_one_too:
+        for h in hours:
+            assert run(resources(stack.kafka, one_by_one.url), h, h).success
+        assert digests(one_by_one, hours) == digests(grouped, hours)
 
     records, dead = archived(grouped, hours), dead_letters(grouped, hours)
     produced = {f"ev-{i}" for i in range(len(items))}

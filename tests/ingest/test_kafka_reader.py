@@ -116,3 +116,31 @@ def test_exact_tail_ranges_of_a_long_log_of_tiny_batches(fresh_stack):
         found = reader.first_offset_at_or_after(TOPIC, 0, t0 + total - 1_000, 0, len(values))
     assert mid.values == values[total - 5_000 : total - 4_001]
     assert found == total - 1_000
+
+
+def test_read_many_reads_four_partitions_at_once_exactly(fresh_stack_4p):
+    """One consumer for every partition: each range comes back whole, in offset order, equal to
+    reading the partitions one by one (multi-record batches, so tansu's watermark bug is in play);
+    the timestamps it read then answer offset searches without another fetch, with the broker's
+    own answer."""
+    producer = Producer({"bootstrap.servers": fresh_stack_4p.kafka, "linger.ms": 50})
+    t0 = 1_790_000_000_000
+    for i in range(6_000):
+        producer.produce(TOPIC, value=b"v%d" % i, partition=i % 4, timestamp=t0 + i * 10)
+        if i % 700 == 0:
+            assert producer.flush(10) == 0
+    assert producer.flush(10) == 0
+    with KafkaRangeReader(fresh_stack_4p.kafka, timeout_s=15) as reader:
+        ranges = [OffsetRange(TOPIC, p, 0, reader.bounds(TOPIC, p)[1]) for p in range(4)]
+        ranges[2] = OffsetRange(TOPIC, 2, 100, 1_200)  # a sub-range
+        ranges.append(OffsetRange("risk.labels", 0, 0, 0))  # an empty one keeps its place
+        together = reader.read_many(ranges, complete=True)
+        one_by_one = [reader.read(r, complete=True) for r in ranges]
+        searched = [reader.boundary(TOPIC, p, t0 + 30_000) for p in range(4)]
+    assert [len(b) for b in together] == [1_500, 1_500, 1_100, 1_500, 0]
+    for a, b, r in zip(together, one_by_one, ranges, strict=True):
+        assert a.values == b.values and a.offsets.tolist() == list(range(r.start, r.end))
+        assert (a.partitions == r.partition).all() and (a.timestamps_ms == b.timestamps_ms).all()
+    with KafkaRangeReader(fresh_stack_4p.kafka, timeout_s=15) as fresh:  # nothing remembered
+        assert [fresh.boundary(TOPIC, p, t0 + 30_000) for p in range(4)] == searched
+    assert searched == [750, 750, 750, 750]

@@ -183,3 +183,15 @@ def test_a_busy_partition_gets_no_request_not_even_a_retry():
     assert never_seen.requests == [] and never_seen.cursor.inflight == {}
     retried = plan(held.cursor, {TP: 1000}, {first.run_key: "failure"}, max_range=10_000, max_inflight=1)
     assert [r.run_key for r in retried.requests] == [f"{first.run_key}#attempt2"]
+
+
+def test_a_partition_the_stream_worker_holds_gets_no_new_range_but_its_failed_range_is_retried():
+    p = plan(OffsetCursor(), {TP: 1000}, {}, max_range=10_000, max_inflight=1)
+    (first,) = p.requests
+    # The worker took the partition's lease while the sensor's range was running; the run failed.
+    held = plan(p.cursor, {TP: 3000}, {first.run_key: "failure"}, max_range=10_000, max_inflight=1, hold={TP})
+    assert [r.run_key for r in held.requests] == [f"{first.run_key}#attempt2"]  # the worker waits for it
+    done = plan(held.cursor, {TP: 3000}, {held.requests[0].run_key: "success"}, max_range=10_000,
+                max_inflight=1, hold={TP})  # fmt: skip
+    assert done.requests == [] and done.cursor.committed == {TP: 1000}  # nothing new while held
+    assert plan(OffsetCursor(), {TP: 1000}, {}, max_range=10_000, hold={TP}).requests == []

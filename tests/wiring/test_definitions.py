@@ -38,6 +38,7 @@ ASSETS = sorted(
         "serving_skew",
         "shadow_comparison",
         "snowflake_raw_events",
+        "snowflake_raw_labels",
         "stream_feature_buffer",
         "training_set",
         "training_set_profile",
@@ -96,6 +97,7 @@ SENSORS = [
     "online_store_emptied_sensor",
     "retraining_sensor",
     "stream_features_sensor",
+    "stream_worker_progress_sensor",
 ]
 AUTOMATED = {f"features/{g.name}" for g in FEATURE_GROUPS} | {"training_set", "raw_events_daily_profile"}
 AUTOMATED |= {"feature_catalog"}
@@ -109,7 +111,7 @@ FRESHNESS = {
     "stream_feature_buffer",
 }
 HOURLY = {"raw_events", "raw_labels", "raw_event_dead_letters", "raw_label_dead_letters"}
-HOURLY |= {"raw_events_profile", "snowflake_raw_events"}
+HOURLY |= {"raw_events_profile", "snowflake_raw_events", "snowflake_raw_labels"}
 DAILY = {"training_set", "challenger_model", "model_promotion", "raw_events_daily_profile"}
 DAILY |= {"feature_profiles", "training_set_profile", "drift_report", "realized_performance"}
 DAILY |= {f"features/{g.name}" for g in FEATURE_GROUPS}
