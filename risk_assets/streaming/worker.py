@@ -39,6 +39,7 @@ from risk_assets.features.feature_buffer import publish
 from risk_assets.features.groups import FEATURE_GROUPS
 from risk_assets.features.ingestion import ingest_batch, write_online
 from risk_assets.features.online_store import OnlineStore
+from risk_assets.features.online_tiles import write_stream_tiles
 from risk_assets.features.redis_client import connect
 from risk_assets.features.stream_state import StreamState, stream_groups
 from risk_assets.features.stream_warm_start import (
@@ -346,7 +347,8 @@ class StreamWorker:
             with KafkaRangeReader(self.bootstrap, client_id="risk-stream-warm") as tail:
                 return warm_start_for_batch(self.state, self.lake, tail, rng, decoded.valid)
 
-        rows, warmed = process_with_warm_start(decoded.valid, self.groups, self.state, warm)
+        tiles: dict[str, Any] = {}
+        rows, warmed = process_with_warm_start(decoded.valid, self.groups, self.state, warm, tiles=tiles)
         for w in warmed:
             log.warning(
                 "cold stream state: warm start loaded %d archived + %d topic events since %s (committed %s)",
@@ -359,6 +361,9 @@ class StreamWorker:
         if self.handoff.acquire(tp, self.settings.worker_id, self._now_ms(), self.settings.lease_ms):
             raise LeaseLost(f"{tp}: lease lost while computing {rng.key()}; nothing published")
         t_computed = self.clock()
+        # The complete tiles the range touched, straight into the online store (write-if-more-events:
+        # a range computed again writes nothing new); risk-serve finishes windows from them.
+        write_stream_tiles(self.store, self.groups, tiles)
         published = publish(self.producer, rows, FEATURES_TOPIC, groups=self.groups)
         phases = {
             "read_s": t_read - t0,
