@@ -24,6 +24,7 @@ from risk_assets.features.online_store import (
     OnlineStoreUnavailable,
 )
 from risk_assets.features.online_sync import STATE_PATH, SyncState, repair, sync
+from risk_assets.features.online_tiles import KEY_SUFFIX as TILES_KEY_SUFFIX
 from risk_assets.features.stream import output_schema
 from risk_assets.features.sync_assets import online_offline_consistency, online_store_sync, sync_cron
 from risk_assets.ingest.kafka_reader import OffsetRange
@@ -191,10 +192,15 @@ def _census(lake: Lake, store: OnlineStore, groups=GROUPS) -> dict[str, tuple[in
     return {g.group: (g.sampled, g.sampled - g.missing_online, g.sampled - g.mismatched) for g in full.groups}
 
 
-def _online_keys(store: OnlineStore, prefix: str) -> int:
-    """Feature rows under the test's prefix (epoch marker keys excluded): a row written twice
-    under two keys would show up here."""
-    return sum(1 for k in store.client.scan_iter(match=f"{prefix}*", count=1000) if b"{epoch}" not in k)
+def _online_keys(store: OnlineStore, prefix: str, *, tiles: bool = False) -> int:
+    """Feature rows (or, with ``tiles``, v2 tile hashes) under the test's prefix, epoch marker keys
+    excluded: a row or tile hash written twice under two keys would show up here."""
+    suffix = TILES_KEY_SUFFIX.encode()
+    return sum(
+        1
+        for k in store.client.scan_iter(match=f"{prefix}*", count=1000)
+        if b"{epoch}" not in k and k.endswith(suffix) == tiles
+    )
 
 
 def _log_rows(lake: Lake, *, n: int, bump: float, same_times: bool) -> pl.DataFrame:
@@ -235,6 +241,8 @@ def test_redis_restarted_between_ticks_gets_a_full_resync_not_an_empty_tick(offl
         assert first.epoch is not None and store.epoch() == first.epoch == SyncState.load(lake).epoch
         expected = _census(lake, store)
         assert all(n > 0 and present == equal == n for n, present, equal in expected.values())
+        tile_hashes = _online_keys(store, key_prefix, tiles=True)
+        assert tile_hashes > 0
 
         fresh_stack.restart_redis()  # the same client reconnects to an empty server
         assert store.epoch() is None
@@ -246,6 +254,7 @@ def test_redis_restarted_between_ticks_gets_a_full_resync_not_an_empty_tick(offl
         census = _census(lake, store)
         assert census == expected  # 0 lost, 0 silently wrong: every entity back with its value
         assert _online_keys(store, key_prefix) == sum(n for n, _, _ in expected.values())  # 0 doubled
+        assert _online_keys(store, key_prefix, tiles=True) == tile_hashes  # the tiles are back, once
         # The newer logged stream rows are what Redis serves for their devices (not the batch's).
         layout = group_layout(STREAMED)
         rows = store.read([(layout, d) for d in logged["device_id"].to_list()])
