@@ -130,24 +130,7 @@ def fired(drift: dict[str, Any], realized: dict[str, Any], day: str) -> set[str]
 
 
 # The attack scenarios (the legit market event is not fraud: the bench counts its false alarms).
-ATTACKS = [
-    pytest.param(
-        k,
-        t,
-        id=f"{k}-{t}",
-        marks=[
-            pytest.mark.xfail(
-                strict=True,
-                reason="not detected (measured): test payments of $10–60 from hosting ASNs move no model "
-                "feature over all decisions, nor the score distribution; their labels take ~6 days",
-            )
-        ]
-        if k == "attack_amount_shift"
-        else [],
-    )
-    for k, t in PRESETS
-    if k != "legit_market_event"
-]
+ATTACKS = [pytest.param(k, t, id=f"{k}-{t}") for k, t in PRESETS if k != "legit_market_event"]
 # Feature and prediction drift can fire on the first day; the label rate of a day is measured
 # `maturity` (2) days later, and realized performance needs mature days: the first and third day.
 MONITORED = (DRIFT_DAY, DRIFT_DAY + 2)
