@@ -121,8 +121,13 @@ def archive_end(lake: Lake, groups: Sequence[FeatureGroup]) -> datetime | None:
 
 
 def _horizon_days(group: FeatureGroup, now: datetime) -> list[date]:
+    """Event days whose tiles a query up to ``now`` can need: back to ``now − horizon``, plus one
+    day, because ``now`` defaults to the END of the newest archived day while the queries it serves
+    fall inside that day (a payment at 23:00 on day D with a 28-day window delayed 7 days needs day
+    D − 35 when ``now`` is D + 1 and the horizon 36 days). The Lua write trims by each entity's
+    newest tile, so the extra day costs nothing where it is not needed."""
     span = timedelta(milliseconds=tile_layout(group).ttl_ms)
-    first = (now - span).date()
+    first = (now - span - DAY).date()
     return [first + timedelta(days=i) for i in range((now.date() - first).days + 1)]
 
 

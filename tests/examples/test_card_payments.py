@@ -83,12 +83,6 @@ def test_risk_serve_scored_the_payments_with_the_spec(report) -> None:
         }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found at the v2 merge, not fixed yet: for the delayed terminal fraud rate risk_28d_d7 "
-    "(28-day window, 7-day offset, label delay 1 h, group ttl 35 days) risk-serve finished 1/79 from "
-    "the synced tiles where the spine engine over the archive gives 3/239 at the payment's time",
-)
 def test_risk_serve_terminal_features_equal_the_offline_v2_values(report) -> None:
     """The served terminal features are the v2 values at the payment's own time: tiles finished by
     risk-serve equal the spine engine over the archive."""
