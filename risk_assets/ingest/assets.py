@@ -6,9 +6,11 @@ offsets, and replaces each hour in the lake. The hourly assets are built for the
 partitions (``partitions.TimePartitions``) by :func:`ingest_assets`.
 """
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+import polars as pl
 
 from risk_assets.automation import ARCHIVE_FRESHNESS
 from risk_assets.backfills import HOURLY_BACKFILL, POOL_KAFKA_ARCHIVE, POOL_WAREHOUSE
@@ -30,6 +32,7 @@ from risk_assets.ingest.archive import (
 )
 from risk_assets.ingest.kafka_reader import PROBE_RECORDS, KafkaRangeReader, KafkaReadError
 from risk_assets.ingest.partitioning import GRACE, HOUR, archive_hours, ingest_window
+from risk_assets.lake import Lake
 from risk_assets.names import (
     INVALID_SHARE_CHECK,
     RAW_EVENTS,
@@ -40,7 +43,7 @@ from risk_assets.names import (
 from risk_assets.partitions import TimePartitions
 from risk_assets.resources import KafkaResource, LakeResource, RawEventSource
 from risk_assets.run_config import RunConfig
-from risk_assets.sources import EXCHANGE_LABELS
+from risk_assets.sources import EXCHANGE_EVENTS, EXCHANGE_LABELS, EventSource, LabelSource
 
 OWNER = "team:risk-data"
 
@@ -246,77 +249,44 @@ archive_job = dg.define_asset_job(
 ARCHIVE_LAG = HOUR + GRACE + timedelta(minutes=5)
 
 
-def build_snowflake_mirror_asset(partitions: TimePartitions) -> dg.AssetsDefinition:
-    """The hourly Snowflake mirror of ``raw_events``."""
+def build_snowflake_mirror_asset(
+    partitions: TimePartitions,
+    *,
+    key: dg.AssetKey,
+    upstream: dg.AssetKey,
+    source: EventSource | LabelSource,
+    read: Callable[[Lake, datetime, datetime], pl.DataFrame],
+    table: Callable[[RawEventSource], str],
+    description: str,
+) -> dg.AssetsDefinition:
+    """An hourly Snowflake mirror of one lake archive (delete-then-insert by hour of the source's
+    time column, so re-runs are idempotent)."""
 
     @dg.asset(
-        key=SNOWFLAKE_RAW_EVENTS,
-        deps=[RAW_EVENTS],
+        key=key,
+        deps=[upstream],
         partitions_def=partitions.hourly,
         backfill_policy=HOURLY_BACKFILL,
         pool=POOL_WAREHOUSE,
         group_name="warehouse",
         owners=[OWNER],
         kinds={"snowflake"},
-        description=(
-            "The raw-event archive mirrored into the Snowflake table `RAW_EVENTS` (by event hour; "
-            "delete-then-insert, so re-runs are idempotent), for batch features computed in the "
-            "warehouse (`RawEventSource.backend = snowflake`). Needs the SNOWFLAKE_* settings."
-        ),
+        description=description,
     )
-    def snowflake_raw_events(
+    def snowflake_mirror_hours(
         context: dg.AssetExecutionContext, lake: LakeResource, raw_event_source: RawEventSource
     ) -> dg.MaterializeResult:
         window = context.partition_time_window
-        events = raw_reader.read_events(lake.lake(), window.start, window.end)
+        frame = read(lake.lake(), window.start, window.end)
         with raw_event_source.snowflake().get_connection() as conn:
             rows = snowflake_mirror.write_hours(
-                conn.cursor(), raw_event_source.snowflake_table, events, window.start, window.end
+                conn.cursor(), table(raw_event_source), frame, window.start, window.end, source
             )
         return dg.MaterializeResult(
             metadata={"dagster/row_count": rows, "hours": len(archive_hours(window.start, window.end))}
         )
 
-    return snowflake_raw_events
-
-
-def build_snowflake_label_mirror_asset(partitions: TimePartitions) -> dg.AssetsDefinition:
-    """The hourly Snowflake mirror of ``raw_labels``."""
-
-    @dg.asset(
-        key=SNOWFLAKE_RAW_LABELS,
-        deps=[RAW_LABELS],
-        partitions_def=partitions.hourly,
-        backfill_policy=HOURLY_BACKFILL,
-        pool=POOL_WAREHOUSE,
-        group_name="warehouse",
-        owners=[OWNER],
-        kinds={"snowflake"},
-        description=(
-            "The fraud-label archive mirrored into the Snowflake table `RAW_LABELS` (by `label_ts` "
-            "hour; delete-then-insert), read by label aggregates when features are computed in the "
-            "warehouse (`RISK_FEATURE_COMPUTE_BACKEND=snowflake`). Needs the SNOWFLAKE_* settings."
-        ),
-    )
-    def snowflake_raw_labels(
-        context: dg.AssetExecutionContext, lake: LakeResource, raw_event_source: RawEventSource
-    ) -> dg.MaterializeResult:
-        window = context.partition_time_window
-        labels = raw_reader.read_labels(lake.lake(), window.start, window.end)
-        with raw_event_source.snowflake().get_connection() as conn:
-            rows = snowflake_mirror.write_hours(
-                conn.cursor(),
-                raw_event_source.snowflake_labels_table,
-                labels,
-                window.start,
-                window.end,
-                EXCHANGE_LABELS,
-            )
-        return dg.MaterializeResult(
-            metadata={"dagster/row_count": rows, "hours": len(archive_hours(window.start, window.end))}
-        )
-
-    return snowflake_raw_labels
+    return snowflake_mirror_hours
 
 
 def ingest_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
@@ -324,6 +294,30 @@ def ingest_assets(partitions: TimePartitions) -> list[dg.AssetsDefinition]:
     return [
         build_archive_asset(EVENTS, partitions),
         build_archive_asset(LABELS, partitions),
-        build_snowflake_mirror_asset(partitions),
-        build_snowflake_label_mirror_asset(partitions),
+        build_snowflake_mirror_asset(
+            partitions,
+            key=SNOWFLAKE_RAW_EVENTS,
+            upstream=RAW_EVENTS,
+            source=EXCHANGE_EVENTS,
+            read=raw_reader.read_events,
+            table=lambda r: r.snowflake_table,
+            description=(
+                "The raw-event archive mirrored into the Snowflake table `RAW_EVENTS` (by event hour; "
+                "delete-then-insert, so re-runs are idempotent), for batch features computed in the "
+                "warehouse (`RawEventSource.backend = snowflake`). Needs the SNOWFLAKE_* settings."
+            ),
+        ),
+        build_snowflake_mirror_asset(
+            partitions,
+            key=SNOWFLAKE_RAW_LABELS,
+            upstream=RAW_LABELS,
+            source=EXCHANGE_LABELS,
+            read=raw_reader.read_labels,
+            table=lambda r: r.snowflake_labels_table,
+            description=(
+                "The fraud-label archive mirrored into the Snowflake table `RAW_LABELS` (by `label_ts` "
+                "hour; delete-then-insert), read by label aggregates when features are computed in the "
+                "warehouse (`RISK_FEATURE_COMPUTE_BACKEND=snowflake`). Needs the SNOWFLAKE_* settings."
+            ),
+        ),
     ]
