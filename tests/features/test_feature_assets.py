@@ -170,23 +170,30 @@ def test_sharded_runs_write_the_same_bytes_as_one_shard(archive):
         assert m.metadata["shards"].value == 1
 
 
+def _fakesnow_source(conn_kwargs: dict, **options: str) -> RawEventSource:
+    """A Snowflake-backed raw event source on the fakesnow server, its database and schema created."""
+    extra = {k: v for k, v in conn_kwargs.items() if k in ("host", "port", "protocol")}
+    source = RawEventSource(
+        backend="snowflake",
+        snowflake_account="fake",
+        snowflake_user="risk",
+        snowflake_password="not-a-secret",
+        snowflake_connection_args={**extra, "session_parameters": {"TIMEZONE": "UTC"}},
+        **options,
+    )
+    with source.snowflake().get_connection() as conn:
+        conn.cursor().execute("CREATE DATABASE IF NOT EXISTS RISK")
+        conn.cursor().execute("CREATE SCHEMA IF NOT EXISTS RISK.RAW")
+    return source
+
+
 def test_snowflake_backend_gives_the_same_features(tmp_path):
     # fakesnow inserts slowly (~700 rows/s): a small archive of its own keeps this test short.
     lake = Lake(str(tmp_path / "lake"))
     write_history(SimConfig(seed=9, start=START, hours=48, events_per_day=2_500, users=400), lake)
     day = START + timedelta(days=1)
     with fakesnow_server() as conn_kwargs:
-        extra = {k: v for k, v in conn_kwargs.items() if k in ("host", "port", "protocol")}
-        source = RawEventSource(
-            backend="snowflake",
-            snowflake_account="fake",
-            snowflake_user="risk",
-            snowflake_password="not-a-secret",
-            snowflake_connection_args={**extra, "session_parameters": {"TIMEZONE": "UTC"}},
-        )
-        with source.snowflake().get_connection() as conn:
-            conn.cursor().execute("CREATE DATABASE IF NOT EXISTS RISK")
-            conn.cursor().execute("CREATE SCHEMA IF NOT EXISTS RISK.RAW")
+        source = _fakesnow_source(conn_kwargs)
         # Mirror the lookback (30 days max → all the history there is) into Snowflake.
         mirror = dg.materialize(
             [snowflake_raw_events],
@@ -222,18 +229,7 @@ def test_snowflake_compute_backend_writes_the_polars_offline_store(tmp_path):
     write_history(SimConfig(seed=9, start=START, hours=48, events_per_day=2_500, users=400), lake)
     day = START + timedelta(days=1)
     with fakesnow_server() as conn_kwargs:
-        extra = {k: v for k, v in conn_kwargs.items() if k in ("host", "port", "protocol")}
-        source = RawEventSource(
-            backend="snowflake",
-            compute_backend="snowflake",
-            snowflake_account="fake",
-            snowflake_user="risk",
-            snowflake_password="not-a-secret",
-            snowflake_connection_args={**extra, "session_parameters": {"TIMEZONE": "UTC"}},
-        )
-        with source.snowflake().get_connection() as conn:
-            conn.cursor().execute("CREATE DATABASE IF NOT EXISTS RISK")
-            conn.cursor().execute("CREATE SCHEMA IF NOT EXISTS RISK.RAW")
+        source = _fakesnow_source(conn_kwargs, compute_backend="snowflake")
         mirror = dg.materialize(
             [snowflake_raw_events, snowflake_raw_labels],
             resources={"lake": LakeResource(url=lake.url), "raw_event_source": source},
